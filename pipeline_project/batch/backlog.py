@@ -1,0 +1,42 @@
+"""What each partition still owes the lake: committed end (from the ledger) against the watermarks.
+
+Metadata and watermark calls only, so the sensor can call it every tick without reading a record.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException
+
+from pipeline_project.batch.ledger import committed_end
+from pipeline_project.batch.plan import PartitionState
+from pipeline_project.errors import KafkaUnavailableError
+from pipeline_project.kafka.drain import METADATA_TIMEOUT_S, make_consumer, watermarks
+from pipeline_project.settings import Settings
+
+
+def topic_partitions(consumer, topic: str) -> list[int]:
+    """Partition ids of a topic; KafkaUnavailableError when the topic or the broker is missing."""
+    try:
+        meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(f"Kafka did not answer for topic {topic}: {exc.args[0].str()}") from None
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        raise KafkaUnavailableError(f"topic {topic} does not exist (run `pipeline-project topics ensure`)")
+    return sorted(info.partitions)
+
+
+def partition_states(settings: Settings, consumer=None) -> list[PartitionState]:
+    """Committed end and watermarks for every partition of the raw topic."""
+    own = consumer is None
+    consumer = consumer or make_consumer(settings)
+    try:
+        states = []
+        for partition in topic_partitions(consumer, settings.raw_topic):
+            low, high = watermarks(consumer, settings.raw_topic, partition)
+            end = committed_end(settings.state_dir, settings.raw_topic, partition)
+            states.append(PartitionState(partition, end, low, high))
+        return states
+    finally:
+        if own:
+            consumer.close()

@@ -1,0 +1,38 @@
+"""Offset ranges: the unit of work a run owns, named deterministically (HDFS-sink style)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OFFSET_WIDTH = 19
+
+
+@dataclass(frozen=True, order=True)
+class Range:
+    """Half-open Kafka offset range [start, end) of one topic-partition, fixed when planned."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if self.partition < 0 or self.start < 0 or self.end < self.start:
+            raise ValueError(f"invalid range {self.topic}[{self.partition}] [{self.start}, {self.end})")
+
+    @property
+    def size(self) -> int:
+        """Offsets spanned; records may be fewer (transaction markers and compaction take offsets)."""
+        return self.end - self.start
+
+    @property
+    def range_id(self) -> str:
+        """Stable id used as Dagster run_key and as the ledger's file name."""
+        return f"{self.topic}-{self.partition}-{self.start:0{OFFSET_WIDTH}d}-{self.end:0{OFFSET_WIDTH}d}"
+
+    def to_dict(self) -> dict[str, int | str]:
+        return {"topic": self.topic, "partition": self.partition, "start": self.start, "end": self.end}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Range:
+        return cls(str(data["topic"]), int(data["partition"]), int(data["start"]), int(data["end"]))

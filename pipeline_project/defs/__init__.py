@@ -1,0 +1,1 @@
+"""Dagster definitions: a thin layer over the Dagster-free core in batch/, dlq/ and kafka/."""

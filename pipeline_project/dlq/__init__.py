@@ -1,0 +1,1 @@
+"""The dead-letter queue: record format, confirmed publishing, the report and reprocessing."""

@@ -1,0 +1,86 @@
+"""Sends records to the DLQ and proves each one arrived, before the range may commit.
+
+An idempotent producer (acks=all), a bounded message timeout, and a delivery report required for every
+record: `flush()` returning 0 is not proof (RELIABILITY.md D2), a per-record report without error is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from pipeline_project.dlq.records import DlqRecord
+from pipeline_project.errors import DlqDeliveryError
+from pipeline_project.kafka.topics import DLQ_MAX_MESSAGE_BYTES
+from pipeline_project.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class DlqDelivery:
+    """Where a DLQ record landed: its source offset and its DLQ coordinates."""
+
+    source_offset: int
+    category: str
+    dlq_partition: int
+    dlq_offset: int
+
+
+def producer_config(settings: Settings) -> dict[str, object]:
+    return {
+        **settings.kafka_common(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "zstd",
+        "linger.ms": 20,
+        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+        "message.max.bytes": DLQ_MAX_MESSAGE_BYTES + 64 * 1024,
+        "log_level": 3,
+    }
+
+
+def publish(settings: Settings, topic: str, records: Sequence[DlqRecord]) -> list[DlqDelivery]:
+    """Produces every record and waits for all delivery reports; DlqDeliveryError if any failed."""
+    if not records:
+        return []
+    producer = Producer(producer_config(settings))
+    deliveries: list[DlqDelivery] = []
+    failures: list[str] = []
+
+    def on_delivery(err: KafkaError | None, msg: Message, record: DlqRecord) -> None:
+        if err is not None:
+            failures.append(f"offset {record.source_offset}: {err.str()}")
+        else:
+            deliveries.append(DlqDelivery(record.source_offset, record.category,
+                                          msg.partition(), msg.offset()))
+
+    for record in records:
+        _produce(producer, topic, record, lambda err, msg, r=record: on_delivery(err, msg, r))
+    remaining = producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 10)
+    if failures or remaining or len(deliveries) != len(records):
+        raise DlqDeliveryError(
+            f"{len(records) - len(deliveries)} of {len(records)} DLQ records to {topic} were not confirmed"
+            f" ({'; '.join(failures[:3]) or f'{remaining} still in flight'}); nothing was committed"
+        )
+    deliveries.sort(key=lambda d: d.source_offset)
+    return deliveries
+
+
+def _produce(producer: Producer, topic: str, record: DlqRecord, callback) -> None:
+    """produce(), waiting for queue space instead of failing when the local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, key=record.key, value=record.value, headers=record.headers(),
+                             on_delivery=callback)
+            return
+        except BufferError:
+            producer.poll(0.1)
+        except KafkaException as exc:
+            raise DlqDeliveryError(f"DLQ record for source offset {record.source_offset} was refused "
+                                   f"by the client: {exc.args[0].str()}; nothing was committed") from None

@@ -1,0 +1,1 @@
+"""The raw-event contract, the Faker generator and bad-event injection."""

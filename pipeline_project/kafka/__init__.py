@@ -1,0 +1,1 @@
+"""Kafka: the local broker, topics, the event producer and the exact-range reader."""

@@ -1,0 +1,327 @@
+"""The local Apache Kafka broker (KRaft, one combined broker+controller node) run from Maven Central jars.
+
+No Docker: Maven resolves `kafka_2.13` and a logging backend into ~/.m2 once, the storage is formatted once
+under `.local/kafka/`, and the JVM runs in its own session so Ctrl-C in a terminal does not kill it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pipeline_project.errors import BrokerError
+from pipeline_project.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+POM_NAME = "broker-pom.xml"
+LOG4J_NAME = "broker-log4j2.properties"
+LOCAL_HOSTS = ("localhost", "127.0.0.1")
+
+
+def _package_file(name: str) -> Path:
+    return Path(str(resources.files("pipeline_project.kafka").joinpath(name)))
+
+
+def kafka_version() -> str:
+    """The pinned broker version, read from the one place it is written: the pom's kafka.version."""
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    root = ET.parse(_package_file(POM_NAME)).getroot()
+    node = root.find("m:properties/m:kafka.version", ns)
+    if node is None or not node.text:
+        raise BrokerError(f"{POM_NAME} has no kafka.version property")
+    return node.text.strip()
+
+
+def java_binary() -> str:
+    """JAVA_HOME's java if set, else the one on PATH; BrokerError if there is none."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    found = shutil.which("java")
+    if not found:
+        raise BrokerError("java not found: install Java 17 or newer (apt-get install openjdk-17-jre)")
+    return found
+
+
+def java_major(java: str) -> int:
+    """Major version of a java binary, from `java -version` (printed on stderr)."""
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not match:
+        raise BrokerError(f"could not read the Java version from `{java} -version`")
+    major = int(match.group(1))
+    return int(match.group(2) or 0) if major == 1 else major
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts TCP connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 are free on localhost (a broker and its controller)."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 65000 and not port_in_use(port + 1):
+            return port
+    raise BrokerError("no free pair of TCP ports found on localhost")
+
+
+def parse_local_bootstrap(bootstrap: str) -> int:
+    """The port of a localhost bootstrap; BrokerError when it names another host."""
+    first = bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if host not in LOCAL_HOSTS or not port.isdigit():
+        raise BrokerError(
+            f"the local broker listens on localhost only; PIPELINE_KAFKA_BOOTSTRAP={bootstrap!r} "
+            "points elsewhere (unset it to use localhost:9092)"
+        )
+    return int(port)
+
+
+@dataclass
+class LocalBroker:
+    """One local KRaft node: its files under `home`, its listener on localhost:`port`."""
+
+    home: Path
+    port: int = 9092
+    heap: str = "768m"
+    start_timeout: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalBroker:
+        local_dir = Path(os.environ.get("PIPELINE_LOCAL_DIR") or ".local")
+        return cls(home=(local_dir / "kafka").absolute(), port=parse_local_bootstrap(settings.bootstrap))
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def bootstrap(self) -> str:
+        return f"localhost:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "broker.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    # -- jars ---------------------------------------------------------------------------------------
+    def classpath(self) -> str:
+        """The broker classpath; resolved with Maven on first use, then read from the cache file."""
+        cp_file = self.home / f"classpath-{kafka_version()}.txt"
+        if cp_file.exists():
+            cached = cp_file.read_text().strip()
+            if cached and all(Path(jar).exists() for jar in cached.split(os.pathsep)):
+                return cached
+        return self._resolve(cp_file)
+
+    def _resolve(self, cp_file: Path) -> str:
+        mvn = shutil.which("mvn")
+        if not mvn:
+            raise BrokerError("mvn not found: install Maven (apt-get install maven) to fetch the broker jars")
+        self.home.mkdir(parents=True, exist_ok=True)
+        log.info("resolving Kafka %s jars with Maven (first run only)", kafka_version())
+        cmd = [mvn, "-B", "-q", "-f", str(_package_file(POM_NAME)), "dependency:build-classpath",
+               f"-Dmdep.outputFile={cp_file}"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0 or not cp_file.exists():
+            mvn_log = self.home / "maven.log"
+            mvn_log.write_text(done.stdout + done.stderr)
+            raise BrokerError(f"Maven could not resolve the Kafka jars (exit {done.returncode}); see {mvn_log}")
+        return cp_file.read_text().strip()
+
+    # -- storage ------------------------------------------------------------------------------------
+    def write_config(self) -> Path:
+        """server.properties for one combined node; written on every start so port changes apply."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self.home / "server.properties"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": f"localhost:{self.controller_port}",
+            "listeners": f"PLAINTEXT://localhost:{self.port},CONTROLLER://localhost:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://localhost:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "3",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "3",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.retention.check.interval.ms": "10000",
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+        }
+        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return config
+
+    def ensure_formatted(self, java: str, classpath: str, config: Path) -> None:
+        """Formats KRaft storage once; a formatted data dir is left as it is."""
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = _kraft_cluster_id()
+        cmd = [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+               "-c", str(config), "--standalone", "--ignore-formatted"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            self.log_file.write_text(done.stdout + done.stderr)
+            raise BrokerError(f"formatting KRaft storage failed; see {self.log_file}")
+
+    # -- process ------------------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        """The broker's pid if our pid file names a live Kafka JVM, else None (stale files removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            cmdline = b""
+        if b"kafka.Kafka" not in cmdline or _is_zombie(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def start(self) -> str:
+        """Starts the broker unless ours already runs; returns what happened, in words."""
+        running = self.pid()
+        if running:
+            return f"broker already running (pid {running}) on {self.bootstrap}"
+        for port in (self.port, self.controller_port):
+            if port_in_use(port):
+                raise BrokerError(
+                    f"port {port} is already in use by another process; stop it or set "
+                    f"PIPELINE_KAFKA_BOOTSTRAP=localhost:<free port> (log: {self.log_file})"
+                )
+        java = java_binary()
+        major = java_major(java)
+        if major < MIN_JAVA:
+            raise BrokerError(f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+ ({java})")
+        classpath = self.classpath()
+        config = self.write_config()
+        self.ensure_formatted(java, classpath, config)
+        proc = self._spawn(java, classpath, config)
+        self._wait_ready(proc)
+        return f"broker started (pid {proc.pid}) on {self.bootstrap}, Kafka {kafka_version()}"
+
+    def _spawn(self, java: str, classpath: str, config: Path) -> subprocess.Popen:
+        cmd = [java, f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+               f"-Dlog4j2.configurationFile={_package_file(LOG4J_NAME)}",
+               "-cp", classpath, "kafka.Kafka", str(config)]
+        with open(self.log_file, "ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True, cwd=self.home)
+        self.pid_file.write_text(str(proc.pid))
+        return proc
+
+    def _wait_ready(self, proc: subprocess.Popen) -> None:
+        """Waits until the broker answers a metadata request, within start_timeout."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerError(f"the broker exited with code {proc.returncode} while starting; "
+                                  f"see {self.log_file}")
+            if port_in_use(self.port) and metadata_ok(self.bootstrap, timeout=2.0):
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise BrokerError(f"the broker did not answer within {self.start_timeout:.0f} s; see {self.log_file}")
+
+    def stop(self, timeout: float = 30.0) -> str:
+        """SIGTERM, wait for a clean shutdown, then SIGKILL; says so when nothing was running."""
+        pid = self.pid()
+        if not pid:
+            return f"broker not running ({self.home})"
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return f"broker stopped (pid {pid})"
+
+
+def metadata_ok(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when a cluster at `bootstrap` answers a metadata request within timeout."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
+                         "log_level": 0, "logger": _SILENT})
+    try:
+        admin.list_topics(timeout=timeout)
+    except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+        return False
+    return True
+
+
+class _Silent(logging.Logger):
+    """A logger that drops librdkafka's connection-refused chatter while we poll for readiness."""
+
+    def __init__(self) -> None:
+        super().__init__("pipeline_project.kafka.silent", level=logging.CRITICAL + 1)
+
+
+_SILENT = _Silent()
+
+
+def _kraft_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, base64url without padding (what `random-uuid` prints)."""
+    import base64
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"

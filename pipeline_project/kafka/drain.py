@@ -1,0 +1,127 @@
+"""Reads one exact offset range [start, end) of one partition, and nothing else.
+
+assign() at an explicit offset, no group subscription, no auto commit, `auto.offset.reset=error` (a deleted
+start offset is an error, never a silent jump), read_committed. The loop stops by offset or position, never
+by record count: transaction markers and compaction take offsets (RELIABILITY.md §0.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from pipeline_project.batch.ranges import Range
+from pipeline_project.batch.records import RawBatch
+from pipeline_project.errors import DataLossError, DrainError, KafkaUnavailableError
+from pipeline_project.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CONSUME_BATCH = 10_000
+METADATA_TIMEOUT_S = 10.0
+
+
+def consumer_config(settings: Settings) -> dict[str, object]:
+    """Exact-range consumer settings; the group id is only used for the lag-dashboard commit."""
+    return {
+        **settings.kafka_common(),
+        "group.id": settings.consumer_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "error",
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+        "log_level": 3,
+    }
+
+
+def make_consumer(settings: Settings) -> Consumer:
+    return Consumer(consumer_config(settings))
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+    """(low, high) watermarks of one partition; KafkaUnavailableError when the broker does not answer."""
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"could not read offsets of {topic}[{partition}] within {METADATA_TIMEOUT_S:.0f} s: "
+            f"{exc.args[0].str()}"
+        ) from None
+
+
+def check_available(consumer: Consumer, rng: Range) -> None:
+    """Fails loudly before reading when retention already deleted part of the range."""
+    low, _high = watermarks(consumer, rng.topic, rng.partition)
+    if low > rng.start:
+        raise DataLossError(
+            f"{rng.topic}[{rng.partition}] offsets [{rng.start}, {min(low, rng.end)}) were deleted by "
+            f"retention before they reached the lake (low watermark {low}); refusing to skip them"
+        )
+
+
+def drain_range(consumer: Consumer, rng: Range, timeout_s: float) -> RawBatch:
+    """Every record of `rng`, in offset order; DrainError if the range cannot be completed in time."""
+    batch = RawBatch(rng.topic, rng.partition, [], [], [], [])
+    if rng.size == 0:
+        return batch
+    check_available(consumer, rng)
+    consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
+    try:
+        _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s)
+    finally:
+        consumer.unassign()
+    return batch
+
+
+def _consume_until_end(consumer: Consumer, rng: Range, batch: RawBatch, deadline: float) -> None:
+    offsets, stamps, keys, values = batch.offsets, batch.timestamps_ms, batch.keys, batch.values
+    last = rng.end - 1
+    while True:
+        if time.monotonic() > deadline:
+            got = offsets[-1] if offsets else None
+            raise DrainError(
+                f"{rng.range_id}: reached offset {got} of [{rng.start}, {rng.end}) before the time bound; "
+                "the range ends beyond the log end or an open transaction blocks it"
+            )
+        for msg in consumer.consume(CONSUME_BATCH, timeout=0.5):
+            err = msg.error()
+            if err is not None:
+                if _handle_error(err, msg.offset(), rng):
+                    return
+                continue
+            offset = msg.offset()
+            if offset >= rng.end:
+                return
+            offsets.append(offset)
+            stamps.append(msg.timestamp()[1])
+            keys.append(msg.key())
+            values.append(msg.value())
+            if offset >= last:
+                return
+        if _position(consumer, rng) >= rng.end:
+            return
+
+
+def _handle_error(err: KafkaError, offset: int | None, rng: Range) -> bool:
+    """True when the error proves the range is complete; raises on loss; False for transient errors."""
+    code = err.code()
+    if code == KafkaError._PARTITION_EOF:
+        return offset is not None and offset >= rng.end
+    if code == KafkaError._AUTO_OFFSET_RESET or code == KafkaError.OFFSET_OUT_OF_RANGE:
+        raise DataLossError(f"{rng.range_id}: offset out of range while reading ({err.str()}); "
+                            "retention deleted records this range still owed to the lake")
+    if err.fatal() or code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+        raise DrainError(f"{rng.range_id}: {err.str()}")
+    log.warning("transient consumer error on %s: %s", rng.range_id, err.str())
+    return False
+
+
+def _position(consumer: Consumer, rng: Range) -> int:
+    pos = consumer.position([TopicPartition(rng.topic, rng.partition)])[0].offset
+    return pos if pos >= 0 else -1

@@ -1,0 +1,129 @@
+"""Settings from PIPELINE_* environment variables, one place for the CLI and the Dagster resources.
+
+The names and defaults of the Kafka and data-dir settings are a contract (DESIGN.md §3); the batch sizing
+settings are ours. Secrets from PIPELINE_KAFKA_CONFIG are never logged or printed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline_project.errors import SettingsError
+
+
+def _env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def read_kafka_properties(path: Path) -> dict[str, str]:
+    """Reads a librdkafka properties file (key=value lines, # comments) for SASL/SSL settings."""
+    if not path.is_file():
+        raise SettingsError(f"PIPELINE_KAFKA_CONFIG={path} does not exist or is not a file")
+    props: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(("#", "!")):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"PIPELINE_KAFKA_CONFIG={path}:{number}: expected key=value")
+        props[key.strip()] = value.strip()
+    return props
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, resolved once from the environment."""
+
+    bootstrap: str = "localhost:9092"
+    kafka_config_file: Path | None = None
+    raw_topic: str = "raw-events"
+    dlq_topic: str = "dead-letter-queue"
+    data_dir: Path = Path("data")
+    # Batch sizing and timing (ours, not a contract).
+    max_range_events: int = 200_000
+    min_backlog_events: int = 5_000
+    max_wait_seconds: float = 30.0
+    drain_timeout_seconds: float = 120.0
+    max_lateness_days: int = 7
+    max_clock_skew_seconds: int = 300
+    consumer_group: str = "pipeline-project-lake"
+    kafka_extra: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def lake_dir(self) -> Path:
+        """Root of the committed lake: only complete, manifest-listed files live here."""
+        return self.data_dir / "output"
+
+    @property
+    def state_dir(self) -> Path:
+        """Manifests, intents, staging and locks: outside the lake root so readers never see them."""
+        return self.data_dir / "state"
+
+    @property
+    def parked_topic(self) -> str:
+        """Where DLQ records go after too many failed repair attempts."""
+        return f"{self.dlq_topic}.parked"
+
+    def kafka_common(self) -> dict[str, str]:
+        """librdkafka settings every client shares: bootstrap plus the optional properties file."""
+        conf = {"bootstrap.servers": self.bootstrap}
+        conf.update(self.kafka_extra)
+        return conf
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Reads PIPELINE_* variables; a malformed one raises SettingsError naming it."""
+        env = os.environ
+        config_file = env.get("PIPELINE_KAFKA_CONFIG") or None
+        extra = read_kafka_properties(Path(config_file)) if config_file else {}
+        bootstrap = env.get("PIPELINE_KAFKA_BOOTSTRAP") or "localhost:9092"
+        for topic_var in ("PIPELINE_RAW_TOPIC", "PIPELINE_DLQ_TOPIC"):
+            value = env.get(topic_var)
+            if value is not None and not _valid_topic(value):
+                raise SettingsError(f"{topic_var}={value!r} is not a valid Kafka topic name")
+        return cls(
+            bootstrap=bootstrap,
+            kafka_config_file=Path(config_file) if config_file else None,
+            raw_topic=env.get("PIPELINE_RAW_TOPIC") or "raw-events",
+            dlq_topic=env.get("PIPELINE_DLQ_TOPIC") or "dead-letter-queue",
+            data_dir=Path(env.get("PIPELINE_DATA_DIR") or "data"),
+            max_range_events=_env_int("PIPELINE_MAX_RANGE_EVENTS", 200_000, minimum=1),
+            min_backlog_events=_env_int("PIPELINE_MIN_BACKLOG_EVENTS", 5_000, minimum=1),
+            max_wait_seconds=_env_float("PIPELINE_MAX_WAIT_SECONDS", 30.0),
+            drain_timeout_seconds=_env_float("PIPELINE_DRAIN_TIMEOUT_SECONDS", 120.0, minimum=1),
+            max_lateness_days=_env_int("PIPELINE_MAX_LATENESS_DAYS", 7, minimum=0),
+            max_clock_skew_seconds=_env_int("PIPELINE_MAX_CLOCK_SKEW_SECONDS", 300, minimum=0),
+            consumer_group=env.get("PIPELINE_CONSUMER_GROUP") or "pipeline-project-lake",
+            kafka_extra=extra,
+        )
+
+
+def _valid_topic(name: str) -> bool:
+    """Kafka's own rule: 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    return 0 < len(name) <= 249 and name not in (".", "..") and set(name) <= allowed

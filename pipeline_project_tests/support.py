@@ -1,0 +1,31 @@
+"""Helpers shared by tests: environments for subprocesses, free ports, unique names."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from pipeline_project.kafka.broker import free_port_pair  # noqa: F401 - re-exported for tests
+from pipeline_project.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a subprocess needs to see the same settings as the test."""
+    env = dict(os.environ)
+    env.update({
+        "PIPELINE_KAFKA_BOOTSTRAP": settings.bootstrap,
+        "PIPELINE_RAW_TOPIC": settings.raw_topic,
+        "PIPELINE_DLQ_TOPIC": settings.dlq_topic,
+        "PIPELINE_DATA_DIR": str(settings.data_dir),
+    })
+    env.update(extra)
+    return env
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
