@@ -1,0 +1,780 @@
+"""The ledger: per-range intents (a WAL) and manifests (the commit point): the truth of progress.
+
+Like the HDFS sink's WAL + committed file names and Spark's offsets/commits logs, progress is what
+the manifests under `<state>/manifests/<topic>/<partition>/<range_id>.json` say, never the consumer
+group. An intent fixes a range's identity (run_id, ingested_at, the validator's `now`) before any
+work, so a re-run after a crash writes byte-identical files; "prepared" lists all a roll-forward
+needs. Every JSON file is written atomically; a torn one is reported and treated as absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline_project.batch import lake
+from pipeline_project.batch.lake import LakeFile, StagedFile
+from pipeline_project.batch.ranges import Range
+from pipeline_project.errors import (
+    AccountingError,
+    AlreadyCommittedError,
+    ContiguityError,
+    LedgerError,
+    LockBusyError,
+)
+
+log = logging.getLogger(__name__)
+
+LEDGER_VERSION = 1
+INTENTS_DIR = "intents"
+MANIFESTS_DIR = "manifests"
+LOCKS_DIR = "locks"
+IntentState = Literal["started", "prepared"]
+STARTED: Final[IntentState] = "started"
+PREPARED: Final[IntentState] = "prepared"
+_REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_JSON_OPTIONS = orjson.OPT_SORT_KEYS
+
+
+# --------------------------------------------------------------------------------------- json files
+
+
+def atomic_write_json(
+    path: Path, data: Mapping[str, Any], *, replace: bool = True, fault: str = ""
+) -> None:
+    """Atomic, durable JSON write (tmp, fsync, rename/link, dir fsync): lake.atomic_write_bytes."""
+    lake.atomic_write_bytes(
+        Path(path), orjson.dumps(data, option=_JSON_OPTIONS) + b"\n", replace=replace, fault=fault
+    )
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`, or None if absent; ValueError if torn or not an object."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"unparseable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        raise LedgerError("ledger timestamps must be timezone-aware")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _parse_time(value: Any) -> datetime:
+    moment = datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        raise ValueError(f"naive timestamp {value!r}")
+    return moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class LedgerProblem:
+    """A ledger file that could not be used (torn, unparseable, inconsistent), treated as absent."""
+
+    path: Path
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+# ---------------------------------------------------------------------------------- entries, digest
+
+
+@dataclass(frozen=True, order=True)
+class DlqEntry:
+    """One bad record confirmed in the DLQ: source offset and where its delivery report put it."""
+
+    source_offset: int
+    category: str
+    dlq_partition: int
+    dlq_offset: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source_offset": self.source_offset,
+            "category": self.category,
+            "dlq_partition": self.dlq_partition,
+            "dlq_offset": self.dlq_offset,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DlqEntry:
+        values = [data["source_offset"], data["dlq_partition"], data["dlq_offset"]]
+        if any(type(v) is not int or v < 0 for v in values) or not isinstance(
+            data["category"], str
+        ):
+            raise ValueError(f"bad DLQ entry {dict(data)!r}")
+        return cls(values[0], data["category"], values[1], values[2])
+
+
+def offsets_digest(offsets: Iterable[int]) -> str:
+    """Sha256 of the sorted offsets as decimal text joined by ',': a fingerprint of the set."""
+    text = ",".join(str(o) for o in sorted(offsets))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _parse_filtered(data: Any) -> dict[str, tuple[int, ...]]:
+    if not isinstance(data, dict):
+        raise ValueError("filtered must be an object")
+    result: dict[str, tuple[int, ...]] = {}
+    for reason, offsets in data.items():
+        if not _REASON_RE.fullmatch(reason) or not isinstance(offsets, list):
+            raise ValueError(f"bad filtered entry {reason!r}")
+        if any(type(o) is not int or o < 0 for o in offsets):
+            raise ValueError(f"bad filtered offsets for {reason!r}")
+        result[reason] = tuple(offsets)
+    return result
+
+
+def _check_version(data: Mapping[str, Any], kind: str) -> None:
+    """A newer ledger format stops the run (LedgerError) instead of being treated as torn.
+
+    An older binary must never quarantine what a newer one committed.
+    """
+    version = data.get("version")
+    if data.get("kind") == kind and type(version) is int and version > LEDGER_VERSION:
+        raise LedgerError(f"{kind} written by a newer pipeline (format {version}); upgrade first")
+    if data.get("kind") != kind or version != LEDGER_VERSION:
+        raise ValueError(f"not a version-{LEDGER_VERSION} {kind}")
+
+
+def _check_file_names(rng: Range, files: Sequence[LakeFile]) -> None:
+    """Listed files must be named after the range, and each listed once (no path tricks)."""
+    for item in files:
+        if item.path != lake.relative_path(rng, item.day, item.table):
+            raise ValueError(f"file {item.path!r} is not named after range {rng.range_id}")
+    if len({f.path for f in files}) != len(files):
+        raise ValueError("a file is listed twice")
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+
+def _partition_part(topic: str, partition: int) -> Path:
+    lake.validate_topic(topic)
+    if type(partition) is not int or partition < 0:
+        raise LedgerError(f"invalid partition {partition!r}")
+    return Path(topic) / str(partition)
+
+
+def manifest_dir(state_dir: Path, topic: str, partition: int) -> Path:
+    return Path(state_dir) / MANIFESTS_DIR / _partition_part(topic, partition)
+
+
+def manifest_path(state_dir: Path, rng: Range) -> Path:
+    """`<state>/manifests/<topic>/<partition>/<range_id>.json`."""
+    return manifest_dir(state_dir, rng.topic, rng.partition) / f"{rng.range_id}.json"
+
+
+def intent_dir(state_dir: Path, topic: str, partition: int) -> Path:
+    return Path(state_dir) / INTENTS_DIR / _partition_part(topic, partition)
+
+
+def intent_path(state_dir: Path, rng: Range) -> Path:
+    """`<state>/intents/<topic>/<partition>/<range_id>.json`."""
+    return intent_dir(state_dir, rng.topic, rng.partition) / f"{rng.range_id}.json"
+
+
+def lock_path(state_dir: Path, topic: str, partition: int) -> Path:
+    _partition_part(topic, partition)
+    return Path(state_dir) / LOCKS_DIR / f"{topic}-{partition}.lock"
+
+
+# ----------------------------------------------------------------------------------------- locks
+
+_HELD: set[tuple[str, str, int]] = set()
+
+
+@dataclass(frozen=True)
+class PartitionLock:
+    """Proof that this process holds the partition's flock (released when the context exits)."""
+
+    path: Path
+    topic: str
+    partition: int
+
+
+def _lock_key(state_dir: Path, topic: str, partition: int) -> tuple[str, str, int]:
+    return (os.path.realpath(state_dir), topic, partition)
+
+
+@contextlib.contextmanager
+def partition_lock(state_dir: Path, topic: str, partition: int) -> Iterator[PartitionLock]:
+    """Holds `flock(LOCK_EX | LOCK_NB)` on the partition's lock file; busy → LockBusyError (Z1).
+
+    The kernel drops the lock when the process dies, so a crashed run never leaves a stale lock;
+    the file itself is never deleted (that races). The holder's pid is written for messages.
+    """
+    path = lock_path(state_dir, topic, partition)
+    key = _lock_key(state_dir, topic, partition)
+    if key in _HELD:
+        raise LockBusyError(f"{topic}[{partition}] is already locked by this process ({path})")
+    lake.ensure_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown holder"
+            raise LockBusyError(
+                f"another run is processing {topic}[{partition}] ({holder}); lock file {path}"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {_iso(datetime.now(UTC))}\n".encode(), 0)
+        _HELD.add(key)
+        try:
+            yield PartitionLock(path, topic, partition)
+        finally:
+            _HELD.discard(key)
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def assert_locked(state_dir: Path, topic: str, partition: int) -> None:
+    """Guards ledger mutations: only the holder of the partition lock may change its ledger."""
+    if _lock_key(state_dir, topic, partition) not in _HELD:
+        raise LedgerError(f"{topic}[{partition}]: hold partition_lock() before changing its ledger")
+
+
+# ---------------------------------------------------------------------------------------- manifests
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A committed range: what was consumed and where every record went (lake, DLQ or filtered)."""
+
+    range: Range
+    run_id: str
+    ingested_at: datetime
+    reference_time: datetime
+    committed_at: datetime
+    records: int
+    files: tuple[LakeFile, ...]
+    dlq: tuple[DlqEntry, ...]
+    filtered: Mapping[str, tuple[int, ...]]
+    record_offsets_sha256: str
+    counts: Mapping[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)
+
+    @property
+    def written(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    def computed_counts(self) -> dict[str, Any]:
+        """The counts the lists imply (what `counts` must equal)."""
+        return {
+            "records": self.records,
+            "written": self.written,
+            "dlq": len(self.dlq),
+            "filtered": {reason: len(offsets) for reason, offsets in sorted(self.filtered.items())},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": LEDGER_VERSION,
+            "kind": "manifest",
+            "range_id": self.range.range_id,
+            "range": self.range.to_dict(),
+            "run_id": self.run_id,
+            "ingested_at": _iso(self.ingested_at),
+            "reference_time": _iso(self.reference_time),
+            "committed_at": _iso(self.committed_at),
+            "counts": self.computed_counts(),
+            "files": [f.to_dict() for f in self.files],
+            "dlq": [d.to_dict() for d in self.dlq],
+            "filtered": {reason: list(offs) for reason, offs in sorted(self.filtered.items())},
+            "record_offsets": {"count": self.records, "sha256": self.record_offsets_sha256},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: Path | None = None) -> Manifest:
+        """Structural validation only (types, paths named after this range).
+
+        Counts are checked by reconcile, so a manifest whose numbers disagree is reported, not
+        silently dropped.
+        """
+        _check_version(data, "manifest")
+        rng = Range.from_dict(data["range"])
+        if data.get("range_id") != rng.range_id:
+            raise ValueError("range_id does not match range")
+        files = tuple(LakeFile.from_dict(f) for f in data["files"])
+        _check_file_names(rng, files)
+        offsets = data["record_offsets"]
+        if type(offsets["count"]) is not int or not isinstance(data["counts"], dict):
+            raise ValueError("bad record_offsets/counts")
+        return cls(
+            range=rng,
+            run_id=str(data["run_id"]),
+            ingested_at=_parse_time(data["ingested_at"]),
+            reference_time=_parse_time(data["reference_time"]),
+            committed_at=_parse_time(data["committed_at"]),
+            records=offsets["count"],
+            files=files,
+            dlq=tuple(DlqEntry.from_dict(d) for d in data["dlq"]),
+            filtered=_parse_filtered(data["filtered"]),
+            record_offsets_sha256=lake._sha(offsets["sha256"]),
+            counts=data["counts"],
+            path=path,
+        )
+
+
+@dataclass
+class ManifestScan:
+    """Valid manifests, the unusable ones (torn, unparseable, misplaced) and temp leftovers."""
+
+    manifests: list[Manifest] = field(default_factory=list)
+    problems: list[LedgerProblem] = field(default_factory=list)
+    temp_files: list[Path] = field(default_factory=list)
+
+
+def _load_manifest_file(path: Path, topic: str, partition: int) -> Manifest:
+    data = read_json(path)
+    if data is None:
+        raise ValueError("vanished while reading")
+    try:
+        manifest = Manifest.from_dict(data, path)
+    except (KeyError, TypeError, ValueError, lake.LakePathError) as exc:
+        raise ValueError(f"invalid manifest: {exc}") from None
+    rng = manifest.range
+    if (rng.topic, rng.partition) != (topic, partition) or path.name != f"{rng.range_id}.json":
+        raise ValueError("manifest stored under the wrong topic/partition/name")
+    return manifest
+
+
+def partition_dirs(
+    base: Path, topic: str | None = None, partition: int | None = None
+) -> Iterator[tuple[str, int, Path]]:
+    """(topic, partition, dir) for each `<base>/<topic>/<partition>/` (manifests, intents)."""
+    if not base.is_dir():
+        return
+    for topic_dir in sorted(base.iterdir()):
+        if topic is not None and topic_dir.name != topic:
+            continue
+        if not topic_dir.is_dir():
+            continue
+        for part_dir in sorted(topic_dir.iterdir()):
+            if part_dir.is_dir() and part_dir.name.isdigit():
+                if partition is None or int(part_dir.name) == partition:
+                    yield topic_dir.name, int(part_dir.name), part_dir
+
+
+def scan_manifests(
+    state_dir: Path, topic: str | None = None, partition: int | None = None
+) -> ManifestScan:
+    """Reads every manifest (optionally of one topic/partition); never raises on a bad file."""
+    scan = ManifestScan()
+    for name, part, directory in partition_dirs(Path(state_dir) / MANIFESTS_DIR, topic, partition):
+        for path in sorted(directory.iterdir()):
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                scan.temp_files.append(path)
+                continue
+            try:
+                scan.manifests.append(_load_manifest_file(path, name, part))
+            except (OSError, ValueError) as exc:
+                scan.problems.append(LedgerProblem(path, str(exc)))
+    scan.manifests.sort(key=lambda m: m.range)
+    return scan
+
+
+def load_manifests(
+    state_dir: Path, topic: str | None = None, partition: int | None = None
+) -> list[Manifest]:
+    """Valid manifests sorted by (topic, partition, start); unusable ones are logged and skipped."""
+    scan = scan_manifests(state_dir, topic, partition)
+    for problem in scan.problems:
+        log.warning("ignoring unusable manifest %s", problem)
+    return scan.manifests
+
+
+def read_manifest(state_dir: Path, rng: Range) -> Manifest | None:
+    """The manifest of exactly this range, or None (absent or unusable)."""
+    path = manifest_path(state_dir, rng)
+    try:
+        return _load_manifest_file(path, rng.topic, rng.partition)
+    except (OSError, ValueError):
+        return None
+
+
+def committed_end(state_dir: Path, topic: str, partition: int) -> int | None:
+    """End of the contiguous run of committed ranges from the first one; None if nothing committed.
+
+    A gap stops the walk: work resumes at the gap, and reconcile reports the ranges beyond it.
+    """
+    end: int | None = None
+    for manifest in load_manifests(state_dir, topic, partition):
+        if end is None or manifest.range.start == end:
+            end = manifest.range.end
+        elif manifest.range.start > end:
+            break
+    return end
+
+
+def check_contiguity(state_dir: Path, rng: Range) -> None:
+    """Z3: a new range must start at the committed end and overlap nothing committed."""
+    manifests = load_manifests(state_dir, rng.topic, rng.partition)
+    for manifest in manifests:
+        if manifest.range == rng:
+            raise AlreadyCommittedError(
+                f"range {rng.range_id} is already committed ({manifest.path})"
+            )
+        other = manifest.range
+        if rng.start < other.end and other.start < rng.end:
+            raise ContiguityError(f"range {rng.range_id} overlaps committed {other.range_id}")
+    end = committed_end(state_dir, rng.topic, rng.partition)
+    if end is not None and rng.start != end:
+        raise ContiguityError(
+            f"range {rng.range_id} does not start at the committed end {end} of "
+            f"{rng.topic}[{rng.partition}]"
+        )
+
+
+# ------------------------------------------------------------------------------------------ intents
+
+
+@dataclass(frozen=True)
+class Intent:
+    """The WAL record of one range attempt.
+
+    `adopted` is True when write_intent returned an earlier attempt's identity: the caller must
+    then use this run_id/ingested_at/now, not its own.
+    """
+
+    range: Range
+    run_id: str
+    ingested_at: datetime
+    now: datetime
+    state: IntentState = STARTED
+    files: tuple[StagedFile, ...] = ()
+    dlq: tuple[DlqEntry, ...] = ()
+    filtered: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    records: int | None = None
+    record_offsets_sha256: str | None = None
+    adopted: bool = field(default=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": LEDGER_VERSION,
+            "kind": "intent",
+            "range_id": self.range.range_id,
+            "range": self.range.to_dict(),
+            "run_id": self.run_id,
+            "ingested_at": _iso(self.ingested_at),
+            "now": _iso(self.now),
+            "state": self.state,
+            "files": [f.to_dict() for f in self.files],
+            "dlq": [d.to_dict() for d in self.dlq],
+            "filtered": {reason: list(offs) for reason, offs in sorted(self.filtered.items())},
+            "records": self.records,
+            "record_offsets_sha256": self.record_offsets_sha256,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Intent:
+        _check_version(data, "intent")
+        if data["state"] not in (STARTED, PREPARED):
+            raise ValueError(f"unknown intent state {data['state']!r}")
+        rng = Range.from_dict(data["range"])
+        files = tuple(StagedFile.from_dict(f) for f in data["files"])
+        _check_file_names(rng, files)
+        records = data.get("records")
+        if data["state"] == PREPARED and type(records) is not int:
+            raise ValueError("prepared intent without a record count")
+        return cls(
+            range=rng,
+            run_id=str(data["run_id"]),
+            ingested_at=_parse_time(data["ingested_at"]),
+            now=_parse_time(data["now"]),
+            state=data["state"],
+            files=files,
+            dlq=tuple(DlqEntry.from_dict(d) for d in data["dlq"]),
+            filtered=_parse_filtered(data["filtered"]),
+            records=records,
+            record_offsets_sha256=data.get("record_offsets_sha256"),
+        )
+
+
+def _load_intent_file(path: Path) -> Intent:
+    data = read_json(path)
+    if data is None:
+        raise ValueError("vanished while reading")
+    try:
+        intent = Intent.from_dict(data)
+    except (KeyError, TypeError, ValueError, lake.LakePathError) as exc:
+        raise ValueError(f"invalid intent: {exc}") from None
+    if path.name != f"{intent.range.range_id}.json":
+        raise ValueError("intent stored under the wrong name")
+    return intent
+
+
+def list_intents(
+    state_dir: Path, topic: str, partition: int
+) -> tuple[list[Intent], list[LedgerProblem]]:
+    """All readable intents of a partition, plus the unreadable ones (torn: treat as absent)."""
+    directory = intent_dir(state_dir, topic, partition)
+    intents: list[Intent] = []
+    problems: list[LedgerProblem] = []
+    if not directory.is_dir():
+        return intents, problems
+    for path in sorted(directory.iterdir()):
+        try:
+            intent = _load_intent_file(path)
+            if (intent.range.topic, intent.range.partition) != (topic, partition):
+                raise ValueError("intent stored under the wrong topic/partition")
+            intents.append(intent)
+        except (OSError, ValueError) as exc:
+            problems.append(LedgerProblem(path, str(exc)))
+    return intents, problems
+
+
+def read_intent(state_dir: Path, rng: Range) -> Intent | None:
+    """The intent of exactly this range, or None when absent or torn."""
+    try:
+        return _load_intent_file(intent_path(state_dir, rng))
+    except (OSError, ValueError):
+        return None
+
+
+def write_intent(
+    state_dir: Path, rng: Range, run_id: str, ingested_at: datetime, now: datetime
+) -> Intent:
+    """Records "range started" before any drain. Requires the partition lock and contiguity (Z3).
+
+    If an intent for this exact range survives (a rolled-back attempt), it is adopted: the returned
+    Intent keeps the first attempt's run_id, ingested_at and now, so the re-run writes
+    byte-identical files and re-sends identical DLQ verdicts. A "started" intent of another range
+    is stale and replaced; a "prepared" one means recovery did not run, which is an error.
+    """
+    assert_locked(state_dir, rng.topic, rng.partition)
+    check_contiguity(state_dir, rng)
+    intents, _ = list_intents(state_dir, rng.topic, rng.partition)
+    for other in intents:
+        if other.state == PREPARED:
+            raise LedgerError(f"prepared intent {other.range.range_id} pending: run recovery first")
+        if other.range == rng:
+            log.info("adopting the identity of an earlier attempt at %s", rng.range_id)
+            return replace(other, adopted=True)
+        clear_intent(state_dir, other.range)  # a stale, rolled-back attempt at another range
+        lake.remove_staging(state_dir, other.range)
+    intent = Intent(rng, run_id, _checked(ingested_at), _checked(now))
+    atomic_write_json(intent_path(state_dir, rng), intent.to_dict())
+    return intent
+
+
+def _checked(moment: datetime) -> datetime:
+    _iso(moment)
+    return moment.astimezone(UTC)
+
+
+def clear_intent(state_dir: Path, rng: Range) -> bool:
+    """Removes a range's intent (after its manifest, or when stale); True if there was one."""
+    path = intent_path(state_dir, rng)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    lake.fsync_dir(path.parent)
+    return True
+
+
+def reset_intent(state_dir: Path, intent: Intent) -> Intent:
+    """Roll-back: back to "started" with no files, keeping the identity for an identical re-run."""
+    started = Intent(intent.range, intent.run_id, intent.ingested_at, intent.now)
+    atomic_write_json(intent_path(state_dir, intent.range), started.to_dict())
+    return started
+
+
+# ------------------------------------------------------------------------------------- accounting
+
+
+def _file_offsets(staged: StagedFile) -> list[int]:
+    """The kafka_offset column of a staged file, read back from disk (what readers will see)."""
+    table = pq.read_table(staged.staging_path, columns=[lake.OFFSET_COLUMN])
+    return table.column(lake.OFFSET_COLUMN).to_pylist()
+
+
+def _disjoint_union(groups: Mapping[str, Sequence[int]], rng: Range) -> set[int]:
+    """Union of offset groups; refuses duplicates within or across groups, and strays."""
+    seen: dict[int, str] = {}
+    for where, offsets in groups.items():
+        for offset in offsets:
+            if not rng.start <= offset < rng.end:
+                raise AccountingError(f"{where} offset {offset} outside {rng.range_id}")
+            if offset in seen:
+                raise AccountingError(f"offset {offset} counted twice ({seen[offset]} and {where})")
+            seen[offset] = where
+    return set(seen)
+
+
+def account(
+    rng: Range,
+    files: Sequence[StagedFile],
+    dlq: Sequence[DlqEntry],
+    filtered: Mapping[str, Iterable[int]],
+    consumed_offsets: Iterable[int],
+) -> tuple[int, str]:
+    """Proves consumed = lake rows ⊎ DLQ ⊎ filtered per offset; returns (records, sha256)."""
+    consumed = list(consumed_offsets)
+    consumed_set = _disjoint_union({"consumed": consumed}, rng)
+    groups: dict[str, Sequence[int]] = {"dlq": [d.source_offset for d in dlq]}
+    for item in files:
+        if item.table == lake.TABLE_EVENTS or item.min_offset is not None:
+            groups[f"file {item.path}"] = _file_offsets(item)
+    for reason, offsets in filtered.items():
+        if not _REASON_RE.fullmatch(reason):
+            raise AccountingError(f"bad filter reason {reason!r}")
+        groups[f"filtered:{reason}"] = list(offsets)
+    accounted = _disjoint_union(groups, rng)
+    if accounted != consumed_set:
+        lost = sorted(consumed_set - accounted)[:10]
+        extra = sorted(accounted - consumed_set)[:10]
+        raise AccountingError(f"{rng.range_id}: unaccounted offsets {lost}, never consumed {extra}")
+    return len(consumed), offsets_digest(consumed)
+
+
+def prepare_intent(
+    state_dir: Path,
+    intent: Intent,
+    files: Sequence[StagedFile],
+    dlq: Sequence[DlqEntry],
+    filtered: Mapping[str, Iterable[int]],
+    consumed_offsets: Iterable[int],
+) -> Intent:
+    """After staging and confirmed DLQ delivery: check the accounting, mark the intent "prepared".
+
+    The prepared intent holds everything recovery needs to roll forward: files, DLQ entries and
+    filtered offsets.
+    """
+    assert_locked(state_dir, intent.range.topic, intent.range.partition)
+    filtered_lists = {reason: sorted(offsets) for reason, offsets in filtered.items()}
+    records, digest = account(intent.range, files, dlq, filtered_lists, consumed_offsets)
+    prepared = replace(
+        intent,
+        state=PREPARED,
+        files=tuple(sorted(files, key=lambda f: f.path)),
+        dlq=tuple(sorted(dlq)),
+        filtered={reason: tuple(offs) for reason, offs in filtered_lists.items() if offs},
+        records=records,
+        record_offsets_sha256=digest,
+        adopted=False,
+    )
+    atomic_write_json(intent_path(state_dir, intent.range), prepared.to_dict())
+    return prepared
+
+
+# ------------------------------------------------------------------------------------------- commit
+
+
+def manifest_from_intent(intent: Intent, committed_at: datetime) -> Manifest:
+    """The manifest a prepared intent commits to."""
+    if intent.state != PREPARED or intent.records is None or intent.record_offsets_sha256 is None:
+        raise LedgerError(f"intent {intent.range.range_id} is not prepared")
+    return Manifest(
+        range=intent.range,
+        run_id=intent.run_id,
+        ingested_at=intent.ingested_at,
+        reference_time=intent.now,
+        committed_at=_checked(committed_at),
+        records=intent.records,
+        files=tuple(f.lake_file() for f in intent.files),
+        dlq=intent.dlq,
+        filtered=intent.filtered,
+        record_offsets_sha256=intent.record_offsets_sha256,
+    )
+
+
+def _same_commit(a: Manifest, b: Manifest) -> bool:
+    """Two manifests record the same commit if everything but the commit time agrees."""
+    return replace(a, committed_at=b.committed_at, counts={}, path=None) == replace(
+        b, counts={}, path=None
+    )
+
+
+def commit_manifest(
+    state_dir: Path, lake_dir: Path, intent: Intent, committed_at: datetime
+) -> Manifest:
+    """The commit point: writes the range's manifest atomically and no-clobber.
+
+    K8 fires between the fsynced temp file and its link. Every listed file must already be in the
+    lake. An existing manifest for the same commit is accepted (idempotent); a different one raises
+    LedgerError.
+    """
+    rng = intent.range
+    assert_locked(state_dir, rng.topic, rng.partition)
+    manifest = manifest_from_intent(intent, committed_at)
+    for item in manifest.files:
+        target = lake.resolve(lake_dir, item.path)
+        if not target.is_file() or target.stat().st_size != item.size:
+            raise LedgerError(f"refusing to commit {rng.range_id}: {item.path} is not published")
+    path = manifest_path(state_dir, rng)
+    try:
+        atomic_write_json(path, manifest.to_dict(), replace=False, fault="K8")
+    except FileExistsError:
+        existing = read_manifest(state_dir, rng)
+        if existing is None or not _same_commit(existing, manifest):
+            raise LedgerError(
+                f"a different or unreadable manifest already exists at {path}"
+            ) from None
+        return existing
+    return replace(manifest, counts=manifest.computed_counts(), path=path)
+
+
+def finish_range(state_dir: Path, rng: Range) -> None:
+    """After the manifest: drop the intent, then the staging links (the lake keeps its own)."""
+    assert_locked(state_dir, rng.topic, rng.partition)
+    clear_intent(state_dir, rng)
+    lake.remove_staging(state_dir, rng)
+
+
+# ---------------------------------------------------------------------------------- committed ids
+
+
+def committed_ids(
+    lake_dir: Path,
+    days: Iterable[date],
+    *,
+    state_dir: Path,
+    topic: str | None = None,
+    partition: int | None = None,
+    table: str = lake.TABLE_EVENTS,
+) -> pl.DataFrame:
+    """Distinct (event_date, event_id) committed on the given days, for cross-range dedup.
+
+    Reads only manifest-listed files, so strays and in-flight files never count.
+    """
+    wanted = {lake.validate_day(d) for d in days}
+    paths = [
+        lake.resolve(lake_dir, f.path)
+        for m in load_manifests(state_dir, topic, partition)
+        for f in m.files
+        if f.table == table and f.day in wanted
+    ]
+    schema = {lake.DATE_COLUMN: pl.Date, "event_id": pl.String}
+    if not paths:
+        return pl.DataFrame(schema=schema)
+    tables = [pq.read_table(p, columns=[lake.DATE_COLUMN, "event_id"]) for p in sorted(paths)]
+    frame = pl.DataFrame(pa.concat_tables(tables))
+    return frame.cast(schema).unique().sort(list(schema))  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Tests of the batch core (plan, parse, validate, transform, lake, ledger, recover, reconcile)."""
