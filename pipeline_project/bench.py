@@ -202,7 +202,7 @@ def _baseline_event(value: bytes | None, low: datetime, high: datetime) -> dict 
     ua = event["user_agent"]
     url = urllib.parse.urlsplit(event["page_url"])
     props = event.get("properties") if isinstance(event.get("properties"), dict) else {}
-    return {
+    row = {
         "event_id": event["event_id"], "event_type": event["event_type"].strip().lower(),
         "timestamp": ts.astimezone(UTC), "event_date": ts.astimezone(UTC).date(),
         "user_id": event["user_id"], "session_id": event["session_id"],
@@ -216,6 +216,17 @@ def _baseline_event(value: bytes | None, low: datetime, high: datetime) -> dict 
         "product_id": props.get("product_id"), "price": props.get("price"),
         "currency": props.get("currency"), "quantity": props.get("quantity"),
     }
+    numeric = ("price", "quantity", "timestamp", "event_date", "is_bot")
+    try:  # a type clash or a lone surrogate would fail the whole Arrow table (RELIABILITY.md §0.7)
+        for name, value in row.items():
+            if value is not None and name not in numeric:
+                value.encode("utf-8")
+    except (UnicodeEncodeError, AttributeError):
+        return None
+    if not all(isinstance(row[k], (int, float, type(None))) and not isinstance(row[k], bool)
+               for k in ("price", "quantity")):
+        return None
+    return row
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from pipeline_project.batch.process import process_batch
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch
 from pipeline_project.batch.recover import recover
-from pipeline_project.dlq import publish as dlq_publish
+from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import DataLossError, PipelineError
 from pipeline_project.kafka.drain import drain_range, make_consumer
+from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,17 +161,19 @@ def ingest(settings: Settings, ranges: Sequence[Range] | None = None, *, run_id:
     started = time.perf_counter()
     preflight(settings)
     consumer = make_consumer(settings)
+    dlq = DlqPublisher(settings, settings.dlq_topic)
     try:
         todo = list(ranges) if ranges is not None else plan_all(settings, consumer)
         for rng in todo:
             if rng.topic != settings.raw_topic:
                 raise PipelineError(f"range {rng.range_id} is not of the raw topic {settings.raw_topic}")
-            outcome = run_range(settings, consumer, rng, result.run_id, clock)
+            outcome = run_range(settings, consumer, dlq, rng, result.run_id, clock)
             logger.info("%s: %s (%d records, %d rows, %d DLQ, filtered %s)", rng.range_id,
                         outcome.status, outcome.records, outcome.written, outcome.dlq, outcome.filtered)
             result.outcomes.append(outcome)
     finally:
         consumer.close()
+        dlq.close()
         result.seconds = time.perf_counter() - started
     return result
 
@@ -204,11 +207,11 @@ def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:
     return plan.ranges
 
 
-def run_range(settings: Settings, consumer: Consumer, rng: Range, run_id: str,
+def run_range(settings: Settings, consumer: Consumer, dlq: DlqPublisher, rng: Range, run_id: str,
               clock: Callable[[], datetime]) -> RangeOutcome:
     """The protocol for one range, under the partition's lock."""
     state, lake_dir = settings.state_dir, settings.lake_dir
-    with ledger.partition_lock(state, rng.topic, rng.partition):
+    with ledger.partition_lock(state, rng.topic, rng.partition), paused_gc():
         recover(lake_dir, state, rng.topic, rng.partition)
         existing = ledger.read_manifest(state, rng)
         if existing is not None:
@@ -220,7 +223,7 @@ def run_range(settings: Settings, consumer: Consumer, rng: Range, run_id: str,
         fault_point("K1")
         batch = process(settings, raw, intent)
         staged = lake.stage_days(lake.staging_dir(state, rng), rng, batch.good)
-        deliveries = send_rejects(settings, raw, batch, intent)
+        deliveries = send_rejects(dlq, raw, batch, intent)
         fault_point("K6")
         intent = ledger.prepare_intent(state, intent, staged, deliveries, batch.filtered, raw.offsets)
         fault_point("K3")
@@ -251,7 +254,7 @@ def process(settings: Settings, raw: RawBatch, intent: ledger.Intent) -> BatchRe
     )
 
 
-def send_rejects(settings: Settings, raw: RawBatch, batch: BatchResult,
+def send_rejects(dlq: DlqPublisher, raw: RawBatch, batch: BatchResult,
                  intent: ledger.Intent) -> list[ledger.DlqEntry]:
     """Every rejected record to the DLQ with its reason; returns only confirmed deliveries."""
     if not batch.rejects:
@@ -267,7 +270,7 @@ def send_rejects(settings: Settings, raw: RawBatch, batch: BatchResult,
             stage=reject.stage, category=reject.category, rule=reject.rule, field=reject.field,
             message=reject.message, attempt=1, run_id=intent.run_id, failed_at=failed_at,
         ))
-    deliveries = dlq_publish.publish(settings, settings.dlq_topic, records)
+    deliveries = dlq.publish(records)
     return [ledger.DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset)
             for d in deliveries]
 

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
 from pipeline_project.errors import DataLossError, DrainError, KafkaUnavailableError
+from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,11 @@ METADATA_TIMEOUT_S = 10.0
 
 
 def consumer_config(settings: Settings) -> dict[str, object]:
-    """Exact-range consumer settings; the group id is only used for the lag-dashboard commit."""
+    """Exact-range consumer settings; the group id is only used for the lag-dashboard commit.
+
+    Fetch sizes stay at librdkafka's defaults: measured here, raising max.partition.fetch.bytes to
+    16 MiB made a 200k-record drain four times slower (115k/s against 450k/s).
+    """
     return {
         **settings.kafka_common(),
         "group.id": settings.consumer_group,
@@ -33,9 +38,6 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         "auto.offset.reset": "error",
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "queued.max.messages.kbytes": 256 * 1024,
         "log_level": 3,
     }
 
@@ -73,7 +75,8 @@ def drain_range(consumer: Consumer, rng: Range, timeout_s: float) -> RawBatch:
     check_available(consumer, rng)
     consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
     try:
-        _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s)
+        with paused_gc():
+            _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s)
     finally:
         consumer.unassign()
     return batch
