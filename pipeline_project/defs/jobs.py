@@ -5,7 +5,6 @@ With no config it drains every partition from its last commit to the high waterm
 `events` partition, and the accounting identity of the run is reported as an asset check.
 """
 
-from __future__ import annotations
 
 from dagster import (
     AssetCheckEvaluation,
