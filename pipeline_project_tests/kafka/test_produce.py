@@ -1,0 +1,276 @@
+"""The producer on a real broker: truth lines match the topic, runs repeat, stops are clean.
+
+No mocks: every test produces into fresh topics of the session's broker and reads them back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pipeline_project.errors import PipelineError
+from pipeline_project.events.generator import EventGenerator, Record
+from pipeline_project.kafka import produce
+from pipeline_project.kafka.topics import ensure_topics
+from pipeline_project.settings import Settings
+from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, free_port_pair, unique
+
+Coord = tuple[int, int]
+
+
+def parse_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    produce.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def run_in_process(
+    settings: Settings, capsys: pytest.CaptureFixture[str], *argv: str, clock: float
+) -> tuple[int, dict]:
+    code = produce.run(parse_args(*argv), settings, clock=lambda: clock)
+    out = capsys.readouterr().out.strip().splitlines()
+    return code, json.loads(out[-1])
+
+
+def read_topic(bootstrap: str, topic: str) -> dict[Coord, tuple[bytes | None, bytes | None]]:
+    """Every record of a topic, from offset 0 to the high watermark of each partition."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique("g"), "enable.auto.commit": False}
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        ends = {}
+        for p in meta.topics[topic].partitions:
+            ends[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+        consumer.assign([TopicPartition(topic, p, 0) for p, end in ends.items() if end > 0])
+        records: dict[Coord, tuple[bytes | None, bytes | None]] = {}
+        deadline = time.monotonic() + 30
+        while len(records) < sum(ends.values()):
+            assert time.monotonic() < deadline, "topic not read back within 30 s"
+            for msg in consumer.consume(1_000, timeout=1):
+                assert msg.error() is None, msg.error()
+                coord = (int(msg.partition() or 0), int(msg.offset() or 0))
+                records[coord] = (msg.key(), msg.value())
+        return records
+    finally:
+        consumer.close()
+
+
+def read_truth(path: Path) -> dict[Coord, dict]:
+    lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    truth = {(t["partition"], t["offset"]): t for t in lines}
+    assert len(truth) == len(lines), "a coordinate appears twice in the truth file"
+    return truth
+
+
+def by_partition(topic: dict[Coord, tuple[bytes | None, bytes | None]]) -> dict[int, list]:
+    parts: dict[int, list] = defaultdict(list)
+    for (p, _), kv in sorted(topic.items()):
+        parts[p].append(kv)
+    return parts
+
+
+def test_truth_file_matches_what_a_consumer_reads(
+    kafka_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    truth_file, now = tmp_path / "truth.jsonl", time.time()
+    flags = ("--bad-ratio", "0.2", "--duplicate-ratio", "0.05", "--late-ratio", "0.2")
+    code, summary = run_in_process(
+        kafka_settings,
+        capsys,
+        "--count",
+        "3000",
+        "--rate",
+        "0",
+        "--seed",
+        "11",
+        *flags,
+        "--truth",
+        str(truth_file),
+        clock=now,
+    )
+    assert code == 0
+    assert summary["sent"] == summary["delivered"] == 3000
+    assert summary["failed"] == summary["in_flight"] == 0
+
+    topic = read_topic(kafka_settings.bootstrap, kafka_settings.raw_topic)
+    truth = read_truth(truth_file)
+    assert set(truth) == set(topic)
+    assert len({p for p, _ in topic}) == 3
+    for coord, (key, value) in topic.items():
+        line = truth[coord]
+        assert line["topic"] == kafka_settings.raw_topic
+        assert key == line["key"].encode()
+        if line["verdict"] == "bad:null_value":
+            assert value is None
+        if line["event_id"] is not None:
+            assert orjson.loads(value or b"")["event_id"] == line["event_id"]
+
+    # The topic holds exactly the generator's records, in generation order within each partition.
+    expected: list[Record] = EventGenerator(
+        11, bad_ratio=0.2, duplicate_ratio=0.05, late_ratio=0.2
+    ).batch(3000, now)
+    partition_of = {key: p for (p, _), (key, _) in topic.items()}
+    want: dict[int, list[Record]] = defaultdict(list)
+    for record in expected:
+        want[partition_of[record.key]].append(record)
+    got = by_partition(topic)
+    truth_by_partition = defaultdict(list)
+    for (p, _), line in sorted(truth.items()):
+        truth_by_partition[p].append(line)
+    for p, records in want.items():
+        assert [(r.key, r.value) for r in records] == got[p]
+        assert [(r.verdict, r.event_id) for r in records] == [
+            (t["verdict"], t["event_id"]) for t in truth_by_partition[p]
+        ]
+    assert dict(summary["verdicts"]) == _count(r.verdict for r in expected)
+
+
+def _count(items: object) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for item in items:  # type: ignore[attr-defined]
+        counts[item] += 1
+    return dict(counts)
+
+
+def test_same_seed_gives_the_same_records(
+    kafka_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = dataclasses.replace(kafka_settings, raw_topic=unique("raw"), dlq_topic=unique("dlq"))
+    ensure_topics(other, raw_partitions=3)
+    now = time.time()
+    truths = []
+    for settings in (kafka_settings, other):
+        truths.append(tmp_path / f"{settings.raw_topic}.jsonl")
+        flags = ("--count", "1500", "--rate", "0", "--seed", "5", "--bad-ratio", "0.1")
+        code, _ = run_in_process(settings, capsys, *flags, "--truth", str(truths[-1]), clock=now)
+        assert code == 0
+    first = read_topic(kafka_settings.bootstrap, kafka_settings.raw_topic)
+    second = read_topic(kafka_settings.bootstrap, other.raw_topic)
+    assert first == second
+    strip = [{c: {**t, "topic": None} for c, t in read_truth(f).items()} for f in truths]
+    assert strip[0] == strip[1]
+
+
+def test_sigterm_flushes_and_summary_matches_topic(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    truth_file = tmp_path / "truth.jsonl"
+    cmd = [PYTHON, "-m", "pipeline_project.cli", "produce", "--rate", "5000",
+           "--bad-ratio", "0.05", "--truth", str(truth_file)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env_for(kafka_settings), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (truth_file.exists() and truth_file.stat().st_size > 100_000):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "producer delivered nothing within 30 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=45)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped_by"] == "SIGTERM"
+    topic = read_topic(kafka_settings.bootstrap, kafka_settings.raw_topic)
+    assert summary["sent"] == summary["delivered"] == len(topic) > 0
+    assert summary["failed"] == 0
+    assert len(read_truth(truth_file)) == len(topic)
+    assert out.strip().count("\n") == 0, "the summary is the only stdout line off a TTY"
+
+
+def test_unreachable_broker_fails_fast_with_one_line(tmp_path: Path) -> None:
+    dead = dataclasses.replace(Settings(), bootstrap="127.0.0.1:1", data_dir=tmp_path)
+    began = time.monotonic()
+    done = subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", "produce", "--count", "10"],
+        env=env_for(dead), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    took = time.monotonic() - began
+    assert done.returncode != 0
+    assert took < 25, f"took {took:.1f} s"
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "127.0.0.1:1" in lines[0]
+    assert "did not answer" in lines[0]
+
+
+def test_missing_topic_is_a_clear_error(kafka_settings: Settings) -> None:
+    args = parse_args("--count", "5", "--topic", unique("absent"))
+    with pytest.raises(PipelineError, match="does not exist"):
+        produce.run(args, kafka_settings)
+
+
+def test_failed_deliveries_are_counted_not_dropped(
+    kafka_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A topic that refuses batches over 16 KiB: the broker rejects whole batches, each rejected
+    record is counted as failed by verdict, and only the delivered ones are in the truth file."""
+    small = unique("small")
+    admin = AdminClient({"bootstrap.servers": kafka_settings.bootstrap})
+    spec = NewTopic(small, num_partitions=1, replication_factor=1,
+                    config={"max.message.bytes": "16384"})  # fmt: skip
+    admin.create_topics([spec])[small].result(timeout=30)
+    truth_file = tmp_path / "truth.jsonl"
+    code, summary = run_in_process(
+        kafka_settings, capsys, "--topic", small, "--count", "400", "--rate", "0",
+        "--bad-ratio", "0.5", "--seed", "3", "--truth", str(truth_file), clock=time.time(),
+    )  # fmt: skip
+    assert code == 1
+    assert summary["failed"] > 0
+    assert summary["errors"].keys() == {"MSG_SIZE_TOO_LARGE"}
+    assert "bad:too_large" in summary["failed_verdicts"]
+    assert summary["delivered"] + summary["failed"] == summary["sent"] == 400
+    assert sum(summary["failed_verdicts"].values()) == summary["failed"]
+    assert len(read_truth(truth_file)) == summary["delivered"]
+    landed = read_topic(kafka_settings.bootstrap, small)
+    assert len(landed) == summary["delivered"]
+    assert all(len(value or b"") <= 16384 for _, value in landed.values())
+
+
+def test_rate_is_held_and_metrics_are_served(kafka_settings: Settings) -> None:
+    port = free_port_pair()
+    cmd = [PYTHON, "-m", "pipeline_project.cli", "produce", "--rate", "2000", "--duration", "4",
+           "--metrics-port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env_for(kafka_settings), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = ""
+    try:
+        deadline = time.monotonic() + 20
+        while 'pipeline_producer_delivered_total{verdict="good"}' not in metrics:
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    metrics = r.read().decode()
+            except OSError:
+                continue
+        out, err = proc.communicate(timeout=45)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "pipeline_producer_in_flight" in metrics
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["stopped_by"] == "duration"
+    assert abs(summary["send_rate"] - 2000) / 2000 < 0.05
+    assert abs(summary["sent"] - 8000) / 8000 < 0.05
