@@ -1,0 +1,400 @@
+"""Parse stage: raw Kafka values to typed columns with one strict JSON decode per record.
+
+Fast path: msgspec decodes each value into a typed Struct (strict UTF-8, no NaN/Infinity or lone
+surrogates, JSON types checked in C). A record that fails it, or whose key count could hide a
+duplicate key, goes to an exact classifier, so its category never depends on the path taken.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import msgspec
+import polars as pl
+
+from pipeline_project.batch.records import RawBatch, Reject
+from pipeline_project.events.contract import (
+    MAX_DEPTH,
+    MAX_KEYS,
+    MAX_MESSAGE_BYTES,
+    OPTIONAL_FIELDS,
+    PROPERTY_TYPES,
+    REQUIRED_FIELDS,
+)
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+UTF8_BOM = b"\xef\xbb\xbf"
+
+# Frame column of each property; `category` is renamed so it is not confused with event_category.
+PROPERTY_COLUMNS: dict[str, str] = {name: name for name in PROPERTY_TYPES} | {
+    "category": "product_category"
+}
+# Raw-event path of every parsed column, used as Reject.field.
+FIELD_PATHS: dict[str, str] = (
+    {name: name for name in REQUIRED_FIELDS}
+    | {name: name for name, kind in OPTIONAL_FIELDS.items() if kind != "object"}
+    | {column: f"properties.{name}" for name, column in PROPERTY_COLUMNS.items()}
+)
+OFFSET_COLUMN = "kafka_offset"
+KAFKA_TS_MS_COLUMN = "kafka_timestamp_ms"
+# Records decoded per chunk: small enough for one chunk's Python objects to stay in cache.
+CHUNK_RECORDS = 4096
+
+_Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+_PY_TYPES: dict[str, Any] = {"str": str, "int": _Int64, "number": float}
+_PL_TYPES: dict[str, pl.DataType] = {"str": pl.String(), "int": pl.Int64(), "number": pl.Float64()}
+
+# gc=False: the Structs hold only scalars, so the cyclic GC never needs to track (and rescan) them.
+_Properties = msgspec.defstruct(
+    "_Properties",
+    [(name, _PY_TYPES[kind] | None, None) for name, kind in PROPERTY_TYPES.items()],
+    gc=False,
+)
+_Event = msgspec.defstruct(
+    "_Event",
+    [(name, str | None) for name in REQUIRED_FIELDS]
+    + [
+        (name, (_Properties if kind == "object" else _PY_TYPES[kind]) | None, None)
+        for name, kind in OPTIONAL_FIELDS.items()
+    ],
+    gc=False,
+)
+_DECODER = msgspec.json.Decoder(_Event)
+_EVENT_FIELDS: tuple[str, ...] = _Event.__struct_fields__
+_PROPS_INDEX = _EVENT_FIELDS.index("properties")
+_EMPTY_PROPS: tuple[None, ...] = (None,) * len(PROPERTY_TYPES)
+_DECODE_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)
+
+# Typed columns of a parsed frame, in order (lineage first, then fields, then flattened properties).
+PARSED_SCHEMA: dict[str, pl.DataType] = (
+    {OFFSET_COLUMN: pl.Int64(), KAFKA_TS_MS_COLUMN: pl.Int64()}
+    | {name: pl.String() for name in REQUIRED_FIELDS}
+    | {name: _PL_TYPES[kind] for name, kind in OPTIONAL_FIELDS.items() if kind != "object"}
+    | {PROPERTY_COLUMNS[name]: _PL_TYPES[kind] for name, kind in PROPERTY_TYPES.items()}
+)
+# Optional columns: a non-null value means its key was in the raw JSON (required keys always are).
+_COUNTED_COLUMNS: list[str] = [
+    c for c in PARSED_SCHEMA if c not in {OFFSET_COLUMN, KAFKA_TS_MS_COLUMN, *REQUIRED_FIELDS}
+]
+# Duplicate-key proof without a second parse: each key is a closing quote then a colon, unless
+# whitespace sits between them (then the record takes the exact path). In-string look-alikes only
+# add to the count, so `count('":') == keys the Struct kept` proves no duplicate or unknown key.
+_KEY_LITERAL = '":'
+_SPACED_COLON = r"[ \t\n\r]:"
+_HAS_PROPS = "_has_properties"
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    """Typed rows of the records that parsed (PARSED_SCHEMA), and rejects of those that did not."""
+
+    frame: pl.DataFrame
+    rejects: list[Reject]
+
+
+@dataclass(frozen=True)
+class Defect:
+    """What is wrong with one record, before it is tied to an offset."""
+
+    category: str
+    rule: str
+    field: str
+    message: str
+
+    def reject(self, offset: int) -> Reject:
+        return Reject.of(offset, self.category, self.rule, self.field, self.message)
+
+
+class _DefectFound(Exception):
+    """Raised from json hooks to stop the exact parse at the first defect."""
+
+    def __init__(self, defect: Defect) -> None:
+        super().__init__(defect.message)
+        self.defect = defect
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pauses the cyclic GC around the hot loops.
+
+    A batch allocates ~10 objects per record and no cycles, so collections triggered by the
+    allocation count are pure overhead (measured: 2-3x slower decoding of 200k records).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def parse_batch(raw: RawBatch) -> ParsedBatch:
+    """Decodes every value of the batch; never raises for a bad record.
+
+    Works in chunks of CHUNK_RECORDS so the Python objects of one chunk are freed (and their memory
+    reused, still in cache) before the next is decoded: measured 2x faster than one 200k pass.
+    """
+    frames: list[pl.DataFrame] = []
+    rejects: list[Reject] = []
+    with _gc_paused():
+        for start in range(0, len(raw), CHUNK_RECORDS):
+            chunk = _Chunk(raw, start, min(start + CHUNK_RECORDS, len(raw)))
+            frame, chunk_rejects = _parse_chunk(chunk)
+            frames.append(frame)
+            rejects.extend(chunk_rejects)
+    frame = pl.concat(frames, rechunk=True) if frames else pl.DataFrame(schema=PARSED_SCHEMA)
+    rejects.sort(key=lambda r: r.offset)
+    return ParsedBatch(frame, rejects)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Records [start, stop) of a batch, with list slices taken once."""
+
+    offsets: list[int]
+    timestamps_ms: list[int]
+    values: list[bytes | None]
+
+    def __init__(self, raw: RawBatch, start: int, stop: int) -> None:
+        object.__setattr__(self, "offsets", raw.offsets[start:stop])
+        object.__setattr__(self, "timestamps_ms", raw.timestamps_ms[start:stop])
+        object.__setattr__(self, "values", raw.values[start:stop])
+
+
+def _parse_chunk(chunk: _Chunk) -> tuple[pl.DataFrame, list[Reject]]:
+    events, positions, failures = _decode_all(chunk.values)
+    frame = _to_frame(events, positions, chunk)
+    del events  # free the Structs before the slow paths allocate
+    rejects = [_diagnose_failure(chunk, pos, error) for pos, error in failures]
+    frame, late_rejects = _check_key_counts(frame, positions, chunk)
+    return frame, rejects + late_rejects
+
+
+def _decode_all(
+    values: Sequence[bytes | None],
+) -> tuple[list[Any], list[int], list[tuple[int, str]]]:
+    """The hot loop: one C decode per record; failures are only remembered here.
+
+    A failure keeps the decoder's message, never the exception: its traceback would pin this
+    frame (and every decoded record of the chunk) in a cycle while the GC is paused.
+    """
+    decode = _DECODER.decode
+    events: list[Any] = []
+    positions: list[int] = []
+    failures: list[tuple[int, str]] = []
+    for pos, value in enumerate(values):
+        if value is None or len(value) > MAX_MESSAGE_BYTES:
+            failures.append((pos, ""))
+            continue
+        try:
+            events.append(decode(value))
+        except _DECODE_ERRORS as exc:
+            failures.append((pos, str(exc)))
+            continue
+        positions.append(pos)
+    return events, positions, failures
+
+
+def _to_frame(events: list[Any], positions: list[int], chunk: _Chunk) -> pl.DataFrame:
+    """Transposes Structs into typed columns; the decoder checked the types, so none can clash."""
+    astuple = msgspec.structs.astuple
+    columns = list(zip(*[astuple(e) for e in events], strict=True)) or [()] * len(_EVENT_FIELDS)
+    props = columns[_PROPS_INDEX]
+    prop_rows = [_EMPTY_PROPS if p is None else astuple(p) for p in props]
+    prop_columns = list(zip(*prop_rows, strict=True)) or [()] * len(PROPERTY_TYPES)
+    data: dict[str, Sequence[Any]] = dict(zip(_EVENT_FIELDS, columns, strict=True))
+    data.update(
+        (PROPERTY_COLUMNS[name], col)
+        for name, col in zip(PROPERTY_TYPES, prop_columns, strict=True)
+    )
+    take = _gatherer(positions, len(chunk.values))
+    lineage = [
+        take(pl.Series(OFFSET_COLUMN, chunk.offsets, dtype=pl.Int64)),
+        take(pl.Series(KAFKA_TS_MS_COLUMN, chunk.timestamps_ms, dtype=pl.Int64)),
+    ]
+    fields = [
+        pl.Series(name, data[name], dtype=dtype, strict=False)
+        for name, dtype in list(PARSED_SCHEMA.items())[len(lineage) :]
+    ]
+    has_props = pl.Series(_HAS_PROPS, [p is not None for p in props], dtype=pl.Int32)
+    return pl.DataFrame([*lineage, *fields, has_props])
+
+
+def _gatherer(positions: list[int], total: int) -> Callable[[pl.Series], pl.Series]:
+    """Selects the decoded records from a full-chunk column (identity when all decoded)."""
+    if len(positions) == total:
+        return lambda series: series
+    index = pl.Series(positions, dtype=pl.UInt32)
+    return lambda series: series.gather(index)
+
+
+def _check_key_counts(
+    frame: pl.DataFrame, positions: list[int], chunk: _Chunk
+) -> tuple[pl.DataFrame, list[Reject]]:
+    """Re-checks, exactly, records whose raw key count may differ from the decoded one."""
+    if frame.height == 0:
+        return frame.drop(_HAS_PROPS), []
+    decoded = chunk.values
+    if len(positions) != len(decoded):  # skip failures: some may be 64 KiB+ blobs
+        decoded = [decoded[p] for p in positions]
+    text = pl.Series(decoded, dtype=pl.Binary).cast(pl.String)
+    present = pl.sum_horizontal(pl.col(_COUNTED_COLUMNS).is_not_null().cast(pl.Int32))
+    expected = frame.select(present + pl.col(_HAS_PROPS) + len(REQUIRED_FIELDS)).to_series()
+    counted = text.str.count_matches(_KEY_LITERAL, literal=True)
+    suspects = ((counted != expected) | text.str.contains(_SPACED_COLON)).arg_true().to_list()
+    frame = frame.drop(_HAS_PROPS)
+    rejects: list[Reject] = []
+    dropped: list[int] = []
+    for row in suspects:
+        pos = positions[row]
+        defect = diagnose(chunk.values[pos])
+        if defect is not None:
+            rejects.append(defect.reject(chunk.offsets[pos]))
+            dropped.append(row)
+    if dropped:
+        frame = frame.filter(pl.int_range(pl.len()).is_in(dropped).not_())
+    return frame, rejects
+
+
+def _diagnose_failure(chunk: _Chunk, pos: int, error: str) -> Reject:
+    """Why the fast path refused a record: a parse defect first, else the decoder's type error."""
+    offset = chunk.offsets[pos]
+    defect = diagnose(chunk.values[pos])
+    if defect is None:
+        defect = type_defect(error)
+    return defect.reject(offset)
+
+
+# --- exact classifier (slow path: only records that failed or looked suspicious) ---------------
+
+_MSGSPEC_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_OUT_OF_RANGE = re.compile(r"^Expected `int` [<>]=")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_JSON_KINDS: dict[type, str] = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def diagnose(value: bytes | None) -> Defect | None:
+    """Exact parse-stage check of one value (contract.PARSE_CATEGORIES); None when it is clean."""
+    if value is None:
+        return Defect("null_value", "value_not_null", "", "Kafka value is null (tombstone)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        return Defect(
+            "too_large", "max_message_bytes", "", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}"
+        )
+    if value.startswith(UTF8_BOM):
+        return Defect("invalid_utf8", "strict_utf8", "", "UTF-8 byte order mark")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Defect("invalid_utf8", "strict_utf8", "", str(exc))
+    try:
+        obj = json.loads(
+            text,
+            object_pairs_hook=_pairs_hook,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except _DefectFound as found:
+        return found.defect
+    except RecursionError:
+        return Defect("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}")
+    except json.JSONDecodeError as exc:
+        return Defect("invalid_json", "json_syntax", "", str(exc))
+    except ValueError as exc:  # an integer literal beyond Python's int-string digit limit
+        return Defect("invalid_value", "int64_range", "", str(exc))
+    return _walk_defect(obj, text)
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_KEYS:
+        raise _DefectFound(
+            Defect("too_large", "max_keys", "", f"object with {len(pairs)} keys > {MAX_KEYS}")
+        )
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DefectFound(
+                    Defect("duplicate_key", "unique_keys", key, f"key {key!r} repeated")
+                )
+            seen.add(key)
+    return obj
+
+
+def _reject_constant(name: str) -> float:
+    raise _DefectFound(Defect("non_finite", "finite_numbers", "", f"{name} is not a JSON number"))
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _DefectFound(
+            Defect("non_finite", "finite_numbers", "", f"{text[:40]} overflows to infinity")
+        )
+    return number
+
+
+def _walk_defect(obj: Any, text: str) -> Defect | None:
+    """Depth, lone surrogates and the top-level type, checked on the decoded tree.
+
+    Each check runs only when the text could fail it (enough brackets, a surrogate escape).
+    """
+    brackets = text.count("{") + text.count("[")
+    if brackets > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+        return Defect("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return Defect("invalid_unicode", "no_lone_surrogates", "", str(exc))
+    if not isinstance(obj, dict):
+        kind = _JSON_KINDS.get(type(obj), type(obj).__name__)
+        return Defect("not_object", "json_object", "", f"JSON {kind}, not an object")
+    return None
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of containers (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest if isinstance(obj, dict | list) else 0
+
+
+def type_defect(message: str) -> Defect:
+    """Validate-stage category of a decoder error on JSON that parsed cleanly (one per record)."""
+    missing = _MISSING.match(message)
+    if missing:
+        name = missing.group(1)
+        return Defect("missing_field", f"{name}_required", name, message)
+    at = _MSGSPEC_PATH.search(message)
+    field = at.group(1) if at else ""
+    if field == "timestamp":
+        return Defect("invalid_timestamp", "timestamp_type", field, message)
+    if message.startswith("Number out of range"):
+        return Defect("non_finite", "finite_numbers", field, message)
+    if _OUT_OF_RANGE.match(message):
+        return Defect("invalid_value", "int64_range", field, message)
+    return Defect("wrong_type", f"{field or 'value'}_type", field, message)

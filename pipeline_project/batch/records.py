@@ -1,0 +1,96 @@
+"""What flows through one micro-batch: columnar input from the drain, rejects and the result.
+
+Every consumed offset ends up in exactly one of `BatchResult.good`, `.rejects` or `.filtered`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from pipeline_project.events.contract import ERROR_STAGE, FILTER_REASONS
+
+MESSAGE_MAX_CHARS = 500
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Records of one topic-partition as drained, one list entry per record, in offset order."""
+
+    topic: str
+    partition: int
+    offsets: list[int]
+    timestamps_ms: list[int]
+    keys: list[bytes | None]
+    values: list[bytes | None]
+
+    def __post_init__(self) -> None:
+        n = len(self.offsets)
+        if not len(self.timestamps_ms) == len(self.keys) == len(self.values) == n:
+            raise ValueError("RawBatch columns must have the same length")
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Why one record goes to the DLQ; `stage` follows from `category` (contract.ERROR_STAGE)."""
+
+    offset: int
+    stage: str
+    category: str
+    rule: str
+    field: str
+    message: str
+
+    @classmethod
+    def of(cls, offset: int, category: str, rule: str, field: str, message: str) -> Reject:
+        """A reject with the stage of its category and a bounded message (DLQ header size)."""
+        if category not in ERROR_STAGE:
+            raise ValueError(f"unknown error category {category!r}")
+        if len(message) > MESSAGE_MAX_CHARS:
+            message = message[: MESSAGE_MAX_CHARS - 1] + "…"
+        return cls(offset, ERROR_STAGE[category], category, rule, field, message)
+
+
+def _empty_filtered() -> dict[str, list[int]]:
+    return {reason: [] for reason in FILTER_REASONS}
+
+
+@dataclass
+class BatchResult:
+    """Lake rows, DLQ rejects and filtered offsets (by reason) of one batch."""
+
+    good: pl.DataFrame
+    rejects: list[Reject] = field(default_factory=list)
+    filtered: dict[str, list[int]] = field(default_factory=_empty_filtered)
+
+    @property
+    def good_count(self) -> int:
+        return self.good.height
+
+    @property
+    def reject_count(self) -> int:
+        return len(self.rejects)
+
+    @property
+    def filtered_count(self) -> int:
+        return sum(len(offsets) for offsets in self.filtered.values())
+
+    @property
+    def total(self) -> int:
+        """Records accounted for; equals the number of records in the input batch."""
+        return self.good_count + self.reject_count + self.filtered_count
+
+    def reject_counts(self) -> dict[str, int]:
+        """Rejects per error category, only categories that occurred, sorted by name."""
+        counts: dict[str, int] = {}
+        for reject in self.rejects:
+            counts[reject.category] = counts.get(reject.category, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def filtered_counts(self) -> dict[str, int]:
+        """Filtered rows per reason, every reason present (zero when none)."""
+        return {reason: len(offsets) for reason, offsets in self.filtered.items()}
