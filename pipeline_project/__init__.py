@@ -1,3 +1,5 @@
-"""pipeline_project: Kafka events into a daily-partitioned Parquet lake, exactly once, under Dagster."""
+"""pipeline_project: Kafka events into a daily-partitioned Parquet lake, exactly once, under
+Dagster.
+"""
 
 __version__ = "0.1.0"

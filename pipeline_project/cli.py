@@ -1,7 +1,7 @@
 """The `pipeline-project` command: the local broker, topics, the producer and audits.
 
-Errors the pipeline raises on purpose (PipelineError) print as one line on stderr with a non-zero exit,
-never as a traceback.
+Errors the pipeline raises on purpose (PipelineError) print as one line on stderr with a non-zero
+exit, never as a traceback.
 """
 
 from __future__ import annotations
@@ -83,19 +83,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    kafka = commands.add_parser("kafka", help="the local Kafka broker (KRaft, one node, data in .local/)")
+    kafka = commands.add_parser(
+        "kafka", help="the local Kafka broker (KRaft, one node, data in .local/)"
+    )
     kafka_cmds = kafka.add_subparsers(dest="kafka_command", required=True, metavar="ACTION")
-    start = kafka_cmds.add_parser("start", help="start the broker (idempotent) and ensure the topics")
-    start.add_argument("--no-topics", action="store_true", help="do not create the pipeline's topics")
+    start = kafka_cmds.add_parser(
+        "start", help="start the broker (idempotent) and ensure the topics"
+    )
+    start.add_argument(
+        "--no-topics", action="store_true", help="do not create the pipeline's topics"
+    )
     start.set_defaults(handler=_kafka_start)
     kafka_cmds.add_parser("stop", help="stop the broker (SIGTERM, then SIGKILL)").set_defaults(
-        handler=_kafka_stop)
-    kafka_cmds.add_parser("status", help="running/stopped, version, listener and topics").set_defaults(
-        handler=_kafka_status)
+        handler=_kafka_stop
+    )
+    kafka_cmds.add_parser(
+        "status", help="running/stopped, version, listener and topics"
+    ).set_defaults(handler=_kafka_status)
 
     topics = commands.add_parser("topics", help="the pipeline's Kafka topics")
     topic_cmds = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
-    ensure = topic_cmds.add_parser("ensure", help="create missing topics (never deletes or shrinks)")
+    ensure = topic_cmds.add_parser(
+        "ensure", help="create missing topics (never deletes or shrinks)"
+    )
     ensure.add_argument("--partitions", type=int, default=6, help="partitions of the raw topic")
     ensure.set_defaults(handler=_topics_ensure)
 
@@ -118,8 +128,10 @@ def _add_produce_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run the handler, turn PipelineError into one line and exit code 1."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return args.handler(args, Settings.from_env())
     except PipelineError as exc:

@@ -1,7 +1,7 @@
 """Settings from PIPELINE_* environment variables, one place for the CLI and the Dagster resources.
 
-The names and defaults of the Kafka and data-dir settings are a contract (DESIGN.md §3); the batch sizing
-settings are ours. Secrets from PIPELINE_KAFKA_CONFIG are never logged or printed.
+The names and defaults of the Kafka and data-dir settings are a contract (DESIGN.md §3); the batch
+sizing settings are ours. Secrets from PIPELINE_KAFKA_CONFIG are never logged or printed.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Settings:
         return f"{self.dlq_topic}.parked"
 
     def kafka_common(self) -> dict[str, str]:
-        """librdkafka settings every client shares: bootstrap plus the optional properties file."""
+        """Librdkafka settings every client shares: bootstrap plus the optional properties file."""
         conf = {"bootstrap.servers": self.bootstrap}
         conf.update(self.kafka_extra)
         return conf

@@ -1,7 +1,8 @@
-"""Test fixtures: one real Kafka broker per test session, fresh topics and a fresh data dir per test.
+"""Test fixtures: one real Kafka broker per test session, fresh topics and a fresh data dir per
+test.
 
-Tests start their own broker (on free ports, data under .local/test-kafka) unless PIPELINE_KAFKA_BOOTSTRAP
-points at a reachable cluster, in which case they use that one.
+Tests start their own broker (on free ports, data under .local/test-kafka) unless
+PIPELINE_KAFKA_BOOTSTRAP points at a reachable cluster, in which case they use that one.
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ def kafka_bootstrap() -> Iterator[str]:
 def local_broker(kafka_bootstrap: str) -> LocalBroker | None:
     """The session's LocalBroker when this session started it (fault tests need its pid), else None."""
     home = REPO_ROOT / ".local" / f"test-kafka-{os.getpid()}"
-    return LocalBroker(home=home, port=int(kafka_bootstrap.rsplit(":", 1)[1])) if home.exists() else None
+    return (
+        LocalBroker(home=home, port=int(kafka_bootstrap.rsplit(":", 1)[1]))
+        if home.exists()
+        else None
+    )
 
 
 @pytest.fixture

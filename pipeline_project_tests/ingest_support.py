@@ -1,4 +1,5 @@
-"""Shared steps of the ingestion tests: produce with a truth file, read the lake and the DLQ back."""
+"""Shared steps of the ingestion tests: produce with a truth file, read the lake and the DLQ back.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +21,26 @@ from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, unique
 def produce(settings: Settings, truth: Path, count: int, *extra: str, seed: int = 7) -> list[dict]:
     """Runs the real producer CLI and returns its truth file, one dict per delivered record."""
     done = subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", "produce", "--count", str(count), "--rate", "0",
-         "--seed", str(seed), "--truth", str(truth), *extra],
-        env=env_for(settings), capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+        [
+            PYTHON,
+            "-m",
+            "pipeline_project.cli",
+            "produce",
+            "--count",
+            str(count),
+            "--rate",
+            "0",
+            "--seed",
+            str(seed),
+            "--truth",
+            str(truth),
+            *extra,
+        ],
+        env=env_for(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return [json.loads(line) for line in truth.read_text().splitlines()]
@@ -33,18 +51,28 @@ def lake_frame(settings: Settings) -> pl.DataFrame:
     files = sorted((settings.lake_dir / "events").glob("date=*/*.parquet"))
     if not files:
         return pl.DataFrame()
-    return pl.read_parquet(settings.lake_dir / "events" / "**" / "*.parquet", hive_partitioning=True)
+    return pl.read_parquet(
+        settings.lake_dir / "events" / "**" / "*.parquet", hive_partitioning=True
+    )
 
 
 def dlq_records(settings: Settings) -> list[dict]:
     """Every record of the DLQ topic: headers decoded, key and value bytes as sent."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": unique("dlq-read"),
-                         "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": unique("dlq-read"),
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
     meta = consumer.list_topics(settings.dlq_topic, timeout=10)
     parts = sorted(meta.topics[settings.dlq_topic].partitions)
     out: list[dict] = []
     for p in parts:
-        low, high = consumer.get_watermark_offsets(TopicPartition(settings.dlq_topic, p), timeout=10)
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(settings.dlq_topic, p), timeout=10
+        )
         if high <= low:
             continue
         consumer.assign([TopicPartition(settings.dlq_topic, p, low)])
@@ -56,14 +84,23 @@ def dlq_records(settings: Settings) -> list[dict]:
                 if m.error():
                     continue
                 got += 1
-                out.append({"key": m.key(), "value": m.value(), "headers": decode_headers(m.headers()),
-                            "partition": p, "offset": m.offset()})
+                out.append(
+                    {
+                        "key": m.key(),
+                        "value": m.value(),
+                        "headers": decode_headers(m.headers()),
+                        "partition": p,
+                        "offset": m.offset(),
+                    }
+                )
     consumer.close()
     return out
 
 
 @contextmanager
-def pipeline_env(monkeypatch: pytest.MonkeyPatch, settings: Settings, **extra: str) -> Iterator[None]:
+def pipeline_env(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, **extra: str
+) -> Iterator[None]:
     """Points Settings.from_env() (used by the Dagster layer) at the test's topics and data dir."""
     for name, value in env_for(settings, **extra).items():
         if name.startswith("PIPELINE_"):

@@ -1,1 +1,2 @@
-"""The micro-batch core: plan, drain, parse, validate, transform, write, commit. No Dagster imports."""
+"""The micro-batch core: plan, drain, parse, validate, transform, write, commit. No Dagster imports.
+"""

@@ -19,10 +19,14 @@ def topic_partitions(consumer, topic: str) -> list[int]:
     try:
         meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
     except KafkaException as exc:
-        raise KafkaUnavailableError(f"Kafka did not answer for topic {topic}: {exc.args[0].str()}") from None
+        raise KafkaUnavailableError(
+            f"Kafka did not answer for topic {topic}: {exc.args[0].str()}"
+        ) from None
     info = meta.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
-        raise KafkaUnavailableError(f"topic {topic} does not exist (run `pipeline-project topics ensure`)")
+        raise KafkaUnavailableError(
+            f"topic {topic} does not exist (run `pipeline-project topics ensure`)"
+        )
     return sorted(info.partitions)
 
 

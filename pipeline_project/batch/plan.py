@@ -1,7 +1,8 @@
 """Plans offset ranges: from the ledger's committed end to the high watermark, capped in size.
 
-A pure function, so the sensor and the job plan the same way and tests can parametrize it. A range always
-starts exactly where the last committed one ended; a committed end below the low watermark is data loss.
+A pure function, so the sensor and the job plan the same way and tests can parametrize it. A range
+always starts exactly where the last committed one ended; a committed end below the low watermark is
+data loss.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Plan:
         return sum(r.size for r in self.ranges)
 
 
-def plan_ranges(topic: str, states: list[PartitionState], max_events: int,
-                max_ranges_per_partition: int = 1) -> Plan:
+def plan_ranges(
+    topic: str, states: list[PartitionState], max_events: int, max_ranges_per_partition: int = 1
+) -> Plan:
     """One or more consecutive ranges per partition with a backlog, each at most max_events offsets."""
     ranges: list[Range] = []
     lost: list[Range] = []

@@ -18,7 +18,9 @@ class Range:
 
     def __post_init__(self) -> None:
         if self.partition < 0 or self.start < 0 or self.end < self.start:
-            raise ValueError(f"invalid range {self.topic}[{self.partition}] [{self.start}, {self.end})")
+            raise ValueError(
+                f"invalid range {self.topic}[{self.partition}] [{self.start}, {self.end})"
+            )
 
     @property
     def size(self) -> int:
@@ -31,7 +33,12 @@ class Range:
         return f"{self.topic}-{self.partition}-{self.start:0{OFFSET_WIDTH}d}-{self.end:0{OFFSET_WIDTH}d}"
 
     def to_dict(self) -> dict[str, int | str]:
-        return {"topic": self.topic, "partition": self.partition, "start": self.start, "end": self.end}
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "start": self.start,
+            "end": self.end,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> Range:

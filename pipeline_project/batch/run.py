@@ -1,9 +1,9 @@
-"""The run protocol (DESIGN.md §2): lock, recover, intent, drain, process, stage, DLQ, publish, commit.
+"""The run protocol (DESIGN.md §2): lock, recover, intent, drain, process, stage, publish, commit.
 
-Each range commits on its own, so a run that fails half-way keeps the ranges it finished. The intent fixes
-a range's run_id, ingested_at and reference time on its first attempt; a retry adopts them, so a range
-always produces byte-identical files however often it is re-run. Kill points K1-K8 (test-only, see
-faults.py) sit between the steps.
+Each range commits on its own, so a run that fails half-way keeps the ranges it finished. The intent
+fixes a range's run_id, ingested_at and reference time on its first attempt; a retry adopts them, so
+a range always produces byte-identical files however often it is re-run. Kill points K1-K8
+(test-only, see faults.py) sit between the steps.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class RangeOutcome:
     status: str  # "committed" | "already_committed"
     manifest: ledger.Manifest
     seconds: float = 0.0
-    latency_ms: list[float] = field(default_factory=list)  # p50, p99 of ingested_at - kafka_timestamp
+    latency_ms: list[float] = field(
+        default_factory=list
+    )  # p50, p99 of ingested_at - kafka_timestamp
 
     @property
     def records(self) -> int:
@@ -105,7 +107,9 @@ class IngestResult:
         return dict(sorted(total.items()))
 
     def dlq_by_category(self) -> dict[str, int]:
-        return dict(sorted(Counter(d.category for o in self.committed for d in o.manifest.dlq).items()))
+        return dict(
+            sorted(Counter(d.category for o in self.committed for d in o.manifest.dlq).items())
+        )
 
     def days(self) -> dict[date, DayStats]:
         days: dict[date, DayStats] = {}
@@ -146,14 +150,21 @@ class IngestResult:
     def summary(self) -> str:
         done = len(self.committed)
         again = len(self.outcomes) - done
-        return (f"{done} range(s) committed, {again} already committed: {self.records} records -> "
-                f"{self.written} rows, {self.dlq_count} to DLQ, filtered {self.filtered()} "
-                f"in {self.seconds:.2f} s")
+        return (
+            f"{done} range(s) committed, {again} already committed: {self.records} records -> "
+            f"{self.written} rows, {self.dlq_count} to DLQ, filtered {self.filtered()} "
+            f"in {self.seconds:.2f} s"
+        )
 
 
-def ingest(settings: Settings, ranges: Sequence[Range] | None = None, *, run_id: str | None = None,
-           log: logging.Logger | logging.LoggerAdapter | None = None,
-           now: Callable[[], datetime] | None = None) -> IngestResult:
+def ingest(
+    settings: Settings,
+    ranges: Sequence[Range] | None = None,
+    *,
+    run_id: str | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> IngestResult:
     """Runs the protocol for `ranges`, or for every partition's backlog up to the high watermark."""
     logger = log or logging.getLogger(__name__)
     clock = now or (lambda: datetime.now(UTC))
@@ -166,10 +177,19 @@ def ingest(settings: Settings, ranges: Sequence[Range] | None = None, *, run_id:
         todo = list(ranges) if ranges is not None else plan_all(settings, consumer)
         for rng in todo:
             if rng.topic != settings.raw_topic:
-                raise PipelineError(f"range {rng.range_id} is not of the raw topic {settings.raw_topic}")
+                raise PipelineError(
+                    f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
+                )
             outcome = run_range(settings, consumer, dlq, rng, result.run_id, clock)
-            logger.info("%s: %s (%d records, %d rows, %d DLQ, filtered %s)", rng.range_id,
-                        outcome.status, outcome.records, outcome.written, outcome.dlq, outcome.filtered)
+            logger.info(
+                "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
+                rng.range_id,
+                outcome.status,
+                outcome.records,
+                outcome.written,
+                outcome.dlq,
+                outcome.filtered,
+            )
             result.outcomes.append(outcome)
     finally:
         consumer.close()
@@ -194,21 +214,33 @@ def preflight(settings: Settings) -> None:
                 probe.write_bytes(b"")
                 probe.unlink()
         except OSError as exc:
-            raise PipelineError(f"{directory} is not writable ({exc.strerror}); nothing was consumed") from None
+            raise PipelineError(
+                f"{directory} is not writable ({exc.strerror}); nothing was consumed"
+            ) from None
 
 
 def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:
     """Every partition from its committed end to the high watermark seen now, in max-size ranges."""
-    plan = plan_ranges(settings.raw_topic, partition_states(settings, consumer),
-                       settings.max_range_events, max_ranges_per_partition=UNBOUNDED)
+    plan = plan_ranges(
+        settings.raw_topic,
+        partition_states(settings, consumer),
+        settings.max_range_events,
+        max_ranges_per_partition=UNBOUNDED,
+    )
     if plan.lost:
         lost = ", ".join(r.range_id for r in plan.lost)
         raise DataLossError(f"offsets deleted by retention before they reached the lake: {lost}")
     return plan.ranges
 
 
-def run_range(settings: Settings, consumer: Consumer, dlq: DlqPublisher, rng: Range, run_id: str,
-              clock: Callable[[], datetime]) -> RangeOutcome:
+def run_range(
+    settings: Settings,
+    consumer: Consumer,
+    dlq: DlqPublisher,
+    rng: Range,
+    run_id: str,
+    clock: Callable[[], datetime],
+) -> RangeOutcome:
     """The protocol for one range, under the partition's lock."""
     state, lake_dir = settings.state_dir, settings.lake_dir
     with ledger.partition_lock(state, rng.topic, rng.partition), paused_gc():
@@ -225,7 +257,9 @@ def run_range(settings: Settings, consumer: Consumer, dlq: DlqPublisher, rng: Ra
         staged = lake.stage_days(lake.staging_dir(state, rng), rng, batch.good)
         deliveries = send_rejects(dlq, raw, batch, intent)
         fault_point("K6")
-        intent = ledger.prepare_intent(state, intent, staged, deliveries, batch.filtered, raw.offsets)
+        intent = ledger.prepare_intent(
+            state, intent, staged, deliveries, batch.filtered, raw.offsets
+        )
         fault_point("K3")
         lake.publish_all(intent.files, lake_dir)
         fault_point("K5")
@@ -233,15 +267,18 @@ def run_range(settings: Settings, consumer: Consumer, dlq: DlqPublisher, rng: Ra
         ledger.finish_range(state, rng)
         fault_point("K7")
         commit_group_offset(consumer, rng)
-        return RangeOutcome(rng, "committed", manifest, time.perf_counter() - started,
-                            latency_ms(batch.good))
+        return RangeOutcome(
+            rng, "committed", manifest, time.perf_counter() - started, latency_ms(batch.good)
+        )
 
 
 def process(settings: Settings, raw: RawBatch, intent: ledger.Intent) -> BatchResult:
     """Parse, validate, transform with the intent's identity, so a retry is byte-identical."""
+
     def known_ids(days: list[date]) -> pl.DataFrame:
-        return ledger.committed_ids(settings.lake_dir, days, state_dir=settings.state_dir,
-                                    topic=raw.topic)
+        return ledger.committed_ids(
+            settings.lake_dir, days, state_dir=settings.state_dir, topic=raw.topic
+        )
 
     return process_batch(
         raw,
@@ -254,8 +291,9 @@ def process(settings: Settings, raw: RawBatch, intent: ledger.Intent) -> BatchRe
     )
 
 
-def send_rejects(dlq: DlqPublisher, raw: RawBatch, batch: BatchResult,
-                 intent: ledger.Intent) -> list[ledger.DlqEntry]:
+def send_rejects(
+    dlq: DlqPublisher, raw: RawBatch, batch: BatchResult, intent: ledger.Intent
+) -> list[ledger.DlqEntry]:
     """Every rejected record to the DLQ with its reason; returns only confirmed deliveries."""
     if not batch.rejects:
         return []
@@ -264,28 +302,48 @@ def send_rejects(dlq: DlqPublisher, raw: RawBatch, batch: BatchResult,
     records = []
     for reject in batch.rejects:
         i = index[reject.offset]
-        records.append(DlqRecord(
-            source_topic=raw.topic, source_partition=raw.partition, source_offset=reject.offset,
-            source_timestamp_ms=raw.timestamps_ms[i], key=raw.keys[i], value=raw.values[i],
-            stage=reject.stage, category=reject.category, rule=reject.rule, field=reject.field,
-            message=reject.message, attempt=1, run_id=intent.run_id, failed_at=failed_at,
-        ))
+        records.append(
+            DlqRecord(
+                source_topic=raw.topic,
+                source_partition=raw.partition,
+                source_offset=reject.offset,
+                source_timestamp_ms=raw.timestamps_ms[i],
+                key=raw.keys[i],
+                value=raw.values[i],
+                stage=reject.stage,
+                category=reject.category,
+                rule=reject.rule,
+                field=reject.field,
+                message=reject.message,
+                attempt=1,
+                run_id=intent.run_id,
+                failed_at=failed_at,
+            )
+        )
     deliveries = dlq.publish(records)
-    return [ledger.DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset)
-            for d in deliveries]
+    return [
+        ledger.DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset)
+        for d in deliveries
+    ]
 
 
 def commit_group_offset(consumer: Consumer, rng: Range) -> None:
     """Best effort, for lag dashboards only: the ledger, not the group, is the source of truth."""
     try:
-        consumer.commit(offsets=[TopicPartition(rng.topic, rng.partition, rng.end)], asynchronous=False)
+        consumer.commit(
+            offsets=[TopicPartition(rng.topic, rng.partition, rng.end)], asynchronous=False
+        )
     except Exception as exc:  # noqa: BLE001 - a failed dashboard commit must not fail a committed range
-        log.warning("group offset commit for %s failed (lag dashboards may lag): %s", rng.range_id, exc)
+        log.warning(
+            "group offset commit for %s failed (lag dashboards may lag): %s", rng.range_id, exc
+        )
 
 
 def latency_ms(good: pl.DataFrame) -> list[float]:
     """p50 and p99 of ingested_at - kafka_timestamp over the range's lake rows, in milliseconds."""
     if good.height == 0:
         return []
-    lag = (good.get_column("ingested_at") - good.get_column("kafka_timestamp")).dt.total_milliseconds()
+    lag = (
+        good.get_column("ingested_at") - good.get_column("kafka_timestamp")
+    ).dt.total_milliseconds()
     return [float(lag.quantile(0.5) or 0.0), float(lag.quantile(0.99) or 0.0)]

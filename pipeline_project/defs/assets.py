@@ -1,7 +1,7 @@
-"""Asset specs: the Kafka topics as external assets, the lake's `events` table with daily partitions.
+"""Asset specs: the Kafka topics as external assets, the lake's daily-partitioned `events` table.
 
-`events` is materialized by the ingest_events job, one materialization per UTC day a run wrote, because a
-run owns offset ranges, not days: Kafka order is not event-time order.
+`events` is materialized by the ingest_events job, one materialization per UTC day a run wrote,
+because a run owns offset ranges, not days: Kafka order is not event-time order.
 """
 
 from __future__ import annotations

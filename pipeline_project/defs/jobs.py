@@ -1,10 +1,10 @@
 """Job ingest_events: one op over the core's run protocol, reporting what it committed to Dagster.
 
-With no config it drains every partition from its last commit to the high watermark seen at start; with
-`ranges` it runs exactly those (the sensor's way). Each UTC day written becomes a materialization of the
-`events` partition, and the accounting identity of the run is reported as an asset check.
+With no config it drains every partition from its last commit to the high watermark seen at start;
+with `ranges` it runs exactly those (the sensor's way). Each UTC day written becomes a
+materialization of the `events` partition, and the accounting identity of the run is reported as an
+asset check.
 """
-
 
 from dagster import (
     AssetCheckEvaluation,
@@ -17,8 +17,8 @@ from dagster import (
     op,
 )
 
-from pipeline_project.batch.ranges import Range
 from pipeline_project.batch import run as protocol
+from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.run import IngestResult
 from pipeline_project.defs.assets import DLQ_KEY, EVENTS_KEY
 from pipeline_project.settings import Settings
@@ -63,27 +63,34 @@ def materializations(result: IngestResult) -> list[AssetMaterialization]:
     """One `events` materialization per day written, plus one for the DLQ when records went there."""
     events = []
     for day, stats in sorted(result.days().items()):
-        events.append(AssetMaterialization(
-            asset_key=EVENTS_KEY,
-            partition=day.isoformat(),
-            metadata={
-                "rows": MetadataValue.int(stats.rows),
-                "files": MetadataValue.int(len(stats.files)),
-                "file_paths": MetadataValue.json(stats.files),
-                "offset_ranges": MetadataValue.json(stats.ranges),
-                **result.run_metadata(),
-            },
-        ))
+        events.append(
+            AssetMaterialization(
+                asset_key=EVENTS_KEY,
+                partition=day.isoformat(),
+                metadata={
+                    "rows": MetadataValue.int(stats.rows),
+                    "files": MetadataValue.int(len(stats.files)),
+                    "file_paths": MetadataValue.json(stats.files),
+                    "offset_ranges": MetadataValue.json(stats.ranges),
+                    **result.run_metadata(),
+                },
+            )
+        )
     if result.dlq_count:
-        events.append(AssetMaterialization(asset_key=DLQ_KEY, metadata={
-            "records": MetadataValue.int(result.dlq_count),
-            "by_category": MetadataValue.json(result.dlq_by_category()),
-        }))
+        events.append(
+            AssetMaterialization(
+                asset_key=DLQ_KEY,
+                metadata={
+                    "records": MetadataValue.int(result.dlq_count),
+                    "by_category": MetadataValue.json(result.dlq_by_category()),
+                },
+            )
+        )
     return events
 
 
 def accounting_check(result: IngestResult) -> AssetCheckEvaluation:
-    """consumed = written + DLQ + filtered for every range the run committed."""
+    """Consumed = written + DLQ + filtered for every range the run committed."""
     return AssetCheckEvaluation(
         asset_key=EVENTS_KEY,
         check_name=ACCOUNTING_CHECK,
@@ -99,7 +106,10 @@ def accounting_check(result: IngestResult) -> AssetCheckEvaluation:
     )
 
 
-@job(executor_def=in_process_executor, tags={"pipeline/job": "ingest_events"},
-     description="Micro-batch: raw-events offset ranges into daily Parquet partitions, exactly once.")
+@job(
+    executor_def=in_process_executor,
+    tags={"pipeline/job": "ingest_events"},
+    description="Micro-batch: raw-events offset ranges into daily Parquet partitions, exactly once.",
+)
 def ingest_events() -> None:
     ingest()

@@ -1,8 +1,9 @@
-"""kafka_backlog_sensor: asks for one ingest run per partition with enough backlog, or a backlog too old.
+"""kafka_backlog_sensor: one ingest run per partition whose backlog is big enough or old enough.
 
-Thin over batch.backlog (watermark and metadata calls only, never a poll), so a tick stays far inside
-Dagster's 60 s limit. The run_key is the range id, so a re-evaluated tick never launches a range twice;
-a failed run's key is retried with an attempt suffix, because Dagster blocks a used key for ever.
+Thin over batch.backlog (watermark and metadata calls only, never a poll), so a tick stays far
+inside Dagster's 60 s limit. The run_key is the range id, so a re-evaluated tick never launches a
+range twice; a failed run's key is retried with an attempt suffix, because Dagster blocks a used key
+for ever.
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ from pipeline_project.settings import Settings
 def _busy_partitions(context: SensorEvaluationContext, topic: str) -> set[str]:
     """Partition tags of ingest runs not finished yet (queued runs count, DESIGN.md §4)."""
     runs = context.instance.get_runs(
-        filters=RunsFilter(job_name=ingest_events.name, statuses=list(NOT_FINISHED_STATUSES)), limit=200
+        filters=RunsFilter(job_name=ingest_events.name, statuses=list(NOT_FINISHED_STATUSES)),
+        limit=200,
     )
-    return {run.tags[PARTITION_TAG] for run in runs if run.tags.get(PARTITION_TAG, "").startswith(topic)}
+    return {
+        run.tags[PARTITION_TAG] for run in runs if run.tags.get(PARTITION_TAG, "").startswith(topic)
+    }
 
 
 def _failed_attempts(context: SensorEvaluationContext, rng: Range) -> int:
     runs = context.instance.get_runs(
-        filters=RunsFilter(tags={RANGE_TAG: rng.range_id}, statuses=[DagsterRunStatus.FAILURE,
-                                                                      DagsterRunStatus.CANCELED]),
+        filters=RunsFilter(
+            tags={RANGE_TAG: rng.range_id},
+            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
+        ),
         limit=100,
     )
     return len(runs)
@@ -51,13 +57,17 @@ def partition_tag(topic: str, partition: int) -> str:
     return f"{topic}-{partition}"
 
 
-def evaluate_backlog(context: SensorEvaluationContext, settings: Settings) -> SensorResult | SkipReason:
+def evaluate_backlog(
+    context: SensorEvaluationContext, settings: Settings
+) -> SensorResult | SkipReason:
     """The sensor body: plan, drop busy partitions, trigger on size or age, keep first-seen times."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     first_seen: dict[str, float] = cursor.get("first_seen", {})
     now = time.time()
     try:
-        plan = plan_ranges(settings.raw_topic, partition_states(settings), settings.max_range_events)
+        plan = plan_ranges(
+            settings.raw_topic, partition_states(settings), settings.max_range_events
+        )
     except PipelineError as exc:
         return SkipReason(f"cannot read Kafka: {exc}")
     busy = _busy_partitions(context, settings.raw_topic)
@@ -71,20 +81,29 @@ def evaluate_backlog(context: SensorEvaluationContext, settings: Settings) -> Se
         since = first_seen.get(tag, now)
         if rng.size < settings.min_backlog_events and now - since < settings.max_wait_seconds:
             seen[tag] = since
-            reasons.append(f"{tag} backlog {rng.size} < {settings.min_backlog_events}, "
-                           f"waiting {now - since:.0f}/{settings.max_wait_seconds:.0f} s")
+            reasons.append(
+                f"{tag} backlog {rng.size} < {settings.min_backlog_events}, "
+                f"waiting {now - since:.0f}/{settings.max_wait_seconds:.0f} s"
+            )
             continue
         attempt = _failed_attempts(context, rng)
         key = rng.range_id if attempt == 0 else f"{rng.range_id}#retry{attempt}"
-        requests.append(RunRequest(run_key=key, run_config=range_run_config([rng]),
-                                   tags={PARTITION_TAG: tag, RANGE_TAG: rng.range_id}))
+        requests.append(
+            RunRequest(
+                run_key=key,
+                run_config=range_run_config([rng]),
+                tags={PARTITION_TAG: tag, RANGE_TAG: rng.range_id},
+            )
+        )
     for lost in plan.lost:
         reasons.append(f"DATA LOSS: {lost.range_id} deleted by retention before ingestion")
     new_cursor = json.dumps({"first_seen": seen, "last_tick": now}, sort_keys=True)
     if requests:
         return SensorResult(run_requests=requests, cursor=new_cursor)
     context.update_cursor(new_cursor)
-    return SkipReason("; ".join(reasons) if reasons else "nothing new: every partition is caught up")
+    return SkipReason(
+        "; ".join(reasons) if reasons else "nothing new: every partition is caught up"
+    )
 
 
 @sensor(job=ingest_events, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)

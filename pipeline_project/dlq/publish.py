@@ -1,7 +1,8 @@
 """Sends records to the DLQ and proves each one arrived, before the range may commit.
 
-An idempotent producer (acks=all), a bounded message timeout, and a delivery report required for every
-record: `flush()` returning 0 is not proof (RELIABILITY.md D2), a per-record report without error is.
+An idempotent producer (acks=all), a bounded message timeout, and a delivery report required for
+every record: `flush()` returning 0 is not proof (RELIABILITY.md D2), a per-record report without
+error is.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def producer_config(settings: Settings) -> dict[str, object]:
 
 class DlqPublisher:
     """One idempotent producer for a whole run, created early so its connection and producer id are
-    ready by the time the first range has rejects (that set-up cost ~0.4 s per range otherwise)."""
+    ready by the time the first range has rejects (that set-up cost ~0.4 s per range otherwise).
+    """
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
@@ -65,12 +67,19 @@ class DlqPublisher:
             if err is not None:
                 failures.append(f"source offset {record.source_offset}: {err.str()}")
             else:
-                deliveries.append(DlqDelivery(record.source_offset, record.category,
-                                              msg.partition(), msg.offset()))
+                deliveries.append(
+                    DlqDelivery(
+                        record.source_offset, record.category, msg.partition(), msg.offset()
+                    )
+                )
 
         for record in records:
-            _produce(self._producer, self.topic, record,
-                     lambda err, msg, r=record: on_delivery(err, msg, r))
+            _produce(
+                self._producer,
+                self.topic,
+                record,
+                lambda err, msg, r=record: on_delivery(err, msg, r),
+            )
         remaining = self._producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 10)
         if failures or remaining or len(deliveries) != len(records):
             raise DlqDeliveryError(
@@ -98,11 +107,18 @@ def _produce(producer: Producer, topic: str, record: DlqRecord, callback) -> Non
     """produce(), waiting for queue space instead of failing when the local queue is full."""
     while True:
         try:
-            producer.produce(topic, key=record.key, value=record.value, headers=record.headers(),
-                             on_delivery=callback)
+            producer.produce(
+                topic,
+                key=record.key,
+                value=record.value,
+                headers=record.headers(),
+                on_delivery=callback,
+            )
             return
         except BufferError:
             producer.poll(0.1)
         except KafkaException as exc:
-            raise DlqDeliveryError(f"DLQ record for source offset {record.source_offset} was refused "
-                                   f"by the client: {exc.args[0].str()}; nothing was committed") from None
+            raise DlqDeliveryError(
+                f"DLQ record for source offset {record.source_offset} was refused "
+                f"by the client: {exc.args[0].str()}; nothing was committed"
+            ) from None

@@ -1,7 +1,7 @@
-"""The DLQ record contract (DESIGN.md §3): original key and value bytes, untouched, plus bounded headers.
+"""The DLQ record contract (DESIGN.md §3): original key and value bytes plus bounded headers.
 
-The source coordinates (topic, partition, offset) identify a failed record, so a re-sent DLQ record is
-recognised as the same one by every reader.
+The source coordinates (topic, partition, offset) identify a failed record, so a re-sent DLQ record
+is recognised as the same one by every reader.
 """
 
 from __future__ import annotations
@@ -21,8 +21,20 @@ ATTEMPT = "dlq.attempt"
 RUN_ID = "dlq.run_id"
 FAILED_AT = "dlq.failed_at"
 
-HEADER_NAMES = (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, SOURCE_TIMESTAMP, ERROR_STAGE,
-                ERROR_CATEGORY, ERROR_RULE, ERROR_FIELD, ERROR_MESSAGE, ATTEMPT, RUN_ID, FAILED_AT)
+HEADER_NAMES = (
+    SOURCE_TOPIC,
+    SOURCE_PARTITION,
+    SOURCE_OFFSET,
+    SOURCE_TIMESTAMP,
+    ERROR_STAGE,
+    ERROR_CATEGORY,
+    ERROR_RULE,
+    ERROR_FIELD,
+    ERROR_MESSAGE,
+    ATTEMPT,
+    RUN_ID,
+    FAILED_AT,
+)
 MAX_MESSAGE_CHARS = 500
 MAX_VALUE_CHARS = 200  # every other header value
 
@@ -62,8 +74,15 @@ class DlqRecord:
             RUN_ID: self.run_id,
             FAILED_AT: self.failed_at,
         }
-        return [(name, bounded(values[name], MAX_VALUE_CHARS if name != ERROR_MESSAGE
-                               else MAX_MESSAGE_CHARS).encode("utf-8", "replace")) for name in HEADER_NAMES]
+        return [
+            (
+                name,
+                bounded(
+                    values[name], MAX_VALUE_CHARS if name != ERROR_MESSAGE else MAX_MESSAGE_CHARS
+                ).encode("utf-8", "replace"),
+            )
+            for name in HEADER_NAMES
+        ]
 
     @property
     def coordinates(self) -> tuple[str, int, int]:

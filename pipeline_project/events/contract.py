@@ -1,8 +1,9 @@
 """The raw-event contract (DESIGN.md §3), defined once for the producer, the validator and the docs.
 
-A raw event is a UTF-8 JSON object. The required fields alone make a valid event; optional fields are
-validated when present. Error categories double as the producer's `bad:<class>` verdicts and the DLQ's
-`dlq.error.category` header, so a test can compare what was sent with what was rejected, one to one.
+A raw event is a UTF-8 JSON object. The required fields alone make a valid event; optional fields
+are validated when present. Error categories double as the producer's `bad:<class>` verdicts and the
+DLQ's `dlq.error.category` header, so a test can compare what was sent with what was rejected, one
+to one.
 """
 
 from __future__ import annotations
@@ -65,13 +66,26 @@ NUMERIC_BOUNDS: Final[dict[str, tuple[float, float]]] = {
     "results_count": (0, 1_000_000),
     "schema_version": (1, 1_000),
 }
-CURRENCIES: Final[tuple[str, ...]] = ("USD", "EUR", "GBP", "JPY", "CAD", "AUD", "BRL", "INR", "CHF", "SEK")
+CURRENCIES: Final[tuple[str, ...]] = (
+    "USD",
+    "EUR",
+    "GBP",
+    "JPY",
+    "CAD",
+    "AUD",
+    "BRL",
+    "INR",
+    "CHF",
+    "SEK",
+)
 
 # Identifiers: 1-128 characters, a letter or digit first, no path separators, '=' or '%', no control or
 # invisible characters. Keeps `../../etc`, `x=y`, `.hidden`, `_tmp` and RTL tricks out of ids.
 ID_MAX_LENGTH: Final = 128
 ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"
-UUID_PATTERN: Final = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+UUID_PATTERN: Final = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 COUNTRY_PATTERN: Final = r"^[A-Za-z]{2}$"
 URL_PATTERN: Final = r"^(https?://[^\s/?#]+[^\s]*|/[^\s]*)$"
 TEXT_MAX_LENGTH: Final = 2_048

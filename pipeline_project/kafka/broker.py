@@ -1,7 +1,8 @@
-"""The local Apache Kafka broker (KRaft, one combined broker+controller node) run from Maven Central jars.
+"""The local Kafka broker (KRaft, one combined broker+controller node) from Maven Central jars.
 
-No Docker: Maven resolves `kafka_2.13` and a logging backend into ~/.m2 once, the storage is formatted once
-under `.local/kafka/`, and the JVM runs in its own session so Ctrl-C in a terminal does not kill it.
+No Docker: Maven resolves `kafka_2.13` and a logging backend into ~/.m2 once, the storage is
+formatted once under `.local/kafka/`, and the JVM runs in its own session so Ctrl-C in a terminal
+does not kill it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def java_binary() -> str:
         return str(Path(java_home) / "bin" / "java")
     found = shutil.which("java")
     if not found:
-        raise BrokerError("java not found: install Java 17 or newer (apt-get install openjdk-17-jre)")
+        raise BrokerError(
+            "java not found: install Java 17 or newer (apt-get install openjdk-17-jre)"
+        )
     return found
 
 
@@ -108,7 +111,9 @@ class LocalBroker:
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBroker:
         local_dir = Path(os.environ.get("PIPELINE_LOCAL_DIR") or ".local")
-        return cls(home=(local_dir / "kafka").absolute(), port=parse_local_bootstrap(settings.bootstrap))
+        return cls(
+            home=(local_dir / "kafka").absolute(), port=parse_local_bootstrap(settings.bootstrap)
+        )
 
     @property
     def controller_port(self) -> int:
@@ -143,16 +148,27 @@ class LocalBroker:
     def _resolve(self, cp_file: Path) -> str:
         mvn = shutil.which("mvn")
         if not mvn:
-            raise BrokerError("mvn not found: install Maven (apt-get install maven) to fetch the broker jars")
+            raise BrokerError(
+                "mvn not found: install Maven (apt-get install maven) to fetch the broker jars"
+            )
         self.home.mkdir(parents=True, exist_ok=True)
         log.info("resolving Kafka %s jars with Maven (first run only)", kafka_version())
-        cmd = [mvn, "-B", "-q", "-f", str(_package_file(POM_NAME)), "dependency:build-classpath",
-               f"-Dmdep.outputFile={cp_file}"]
+        cmd = [
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(_package_file(POM_NAME)),
+            "dependency:build-classpath",
+            f"-Dmdep.outputFile={cp_file}",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if done.returncode != 0 or not cp_file.exists():
             mvn_log = self.home / "maven.log"
             mvn_log.write_text(done.stdout + done.stderr)
-            raise BrokerError(f"Maven could not resolve the Kafka jars (exit {done.returncode}); see {mvn_log}")
+            raise BrokerError(
+                f"Maven could not resolve the Kafka jars (exit {done.returncode}); see {mvn_log}"
+            )
         return cp_file.read_text().strip()
 
     # -- storage ------------------------------------------------------------------------------------
@@ -192,8 +208,19 @@ class LocalBroker:
         if (self.data_dir / "meta.properties").exists():
             return
         cluster_id = _kraft_cluster_id()
-        cmd = [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-               "-c", str(config), "--standalone", "--ignore-formatted"]
+        cmd = [
+            java,
+            "-cp",
+            classpath,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
+            "--standalone",
+            "--ignore-formatted",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             self.log_file.write_text(done.stdout + done.stderr)
@@ -229,7 +256,9 @@ class LocalBroker:
         java = java_binary()
         major = java_major(java)
         if major < MIN_JAVA:
-            raise BrokerError(f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+ ({java})")
+            raise BrokerError(
+                f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+ ({java})"
+            )
         classpath = self.classpath()
         config = self.write_config()
         self.ensure_formatted(java, classpath, config)
@@ -238,13 +267,29 @@ class LocalBroker:
         return f"broker started (pid {proc.pid}) on {self.bootstrap}, Kafka {kafka_version()}"
 
     def _spawn(self, java: str, classpath: str, config: Path) -> subprocess.Popen:
-        cmd = [java, f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-               "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
-               f"-Dlog4j2.configurationFile={_package_file(LOG4J_NAME)}",
-               "-cp", classpath, "kafka.Kafka", str(config)]
+        cmd = [
+            java,
+            "-Xms256m",
+            f"-Xmx{self.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_package_file(LOG4J_NAME)}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(config),
+        ]
         with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, cwd=self.home)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
         self.pid_file.write_text(str(proc.pid))
         return proc
 
@@ -254,13 +299,17 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.pid_file.unlink(missing_ok=True)
-                raise BrokerError(f"the broker exited with code {proc.returncode} while starting; "
-                                  f"see {self.log_file}")
+                raise BrokerError(
+                    f"the broker exited with code {proc.returncode} while starting; "
+                    f"see {self.log_file}"
+                )
             if port_in_use(self.port) and metadata_ok(self.bootstrap, timeout=2.0):
                 return
             time.sleep(0.3)
         self.stop()
-        raise BrokerError(f"the broker did not answer within {self.start_timeout:.0f} s; see {self.log_file}")
+        raise BrokerError(
+            f"the broker did not answer within {self.start_timeout:.0f} s; see {self.log_file}"
+        )
 
     def stop(self, timeout: float = 30.0) -> str:
         """SIGTERM, wait for a clean shutdown, then SIGKILL; says so when nothing was running."""
@@ -285,8 +334,14 @@ def metadata_ok(bootstrap: str, timeout: float = 2.0) -> bool:
     """True when a cluster at `bootstrap` answers a metadata request within timeout."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout * 1000),
-                         "log_level": 0, "logger": _SILENT})
+    admin = AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "socket.timeout.ms": int(timeout * 1000),
+            "log_level": 0,
+            "logger": _SILENT,
+        }
+    )
     try:
         admin.list_topics(timeout=timeout)
     except Exception:  # noqa: BLE001 - any failure means "not ready yet"

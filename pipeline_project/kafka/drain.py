@@ -1,8 +1,9 @@
 """Reads one exact offset range [start, end) of one partition, and nothing else.
 
-assign() at an explicit offset, no group subscription, no auto commit, `auto.offset.reset=error` (a deleted
-start offset is an error, never a silent jump), read_committed. The loop stops by offset or position, never
-by record count: transaction markers and compaction take offsets (RELIABILITY.md §0.5).
+assign() at an explicit offset, no group subscription, no auto commit, `auto.offset.reset=error` (a
+deleted start offset is an error, never a silent jump), read_committed. The loop stops by offset or
+position, never by record count: transaction markers and compaction take offsets (RELIABILITY.md
+§0.5).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def make_consumer(settings: Settings) -> Consumer:
 def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
     """(low, high) watermarks of one partition; KafkaUnavailableError when the broker does not answer."""
     try:
-        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S)
+        return consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S
+        )
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"could not read offsets of {topic}[{partition}] within {METADATA_TIMEOUT_S:.0f} s: "
@@ -117,9 +120,14 @@ def _handle_error(err: KafkaError, offset: int | None, rng: Range) -> bool:
     if code == KafkaError._PARTITION_EOF:
         return offset is not None and offset >= rng.end
     if code == KafkaError._AUTO_OFFSET_RESET or code == KafkaError.OFFSET_OUT_OF_RANGE:
-        raise DataLossError(f"{rng.range_id}: offset out of range while reading ({err.str()}); "
-                            "retention deleted records this range still owed to the lake")
-    if err.fatal() or code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED):
+        raise DataLossError(
+            f"{rng.range_id}: offset out of range while reading ({err.str()}); "
+            "retention deleted records this range still owed to the lake"
+        )
+    if err.fatal() or code in (
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    ):
         raise DrainError(f"{rng.range_id}: {err.str()}")
     log.warning("transient consumer error on %s: %s", rng.range_id, err.str())
     return False

@@ -1,8 +1,9 @@
 """Creates the pipeline's topics idempotently, with documented retention and size limits.
 
-raw-events keeps 7 days so a stopped pipeline can catch up after a long weekend; the DLQ keeps 30 days and
-the parked topic 90, because a human has to look at those. Raw messages up to 1 MiB are accepted (the parser
-rejects events over 64 KiB); the DLQ topics take 2 MiB so a raw record plus its bounded headers always fits.
+raw-events keeps 7 days so a stopped pipeline can catch up after a long weekend; the DLQ keeps 30
+days and the parked topic 90, because a human has to look at those. Raw messages up to 1 MiB are
+accepted (the parser rejects events over 64 KiB); the DLQ topics take 2 MiB so a raw record plus its
+bounded headers always fits.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ def topic_specs(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> lis
     """The topics the pipeline needs, named from the settings."""
     return [
         TopicSpec(settings.raw_topic, raw_partitions, retention_days=7),
-        TopicSpec(settings.dlq_topic, 3, retention_days=30, max_message_bytes=DLQ_MAX_MESSAGE_BYTES),
-        TopicSpec(settings.parked_topic, 1, retention_days=90, max_message_bytes=DLQ_MAX_MESSAGE_BYTES),
+        TopicSpec(
+            settings.dlq_topic, 3, retention_days=30, max_message_bytes=DLQ_MAX_MESSAGE_BYTES
+        ),
+        TopicSpec(
+            settings.parked_topic, 1, retention_days=90, max_message_bytes=DLQ_MAX_MESSAGE_BYTES
+        ),
     ]
 
 
@@ -75,8 +80,10 @@ def ensure_topics(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> l
     missing = [s for s in specs if s.name not in existing]
     lines = [_existing_line(s, existing[s.name]) for s in specs if s.name in existing]
     if missing:
-        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.configs())
-               for s in missing]
+        new = [
+            NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.configs())
+            for s in missing
+        ]
         admin = admin_client(settings)  # keep a reference: the futures die with the client
         futures = admin.create_topics(new, request_timeout=ADMIN_TIMEOUT_S)
         for spec in missing:
@@ -85,7 +92,9 @@ def ensure_topics(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> l
                 lines.append(f"created {spec.name} ({spec.partitions} partitions)")
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
-                    raise KafkaUnavailableError(f"creating {spec.name} failed: {exc.args[0].str()}") from None
+                    raise KafkaUnavailableError(
+                        f"creating {spec.name} failed: {exc.args[0].str()}"
+                    ) from None
                 lines.append(f"exists  {spec.name}")
     return lines
 

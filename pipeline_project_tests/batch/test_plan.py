@@ -12,7 +12,12 @@ from pipeline_project.batch.ranges import Range
     ("state", "max_events", "per_partition", "expected"),
     [
         (PartitionState(0, None, 0, 0), 100, 1, []),  # empty partition, never seen
-        (PartitionState(0, None, 0, 50), 100, 1, [(0, 50)]),  # first run starts at the low watermark
+        (
+            PartitionState(0, None, 0, 50),
+            100,
+            1,
+            [(0, 50)],
+        ),  # first run starts at the low watermark
         (PartitionState(0, None, 20, 50), 100, 1, [(20, 50)]),  # ... which retention may have moved
         (PartitionState(0, 50, 0, 50), 100, 1, []),  # caught up
         (PartitionState(0, 50, 0, 400), 100, 1, [(50, 150)]),  # capped at max_events
@@ -20,8 +25,9 @@ from pipeline_project.batch.ranges import Range
         (PartitionState(0, 50, 50, 51), 100, 1, [(50, 51)]),
     ],
 )
-def test_ranges_start_at_committed_end(state: PartitionState, max_events: int, per_partition: int,
-                                       expected: list[tuple[int, int]]) -> None:
+def test_ranges_start_at_committed_end(
+    state: PartitionState, max_events: int, per_partition: int, expected: list[tuple[int, int]]
+) -> None:
     plan = plan_ranges("raw", [state], max_events, per_partition)
     assert [(r.start, r.end) for r in plan.ranges] == expected
     assert plan.lost == []

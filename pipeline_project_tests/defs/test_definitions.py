@@ -16,8 +16,11 @@ def test_contract_names_resolve() -> None:
     assert defs.resolve_sensor_def("kafka_backlog_sensor").job_name == "ingest_events"
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys())
-    assert {AssetKey("events"), AssetKey(["kafka", "raw_events"]),
-            AssetKey(["kafka", "dead_letter_queue"])} <= keys
+    assert {
+        AssetKey("events"),
+        AssetKey(["kafka", "raw_events"]),
+        AssetKey(["kafka", "dead_letter_queue"]),
+    } <= keys
     assert graph.get(AssetKey("events")).parent_keys == {AssetKey(["kafka", "raw_events"])}
     assert graph.get(AssetKey("events")).partitions_def is not None
     checks = {key.name for key in graph.asset_check_keys}
@@ -26,8 +29,12 @@ def test_contract_names_resolve() -> None:
 
 def test_dagster_definitions_validate(tmp_path: Path) -> None:
     dagster = str(Path(PYTHON).parent / "dagster")
-    done = subprocess.run([dagster, "definitions", "validate", "-w", "workspace.yaml"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=180,
-                          env={"PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin",
-                               "DAGSTER_HOME": str(tmp_path)})
+    done = subprocess.run(
+        [dagster, "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path)},
+    )
     assert done.returncode == 0, done.stdout + done.stderr

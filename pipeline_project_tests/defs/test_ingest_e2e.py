@@ -8,7 +8,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, DagsterInstance, RunRequest, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
 
 from pipeline_project.defs.jobs import PARTITION_TAG, RANGE_TAG, ingest_events
 from pipeline_project.defs.sensors import kafka_backlog_sensor
@@ -29,25 +36,44 @@ def tick_until_caught_up(instance: DagsterInstance, max_ticks: int = 40) -> list
         cursor = result.cursor
         for request in result.run_requests or []:
             assert request.run_key.startswith(request.tags[RANGE_TAG])
-            run = ingest_events.execute_in_process(run_config=request.run_config, instance=instance,
-                                                   tags=request.tags)
+            run = ingest_events.execute_in_process(
+                run_config=request.run_config, instance=instance, tags=request.tags
+            )
             assert run.success
             launched.append(request)
     raise AssertionError("the sensor never caught up")
 
 
-def test_fifty_thousand_events_land_exactly_once(kafka_settings: Settings, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    truth = produce(kafka_settings, tmp_path / "truth.jsonl", 50_000, "--bad-ratio", "0.05",
-                    "--duplicate-ratio", "0.02", "--late-ratio", "0.02")
+def test_fifty_thousand_events_land_exactly_once(
+    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    truth = produce(
+        kafka_settings,
+        tmp_path / "truth.jsonl",
+        50_000,
+        "--bad-ratio",
+        "0.05",
+        "--duplicate-ratio",
+        "0.02",
+        "--late-ratio",
+        "0.02",
+    )
     assert len(truth) == 50_000
-    with pipeline_env(monkeypatch, kafka_settings, PIPELINE_MIN_BACKLOG_EVENTS="1",
-                      PIPELINE_MAX_RANGE_EVENTS="8000"), DagsterInstance.ephemeral() as instance:
+    with (
+        pipeline_env(
+            monkeypatch,
+            kafka_settings,
+            PIPELINE_MIN_BACKLOG_EVENTS="1",
+            PIPELINE_MAX_RANGE_EVENTS="8000",
+        ),
+        DagsterInstance.ephemeral() as instance,
+    ):
         requests = tick_until_caught_up(instance)
         # One partition per run, ranges of at most 8000 offsets, each key used once.
         assert len({r.run_key for r in requests}) == len(requests) >= 3
         assert {r.tags[PARTITION_TAG] for r in requests} == {
-            f"{kafka_settings.raw_topic}-{p}" for p in range(3)}
+            f"{kafka_settings.raw_topic}-{p}" for p in range(3)
+        }
 
         # Every good event is in the lake exactly once, and nothing else is.
         lake = lake_frame(kafka_settings)
@@ -62,9 +88,18 @@ def test_fifty_thousand_events_land_exactly_once(kafka_settings: Settings, tmp_p
 
         # Every bad record is in the DLQ once, with its class, original bytes and contract headers.
         dlq = dlq_records(kafka_settings)
-        bad = {(t["partition"], t["offset"]): t["verdict"] for t in truth if t["verdict"].startswith("bad:")}
-        got = {(int(d["headers"]["dlq.source.partition"]), int(d["headers"]["dlq.source.offset"])):
-               "bad:" + d["headers"]["dlq.error.category"] for d in dlq}
+        bad = {
+            (t["partition"], t["offset"]): t["verdict"]
+            for t in truth
+            if t["verdict"].startswith("bad:")
+        }
+        got = {
+            (
+                int(d["headers"]["dlq.source.partition"]),
+                int(d["headers"]["dlq.source.offset"]),
+            ): "bad:" + d["headers"]["dlq.error.category"]
+            for d in dlq
+        }
         assert len(dlq) == len(got) == len(bad)
         assert got == bad
         for record in dlq[:200]:
@@ -94,8 +129,14 @@ def test_fifty_thousand_events_land_exactly_once(kafka_settings: Settings, tmp_p
         # A second round is a no-op: the sensor is caught up at once.
         assert tick_until_caught_up(instance) == []
 
-    rec = subprocess.run([PYTHON, "-m", "pipeline_project.cli", "reconcile"], env=env_for(kafka_settings),
-                         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    rec = subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", "reconcile"],
+        env=env_for(kafka_settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert rec.returncode == 0, rec.stdout + rec.stderr
 
 
@@ -104,14 +145,33 @@ def test_dagster_job_execute_drains_from_a_shell(kafka_settings: Settings, tmp_p
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = env_for(kafka_settings, DAGSTER_HOME=str(home))
-    done = subprocess.run([str(Path(PYTHON).parent / "dagster"), "job", "execute", "-m",
-                           "pipeline_project.definitions", "-j", "ingest_events"],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    done = subprocess.run(
+        [
+            str(Path(PYTHON).parent / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "pipeline_project.definitions",
+            "-j",
+            "ingest_events",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "RUN_SUCCESS" in done.stdout + done.stderr
     lake = lake_frame(kafka_settings)
     assert lake.height == sum(1 for t in truth if t["verdict"] == "good")
-    rec = subprocess.run([PYTHON, "-m", "pipeline_project.cli", "reconcile", "--json"], env=env,
-                         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    rec = subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", "reconcile", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
     assert rec.returncode == 0, rec.stdout
     assert json.loads(rec.stdout)["ok"] is True

@@ -22,10 +22,18 @@ def fill(settings: Settings, partition: int, n: int) -> None:
 
 
 def test_sensor_skips_when_caught_up_then_requests_one_run_per_partition(
-        kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pipeline_env(monkeypatch, kafka_settings, PIPELINE_MIN_BACKLOG_EVENTS="100",
-                      PIPELINE_MAX_WAIT_SECONDS="3600", PIPELINE_MAX_RANGE_EVENTS="150"), \
-            DagsterInstance.ephemeral() as instance:
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (
+        pipeline_env(
+            monkeypatch,
+            kafka_settings,
+            PIPELINE_MIN_BACKLOG_EVENTS="100",
+            PIPELINE_MAX_WAIT_SECONDS="3600",
+            PIPELINE_MAX_RANGE_EVENTS="150",
+        ),
+        DagsterInstance.ephemeral() as instance,
+    ):
         first = kafka_backlog_sensor(build_sensor_context(instance=instance))
         assert isinstance(first, SkipReason) and "caught up" in first.skip_message
 
@@ -37,8 +45,9 @@ def test_sensor_skips_when_caught_up_then_requests_one_run_per_partition(
         topic = kafka_settings.raw_topic
         assert request.run_key == f"{topic}-0-{0:019d}-{150:019d}"
         assert request.tags == {PARTITION_TAG: f"{topic}-0", RANGE_TAG: request.run_key}
-        assert request.run_config == {"ops": {"ingest": {"config": {
-            "ranges": [{"partition": 0, "start": 0, "end": 150}]}}}}
+        assert request.run_config == {
+            "ops": {"ingest": {"config": {"ranges": [{"partition": 0, "start": 0, "end": 150}]}}}
+        }
         cursor = json.loads(result.cursor)
         assert set(cursor["first_seen"]) == {f"{topic}-2"}  # the small backlog waits, remembered
 
@@ -46,12 +55,18 @@ def test_sensor_skips_when_caught_up_then_requests_one_run_per_partition(
         monkeypatch.setenv("PIPELINE_MAX_WAIT_SECONDS", "0")
         later = kafka_backlog_sensor(build_sensor_context(instance=instance, cursor=result.cursor))
         assert isinstance(later, SensorResult)
-        assert sorted(r.tags[PARTITION_TAG] for r in later.run_requests) == [f"{topic}-0", f"{topic}-2"]
+        assert sorted(r.tags[PARTITION_TAG] for r in later.run_requests) == [
+            f"{topic}-0",
+            f"{topic}-2",
+        ]
 
 
-def test_sensor_reports_an_unreachable_broker_as_a_skip(monkeypatch: pytest.MonkeyPatch,
-                                                        kafka_settings: Settings) -> None:
-    with pipeline_env(monkeypatch, kafka_settings, PIPELINE_KAFKA_BOOTSTRAP="127.0.0.1:1"), \
-            DagsterInstance.ephemeral() as instance:
+def test_sensor_reports_an_unreachable_broker_as_a_skip(
+    monkeypatch: pytest.MonkeyPatch, kafka_settings: Settings
+) -> None:
+    with (
+        pipeline_env(monkeypatch, kafka_settings, PIPELINE_KAFKA_BOOTSTRAP="127.0.0.1:1"),
+        DagsterInstance.ephemeral() as instance,
+    ):
         result = kafka_backlog_sensor(build_sensor_context(instance=instance))
     assert isinstance(result, SkipReason) and "cannot read Kafka" in result.skip_message

@@ -1,4 +1,5 @@
-"""The local broker and topics, on a real Kafka: lifecycle, idempotence, clear errors, a round trip."""
+"""The local broker and topics, on a real Kafka: lifecycle, idempotence, clear errors, a round trip.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +18,32 @@ from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, free_port
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PYTHON, "-m", "pipeline_project.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO_ROOT)
+    return subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
 
 
 def test_round_trip_through_raw_topic(kafka_settings: Settings) -> None:
     producer = Producer({"bootstrap.servers": kafka_settings.bootstrap, "enable.idempotence": True})
     payloads = [f'{{"n": {i}, "id": "{uuid.uuid4()}"}}'.encode() for i in range(50)]
     for i, value in enumerate(payloads):
-        producer.produce(kafka_settings.raw_topic, key=f"user_{i % 5}".encode(), value=value, partition=1)
+        producer.produce(
+            kafka_settings.raw_topic, key=f"user_{i % 5}".encode(), value=value, partition=1
+        )
     assert producer.flush(30) == 0
 
-    consumer = Consumer({"bootstrap.servers": kafka_settings.bootstrap, "group.id": unique("g"),
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_settings.bootstrap,
+            "group.id": unique("g"),
+            "enable.auto.commit": False,
+        }
+    )
     consumer.assign([TopicPartition(kafka_settings.raw_topic, 1, 0)])
     seen: list[bytes] = []
     while len(seen) < len(payloads):
@@ -54,14 +68,21 @@ def test_topics_ensure_creates_configured_partitions_idempotently(kafka_settings
     assert topics[raw] == 6 and topics[dlq] == 3 and topics[f"{dlq}.parked"] == 1
 
 
-def test_broker_lifecycle_start_twice_status_stop_twice(tmp_path: Path, kafka_bootstrap: str) -> None:
+def test_broker_lifecycle_start_twice_status_stop_twice(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
     port = free_port_pair()
-    env = env_for(Settings(bootstrap=f"localhost:{port}", data_dir=tmp_path / "data"),
-                  PIPELINE_LOCAL_DIR=str(tmp_path / "local"))
+    env = env_for(
+        Settings(bootstrap=f"localhost:{port}", data_dir=tmp_path / "data"),
+        PIPELINE_LOCAL_DIR=str(tmp_path / "local"),
+    )
     try:
         started = cli("kafka", "start", env=env)
         assert started.returncode == 0, started.stderr
-        assert "broker started" in started.stdout and "created raw-events (6 partitions)" in started.stdout
+        assert (
+            "broker started" in started.stdout
+            and "created raw-events (6 partitions)" in started.stdout
+        )
         again = cli("kafka", "start", env=env)
         assert again.returncode == 0, again.stderr
         assert "already running" in again.stdout and "exists  raw-events" in again.stdout
@@ -69,7 +90,9 @@ def test_broker_lifecycle_start_twice_status_stop_twice(tmp_path: Path, kafka_bo
         assert status.returncode == 0, status.stderr
         assert "broker:   running" in status.stdout
         assert f"Kafka {kafka_version()}" in status.stdout and f"localhost:{port}" in status.stdout
-        assert "raw-events (6 partitions)" in status.stdout and "dead-letter-queue (3" in status.stdout
+        assert (
+            "raw-events (6 partitions)" in status.stdout and "dead-letter-queue (3" in status.stdout
+        )
     finally:
         stopped = cli("kafka", "stop", env=env)
     assert stopped.returncode == 0 and "broker stopped" in stopped.stdout
@@ -92,10 +115,13 @@ def test_taken_port_gives_one_clear_line(tmp_path: Path, kafka_bootstrap: str) -
 def test_java_too_old_gives_one_clear_line(tmp_path: Path) -> None:
     fake = tmp_path / "jdk" / "bin"
     fake.mkdir(parents=True)
-    (fake / "java").write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    (fake / "java").write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
     (fake / "java").chmod(0o755)
-    env = env_for(Settings(bootstrap=f"localhost:{free_port_pair()}"),
-                  PIPELINE_LOCAL_DIR=str(tmp_path / "local"), JAVA_HOME=str(tmp_path / "jdk"))
+    env = env_for(
+        Settings(bootstrap=f"localhost:{free_port_pair()}"),
+        PIPELINE_LOCAL_DIR=str(tmp_path / "local"),
+        JAVA_HOME=str(tmp_path / "jdk"),
+    )
     result = cli("kafka", "start", env=env)
     assert result.returncode == 1
     assert "Java 11 is too old" in result.stderr and "Traceback" not in result.stderr
