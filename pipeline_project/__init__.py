@@ -1,5 +1,3 @@
-"""pipeline_project: Kafka events into a daily-partitioned Parquet lake, exactly once, under
-Dagster.
-"""
+"""pipeline_project: Kafka events into a daily Parquet lake, exactly once, under Dagster."""
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The Dagster code location: `dagster dev -w workspace.yaml` or `-m pipeline_project.definitions`."""
+"""The Dagster code location (`-w workspace.yaml` or `-m pipeline_project.definitions`)."""
 
 from __future__ import annotations
 

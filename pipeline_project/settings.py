@@ -81,7 +81,7 @@ class Settings:
 
     @property
     def state_dir(self) -> Path:
-        """Manifests, intents, staging and locks: outside the lake root so readers never see them."""
+        """Manifests, intents, staging, locks: outside the lake root so readers never see them."""
         return self.data_dir / "state"
 
     @property

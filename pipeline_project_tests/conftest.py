@@ -23,7 +23,7 @@ from pipeline_project_tests.support import REPO_ROOT, free_port_pair, unique
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """A reachable Kafka bootstrap: the configured one, or a broker this session starts and stops."""
+    """A reachable Kafka: the configured one, or a broker this session starts and stops."""
     configured = os.environ.get("PIPELINE_KAFKA_BOOTSTRAP")
     if configured and metadata_ok(configured, timeout=5.0):
         yield configured
@@ -41,7 +41,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def local_broker(kafka_bootstrap: str) -> LocalBroker | None:
-    """The session's LocalBroker when this session started it (fault tests need its pid), else None."""
+    """The session's LocalBroker if this session started it (fault tests need its pid)."""
     home = REPO_ROOT / ".local" / f"test-kafka-{os.getpid()}"
     return (
         LocalBroker(home=home, port=int(kafka_bootstrap.rsplit(":", 1)[1]))

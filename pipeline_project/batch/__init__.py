@@ -1,2 +1,4 @@
-"""The micro-batch core: plan, drain, parse, validate, transform, write, commit. No Dagster imports.
+"""The micro-batch core: plan, drain, parse, validate, transform, write, commit.
+
+No Dagster imports here.
 """

@@ -37,7 +37,7 @@ class Plan:
 def plan_ranges(
     topic: str, states: list[PartitionState], max_events: int, max_ranges_per_partition: int = 1
 ) -> Plan:
-    """One or more consecutive ranges per partition with a backlog, each at most max_events offsets."""
+    """Consecutive ranges per partition with a backlog, each at most max_events offsets."""
     ranges: list[Range] = []
     lost: list[Range] = []
     for state in sorted(states, key=lambda s: s.partition):

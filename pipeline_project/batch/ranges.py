@@ -24,13 +24,14 @@ class Range:
 
     @property
     def size(self) -> int:
-        """Offsets spanned; records may be fewer (transaction markers and compaction take offsets)."""
+        """Offsets spanned; records may be fewer (transaction markers, compaction)."""
         return self.end - self.start
 
     @property
     def range_id(self) -> str:
         """Stable id used as Dagster run_key and as the ledger's file name."""
-        return f"{self.topic}-{self.partition}-{self.start:0{OFFSET_WIDTH}d}-{self.end:0{OFFSET_WIDTH}d}"
+        width = OFFSET_WIDTH
+        return f"{self.topic}-{self.partition}-{self.start:0{width}d}-{self.end:0{width}d}"
 
     def to_dict(self) -> dict[str, int | str]:
         return {

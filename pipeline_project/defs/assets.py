@@ -12,7 +12,7 @@ RAW_EVENTS_KEY = AssetKey(["kafka", "raw_events"])
 DLQ_KEY = AssetKey(["kafka", "dead_letter_queue"])
 EVENTS_KEY = AssetKey(["events"])
 
-# Today's partition exists from the start of the day (end_offset=1): the lake fills it as events arrive.
+# Today's partition exists from the start of the day (end_offset=1): it fills as events arrive.
 daily_partitions = DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1)
 
 raw_events_spec = AssetSpec(
@@ -24,7 +24,7 @@ raw_events_spec = AssetSpec(
 dlq_spec = AssetSpec(
     DLQ_KEY,
     deps=[RAW_EVENTS_KEY],
-    description="Kafka topic dead-letter-queue: every rejected record, original bytes plus error headers.",
+    description="Kafka topic dead-letter-queue: rejected records: original bytes, error headers.",
     group_name="kafka",
     kinds={"kafka"},
 )

@@ -60,7 +60,7 @@ def ingest(context: OpExecutionContext, config: IngestConfig) -> None:
 
 
 def materializations(result: IngestResult) -> list[AssetMaterialization]:
-    """One `events` materialization per day written, plus one for the DLQ when records went there."""
+    """One `events` materialization per day written, plus one for the DLQ if it got records."""
     events = []
     for day, stats in sorted(result.days().items()):
         events.append(
@@ -102,14 +102,14 @@ def accounting_check(result: IngestResult) -> AssetCheckEvaluation:
             "filtered": MetadataValue.int(sum(result.filtered().values())),
             "ranges": MetadataValue.json([o.range.range_id for o in result.outcomes]),
         },
-        description="Every consumed record of the run is in the lake, the DLQ or counted as filtered.",
+        description="Every consumed record is in the lake, the DLQ or counted as filtered.",
     )
 
 
 @job(
     executor_def=in_process_executor,
     tags={"pipeline/job": "ingest_events"},
-    description="Micro-batch: raw-events offset ranges into daily Parquet partitions, exactly once.",
+    description="Micro-batch: raw-events offset ranges into daily Parquet, exactly once.",
 )
 def ingest_events() -> None:
     ingest()

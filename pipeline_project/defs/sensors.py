@@ -60,7 +60,7 @@ def partition_tag(topic: str, partition: int) -> str:
 def evaluate_backlog(
     context: SensorEvaluationContext, settings: Settings
 ) -> SensorResult | SkipReason:
-    """The sensor body: plan, drop busy partitions, trigger on size or age, keep first-seen times."""
+    """The sensor body: plan, skip busy partitions, trigger on size or age, keep first-seen."""
     cursor = json.loads(context.cursor) if context.cursor else {}
     first_seen: dict[str, float] = cursor.get("first_seen", {})
     now = time.time()
@@ -108,5 +108,5 @@ def evaluate_backlog(
 
 @sensor(job=ingest_events, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
 def kafka_backlog_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-    """Launches an ingest run per partition whose backlog is big enough or has waited long enough."""
+    """Launches an ingest run per partition whose backlog is big enough or waited long enough."""
     return evaluate_backlog(context, Settings.from_env())

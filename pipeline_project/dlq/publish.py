@@ -47,8 +47,10 @@ def producer_config(settings: Settings) -> dict[str, object]:
 
 
 class DlqPublisher:
-    """One idempotent producer for a whole run, created early so its connection and producer id are
-    ready by the time the first range has rejects (that set-up cost ~0.4 s per range otherwise).
+    """One idempotent producer for a whole run, created early.
+
+    Its connection and producer id are then ready by the time the first range has rejects (that
+    set-up cost ~0.4 s per range otherwise).
     """
 
     def __init__(self, settings: Settings, topic: str) -> None:
@@ -57,7 +59,7 @@ class DlqPublisher:
         self._producer.poll(0)
 
     def publish(self, records: Sequence[DlqRecord]) -> list[DlqDelivery]:
-        """Produces every record and waits for all delivery reports; DlqDeliveryError if any failed."""
+        """Produces every record and waits for all reports; DlqDeliveryError if any failed."""
         if not records:
             return []
         deliveries: list[DlqDelivery] = []
@@ -83,7 +85,8 @@ class DlqPublisher:
         remaining = self._producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 10)
         if failures or remaining or len(deliveries) != len(records):
             raise DlqDeliveryError(
-                f"{len(records) - len(deliveries)} of {len(records)} DLQ records to {self.topic} were not "
+                f"{len(records) - len(deliveries)} of {len(records)} DLQ records to {self.topic} "
+                f"were not "
                 f"confirmed ({'; '.join(failures[:3]) or f'{remaining} still in flight'}); "
                 "nothing was committed"
             )

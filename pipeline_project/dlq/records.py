@@ -59,7 +59,7 @@ class DlqRecord:
     failed_at: str  # ISO-8601 UTC
 
     def headers(self) -> list[tuple[str, bytes]]:
-        """Contract headers, each value bounded so the DLQ record always fits its topic's size limit."""
+        """Contract headers, each value bounded so a DLQ record always fits its topic's limit."""
         values = {
             SOURCE_TOPIC: self.source_topic,
             SOURCE_PARTITION: str(self.source_partition),

@@ -79,7 +79,8 @@ CURRENCIES: Final[tuple[str, ...]] = (
     "SEK",
 )
 
-# Identifiers: 1-128 characters, a letter or digit first, no path separators, '=' or '%', no control or
+# Identifiers: 1-128 characters, a letter or digit first, no path separators, '=' or '%', no control
+# or
 # invisible characters. Keeps `../../etc`, `x=y`, `.hidden`, `_tmp` and RTL tricks out of ids.
 ID_MAX_LENGTH: Final = 128
 ID_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$"

@@ -39,7 +39,7 @@ def _package_file(name: str) -> Path:
 def kafka_version() -> str:
     """The pinned broker version, read from the one place it is written: the pom's kafka.version."""
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    root = ET.parse(_package_file(POM_NAME)).getroot()
+    root = ET.parse(_package_file(POM_NAME)).getroot()  # noqa: S314 - our own packaged pom
     node = root.find("m:properties/m:kafka.version", ns)
     if node is None or not node.text:
         raise BrokerError(f"{POM_NAME} has no kafka.version property")
@@ -135,7 +135,7 @@ class LocalBroker:
     def pid_file(self) -> Path:
         return self.home / "broker.pid"
 
-    # -- jars ---------------------------------------------------------------------------------------
+    # -- jars ------------------------------------------------------------------------------------
     def classpath(self) -> str:
         """The broker classpath; resolved with Maven on first use, then read from the cache file."""
         cp_file = self.home / f"classpath-{kafka_version()}.txt"
@@ -171,7 +171,7 @@ class LocalBroker:
             )
         return cp_file.read_text().strip()
 
-    # -- storage ------------------------------------------------------------------------------------
+    # -- storage ---------------------------------------------------------------------------------
     def write_config(self) -> Path:
         """server.properties for one combined node; written on every start so port changes apply."""
         self.home.mkdir(parents=True, exist_ok=True)
@@ -226,9 +226,9 @@ class LocalBroker:
             self.log_file.write_text(done.stdout + done.stderr)
             raise BrokerError(f"formatting KRaft storage failed; see {self.log_file}")
 
-    # -- process ------------------------------------------------------------------------------------
+    # -- process ---------------------------------------------------------------------------------
     def pid(self) -> int | None:
-        """The broker's pid if our pid file names a live Kafka JVM, else None (stale files removed)."""
+        """The pid if our pid file names a live Kafka JVM, else None (a stale file is removed)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
@@ -360,7 +360,7 @@ _SILENT = _Silent()
 
 
 def _kraft_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (what `random-uuid` prints)."""
+    """A KRaft cluster id: 16 random bytes, base64url, unpadded (what `random-uuid` prints)."""
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

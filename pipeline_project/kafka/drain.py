@@ -48,7 +48,7 @@ def make_consumer(settings: Settings) -> Consumer:
 
 
 def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
-    """(low, high) watermarks of one partition; KafkaUnavailableError when the broker does not answer."""
+    """(low, high) watermarks of a partition; KafkaUnavailableError if the broker is silent."""
     try:
         return consumer.get_watermark_offsets(
             TopicPartition(topic, partition), timeout=METADATA_TIMEOUT_S
@@ -65,13 +65,14 @@ def check_available(consumer: Consumer, rng: Range) -> None:
     low, _high = watermarks(consumer, rng.topic, rng.partition)
     if low > rng.start:
         raise DataLossError(
-            f"{rng.topic}[{rng.partition}] offsets [{rng.start}, {min(low, rng.end)}) were deleted by "
+            f"{rng.topic}[{rng.partition}] offsets [{rng.start}, {min(low, rng.end)}) were "
+            "deleted by "
             f"retention before they reached the lake (low watermark {low}); refusing to skip them"
         )
 
 
 def drain_range(consumer: Consumer, rng: Range, timeout_s: float) -> RawBatch:
-    """Every record of `rng`, in offset order; DrainError if the range cannot be completed in time."""
+    """Every record of `rng`, in offset order; DrainError if it cannot be completed in time."""
     batch = RawBatch(rng.topic, rng.partition, [], [], [], [])
     if rng.size == 0:
         return batch
@@ -92,7 +93,8 @@ def _consume_until_end(consumer: Consumer, rng: Range, batch: RawBatch, deadline
         if time.monotonic() > deadline:
             got = offsets[-1] if offsets else None
             raise DrainError(
-                f"{rng.range_id}: reached offset {got} of [{rng.start}, {rng.end}) before the time bound; "
+                f"{rng.range_id}: reached offset {got} of [{rng.start}, {rng.end}) "
+                "before the time bound; "
                 "the range ends beyond the log end or an open transaction blocks it"
             )
         for msg in consumer.consume(CONSUME_BATCH, timeout=0.5):
@@ -115,7 +117,7 @@ def _consume_until_end(consumer: Consumer, rng: Range, batch: RawBatch, deadline
 
 
 def _handle_error(err: KafkaError, offset: int | None, rng: Range) -> bool:
-    """True when the error proves the range is complete; raises on loss; False for transient errors."""
+    """True if the error proves the range complete; raises on loss; False if transient."""
     code = err.code()
     if code == KafkaError._PARTITION_EOF:
         return offset is not None and offset >= rng.end

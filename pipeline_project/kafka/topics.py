@@ -68,13 +68,14 @@ def list_topics(settings: Settings, timeout: float = ADMIN_TIMEOUT_S) -> dict[st
         meta = admin_client(settings).list_topics(timeout=timeout)
     except KafkaException as exc:
         raise KafkaUnavailableError(
-            f"Kafka at {settings.bootstrap} did not answer within {timeout:.0f} s ({exc.args[0].str()})"
+            f"Kafka at {settings.bootstrap} did not answer within {timeout:.0f} s "
+            f"({exc.args[0].str()})"
         ) from None
     return {name: len(t.partitions) for name, t in meta.topics.items() if not name.startswith("__")}
 
 
 def ensure_topics(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> list[str]:
-    """Creates missing topics; never deletes or shrinks. Returns one line per topic saying what it did."""
+    """Creates missing topics; never deletes or shrinks. Returns a line per topic on what it did."""
     existing = list_topics(settings)
     specs = topic_specs(settings, raw_partitions)
     missing = [s for s in specs if s.name not in existing]

@@ -40,7 +40,7 @@ def event(i: int, when: datetime) -> bytes:
 
 
 def load_range(settings: Settings, n: int = 3_000, bad_every: int = 40) -> int:
-    """n records into partition 0: two UTC days, every bad_every-th one malformed. Returns the end."""
+    """n records into partition 0 over two UTC days, every bad_every-th malformed; the end."""
     producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
     for i in range(n):
         when = NOW - timedelta(minutes=(i % 120))
