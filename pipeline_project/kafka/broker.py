@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -70,19 +71,29 @@ def java_major(java: str) -> int:
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something accepts TCP connections on host:port."""
+    """True when host:port cannot be bound: a listener, or a live connection using it as local port.
+
+
+
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def free_port_pair() -> int:
-    """A port p such that p and p+1 are free on localhost (a broker and its controller)."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port < 65000 and not port_in_use(port + 1):
+    """A port p such that p and p+1 are free on localhost (a broker and its controller).
+
+    Chosen below Linux's ephemeral range (32768+), so client connections cannot grab it meanwhile.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20_000, 32_000)
+        if not port_in_use(port) and not port_in_use(port + 1):
             return port
     raise BrokerError("no free pair of TCP ports found on localhost")
 
