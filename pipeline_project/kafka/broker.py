@@ -73,8 +73,8 @@ def java_major(java: str) -> int:
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """True when host:port cannot be bound: a listener, or a live connection using it as local port.
 
-
-
+    A connect() probe alone misses the second case (ephemeral ports) and the broker then dies with
+    "Address already in use"; binding with SO_REUSEADDR, as the broker does, does not.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
