@@ -70,3 +70,41 @@ def test_sensor_reports_an_unreachable_broker_as_a_skip(
     ):
         result = kafka_backlog_sensor(build_sensor_context(instance=instance))
     assert isinstance(result, SkipReason) and "cannot read Kafka" in result.skip_message
+
+
+def test_sensor_skips_a_partition_whose_run_is_still_running(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    topic = kafka_settings.raw_topic
+    with (
+        pipeline_env(monkeypatch, kafka_settings, PIPELINE_MIN_BACKLOG_EVENTS="1"),
+        DagsterInstance.ephemeral() as instance,
+    ):
+        fill(kafka_settings, 0, 20)
+        fill(kafka_settings, 1, 20)
+        busy = create_run_for_test(
+            instance,
+            job_name="ingest_events",
+            status=DagsterRunStatus.STARTED,
+            tags={PARTITION_TAG: f"{topic}-0"},
+        )
+        result = kafka_backlog_sensor(build_sensor_context(instance=instance))
+        assert isinstance(result, SensorResult)
+        assert [r.tags[PARTITION_TAG] for r in result.run_requests] == [f"{topic}-1"]
+
+        # A failed run of a range is retried under a new key (Dagster never reuses a run key).
+        failed_key = result.run_requests[0].run_key
+        create_run_for_test(
+            instance,
+            job_name="ingest_events",
+            status=DagsterRunStatus.FAILURE,
+            tags={PARTITION_TAG: f"{topic}-1", RANGE_TAG: failed_key},
+        )
+        instance.delete_run(busy.run_id)  # the partition-0 run has finished
+        again = kafka_backlog_sensor(build_sensor_context(instance=instance))
+        assert isinstance(again, SensorResult)
+        keys = sorted(r.run_key for r in again.run_requests)
+        assert keys == sorted([f"{failed_key}#retry1", f"{topic}-0-{0:019d}-{20:019d}"])
