@@ -58,7 +58,8 @@ def topic_specs(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> lis
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    conf = {**settings.kafka_common(), "socket.timeout.ms": 10_000}
+    """An admin client that stays quiet: errors reach the user as one line, not librdkafka logs."""
+    conf = {**settings.kafka_common(), "socket.timeout.ms": 10_000, "log_level": 0}
     return AdminClient(conf)
 
 
