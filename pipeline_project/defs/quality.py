@@ -1,0 +1,108 @@
+"""Periodic asset checks on `events`: freshness and the share of unrecognised user agents.
+
+The ingest op logs `events` materializations without running checks, so these run on a cron
+through the automation sensor (defs/sessions.py): freshness on every tick (staleness is the absence
+of events, so nothing else would trigger it), the user-agent share only when `events` changed.
+No postponed annotations: Dagster checks the `context` annotation's type at import.
+"""
+
+from datetime import UTC, datetime
+from typing import cast
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AutomationCondition,
+    DagsterInstance,
+    MetadataValue,
+    asset_check,
+)
+
+from pipeline_project import health
+from pipeline_project.batch.quality import unknown_user_agents
+from pipeline_project.defs.assets import EVENTS_KEY
+from pipeline_project.settings import Settings
+
+FRESHNESS_CHECK = "freshness"
+UNKNOWN_UA_CHECK = "unknown_user_agents"
+CHECK_CRON = "*/5 * * * *"
+
+
+def check_condition(condition: AutomationCondition) -> AutomationCondition[AssetCheckKey]:
+    """The condition as a check's (the builders are typed for assets, the operands are not)."""
+    return cast(AutomationCondition[AssetCheckKey], condition)
+
+
+def last_update(instance: DagsterInstance) -> datetime | None:
+    """When `events` was last materialized (any day), from Dagster's event log."""
+    records = instance.fetch_materializations(EVENTS_KEY, limit=1).records
+    return datetime.fromtimestamp(records[0].timestamp, UTC) if records else None
+
+
+@asset_check(
+    asset=EVENTS_KEY,
+    name=FRESHNESS_CHECK,
+    description=(
+        "events was materialized within PIPELINE_HEALTH_MAX_INGEST_AGE_SECONDS, or Kafka has "
+        "nothing waiting (an idle source is not a stale lake)."
+    ),
+    automation_condition=check_condition(
+        AutomationCondition.cron_tick_passed(CHECK_CRON) & ~AutomationCondition.in_progress()
+    ),
+)
+def events_freshness(context: AssetCheckExecutionContext) -> AssetCheckResult:
+    """Same rule as `health`'s last_ingest line; Kafka is asked only when events look old."""
+    settings = Settings.from_env()
+    updated = last_update(context.instance)
+    verdict = health.events_freshness(settings, updated)
+    age = (datetime.now(UTC) - updated).total_seconds() if updated else -1.0
+    return AssetCheckResult(
+        passed=verdict.status == health.OK,
+        severity=AssetCheckSeverity.WARN,
+        description=verdict.detail,
+        metadata={
+            "age_seconds": MetadataValue.float(round(age, 1)),
+            "max_age_seconds": MetadataValue.float(settings.health_max_ingest_age_seconds),
+        },
+    )
+
+
+@asset_check(
+    asset=EVENTS_KEY,
+    name=UNKNOWN_UA_CHECK,
+    description=(
+        "Share of the latest day's events with device `unknown` or browser `Other` stays at or "
+        "below PIPELINE_MAX_UNKNOWN_UA_SHARE (a new client or a broken user-agent rule)."
+    ),
+    automation_condition=check_condition(
+        AutomationCondition.cron_tick_passed(CHECK_CRON)
+        & AutomationCondition.any_deps_updated().since_last_handled()
+        & ~AutomationCondition.in_progress()
+    ),
+)
+def events_unknown_user_agents() -> AssetCheckResult:
+    """Reads the device/browser columns of the latest day's committed files only."""
+    settings = Settings.from_env()
+    counts = unknown_user_agents(settings)
+    limit = settings.max_unknown_ua_share
+    return AssetCheckResult(
+        passed=counts.share <= limit,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"{counts.share:.2%} of {counts.rows} events on {counts.day or 'no day yet'} "
+            f"unrecognised (limit {limit:.2%})"
+        ),
+        metadata={
+            "day": MetadataValue.text(counts.day.isoformat() if counts.day else ""),
+            "rows": MetadataValue.int(counts.rows),
+            "unknown_device": MetadataValue.int(counts.unknown_device),
+            "unknown_browser": MetadataValue.int(counts.unknown_browser),
+            "share": MetadataValue.float(counts.share),
+            "limit": MetadataValue.float(limit),
+        },
+    )
+
+
+events_quality_checks = (events_freshness, events_unknown_user_agents)

@@ -1,0 +1,129 @@
+"""Asset `sessions` (daily): one row per session and day, redone when that day of `events` changes.
+
+Thin over batch.sessions. `events` is materialized by the ingest op (AssetMaterialization events,
+not an asset job); declarative automation sees those like any materialization, which
+pipeline_project_tests/sessions verifies against real ingest runs. No postponed annotations:
+Dagster checks the `context` annotation's type at import.
+"""
+
+from datetime import date
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from pipeline_project.batch import sessions as core
+from pipeline_project.defs.assets import EVENTS_KEY, daily_partitions
+from pipeline_project.defs.jobs import JOB_TAG
+from pipeline_project.defs.quality import events_quality_checks
+from pipeline_project.settings import Settings
+
+SESSIONS_KEY = AssetKey([core.TABLE_SESSIONS])
+ROWS_CHECK = "rows_on_days_with_events"
+AUTOMATION_SENSOR = "pipeline_automation_sensor"
+
+
+def sessions_condition() -> AutomationCondition:
+    """Request a day of `sessions` whenever that day of `events` was updated since the last request.
+
+    Not `eager()`, for two reasons found in Dagster 1.13's source and pinned by the tests. eager()
+    looks only at the latest time partition, so a late event for an older day would never redo it.
+    And eager() can forget an `events` update that lands after a day was requested but before its
+    run materializes (its since_last_handled resets on that materialization, and on a same-tick
+    request without comparing times), although the run may have read the lake before that update.
+    Here only a *request* resets, and both sides are bare timed operands (an And/Or in between
+    drops the timestamps SinceCondition compares), so an update newer than the last request always
+    wins: at worst one redundant run, never a stale day. No time window: late and reprocessed
+    events can land on any day. The first evaluation after deployment catches up days that have
+    events but no sessions.
+    """
+    updated = AutomationCondition.any_deps_match(AutomationCondition.newly_updated()).since(
+        AutomationCondition.newly_requested()
+    )
+    catch_up = AutomationCondition.initial_evaluation() & AutomationCondition.missing()
+    return (
+        (updated | catch_up)
+        & ~AutomationCondition.any_deps_missing()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+    ).with_label("events day updated since last request")
+
+
+@asset(
+    key=SESSIONS_KEY,
+    deps=[EVENTS_KEY],
+    partitions_def=daily_partitions,
+    automation_condition=sessions_condition(),
+    check_specs=[
+        AssetCheckSpec(
+            ROWS_CHECK,
+            asset=SESSIONS_KEY,
+            description="A day with committed events has at least one session row.",
+        )
+    ],
+    group_name="lake",
+    kinds={"parquet", "polars"},
+    description=(
+        "Sessions per UTC day (start, end, duration, events, page views, entry/exit page, device, "
+        "conversion, revenue, funnel stage) from the day's committed events, one Parquet file per "
+        "day under <data>/output/sessions/date=YYYY-MM-DD/, replaced atomically."
+    ),
+)
+def sessions(context: AssetExecutionContext) -> MaterializeResult:
+    """Recomputes one day of sessions from the committed `events` files of that day."""
+    day = date.fromisoformat(context.partition_key)
+    out = core.materialize_day(Settings.from_env(), day)
+    context.log.info(
+        "%s: %d sessions from %d events (%d files)", day, out.rows, out.event_rows, out.source_files
+    )
+    checks = []
+    if _selected(context):
+        checks.append(
+            AssetCheckResult(
+                check_name=ROWS_CHECK,
+                passed=out.rows > 0 or out.event_rows == 0,
+                metadata={"rows": out.rows, "event_rows": out.event_rows},
+            )
+        )
+    return MaterializeResult(metadata=_metadata(out), check_results=checks)
+
+
+def _selected(context: AssetExecutionContext) -> bool:
+    """The row check runs with the asset unless a run deselected it."""
+    return any(key.name == ROWS_CHECK for key in context.selected_asset_check_keys)
+
+
+def _metadata(out: core.SessionsOutput) -> dict[str, MetadataValue]:
+    """Numeric entries with stable names, so the UI plots them per day and over time."""
+    return {
+        "rows": MetadataValue.int(out.rows),
+        "event_rows": MetadataValue.int(out.event_rows),
+        "source_files": MetadataValue.int(out.source_files),
+        "converted": MetadataValue.int(out.converted),
+        "conversion_rate": MetadataValue.float(out.conversion_rate),
+        **{
+            f"funnel_{stage}": MetadataValue.int(out.funnel.get(stage, 0))
+            for stage in core.FUNNEL_STAGES
+        },
+        "path": MetadataValue.path(str(out.path) if out.path else "(no events this day)"),
+    }
+
+
+pipeline_automation_sensor = AutomationConditionSensorDefinition(
+    AUTOMATION_SENSOR,
+    target=AssetSelection.assets(SESSIONS_KEY) | AssetSelection.checks(*events_quality_checks),
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=15,
+    run_tags={JOB_TAG: "automation"},  # dagster.yaml: one such run at a time
+    description="Runs `sessions` days whose events changed, and the periodic `events` checks.",
+)

@@ -1,0 +1,481 @@
+"""`pipeline-project health`: is the pipeline up and keeping up? One line per check; exit 0/1/2.
+
+Checks: broker reachable, topics present, lag per partition (records: high watermark - committed end
+from the ledger, which is the truth of progress, not the consumer group; seconds: age of the record
+at the committed end, read with one bounded fetch), last successful ingest (newest manifest) and its
+age, DLQ rate over a recent window, lake size and free disk. `fail` means the pipeline cannot run
+(exit 2, "down"), `warn` that a threshold is crossed (exit 1, "degraded"). Every Kafka call is
+bounded, so an unreachable broker is reported in about KAFKA_TIMEOUT_S, never a hang.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ClusterMetadata
+
+from pipeline_project.batch import ledger
+from pipeline_project.batch.ledger import Manifest
+from pipeline_project.kafka.drain import consumer_config
+from pipeline_project.settings import Settings
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
+STATES = {0: "healthy", 1: "degraded", 2: "down"}
+KAFKA_TIMEOUT_S = 5.0  # per metadata/watermark call; the whole report stays near 10 s at worst
+RECORD_READ_TIMEOUT_S = 3.0  # one bounded fetch: the next record's age, every lagging partition
+MIB = 1024 * 1024
+
+
+class _Silent(logging.Logger):
+    """Drops librdkafka's connection-refused chatter: the report says it in one line."""
+
+    def __init__(self) -> None:
+        super().__init__("pipeline_project.health.silent", level=logging.CRITICAL + 1)
+
+
+_SILENT = _Silent()
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report: `status  name  detail`, plus machine-readable values."""
+
+    name: str
+    status: str
+    detail: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far the lake is behind one raw-topic partition."""
+
+    partition: int
+    committed_end: int | None
+    low: int
+    high: int
+    records: int
+    seconds: float | None  # age of the oldest record not yet in the lake; None if caught up/unknown
+
+
+@dataclass
+class HealthReport:
+    """All checks; the worst status decides the exit code."""
+
+    checks: list[Check]
+    partitions: list[PartitionLag] = field(default_factory=list)
+    checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def exit_code(self) -> int:
+        return max((EXIT_CODES[c.status] for c in self.checks), default=0)
+
+    @property
+    def state(self) -> str:
+        return STATES[self.exit_code]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "checked_at": _iso(self.checked_at),
+            "checks": [asdict(c) for c in self.checks],
+            "partitions": [asdict(p) for p in self.partitions],
+        }
+
+    def render(self) -> str:
+        width = max((len(c.name) for c in self.checks), default=0)
+        lines = [f"{c.status:<4}  {c.name:<{width}}  {c.detail}" for c in self.checks]
+        return "\n".join([*lines, f"state: {self.state}"])
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _age(seconds: float) -> str:
+    """A short human duration: 42 s, 12 min, 3.5 h, 2.0 d."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
+
+
+# ------------------------------------------------------------------------------------------ kafka
+
+
+def cluster_metadata(settings: Settings) -> ClusterMetadata | None:
+    """All topics' metadata within KAFKA_TIMEOUT_S, or None when the cluster does not answer."""
+    conf: dict[str, Any] = {
+        **settings.kafka_common(),
+        "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
+        "log_level": 0,
+        "logger": _SILENT,
+    }
+    admin = AdminClient(conf)
+    try:
+        return admin.list_topics(timeout=KAFKA_TIMEOUT_S)
+    except KafkaException:
+        return None
+
+
+def _consumer(settings: Settings) -> Consumer:
+    return Consumer({**consumer_config(settings), "logger": _SILENT, "log_level": 0})
+
+
+def partition_lags(
+    settings: Settings, partitions: Iterable[int], now: datetime | None = None
+) -> list[PartitionLag]:
+    """Lag of each raw-topic partition: watermarks (bounded) against the ledger's committed end."""
+    moment = now or datetime.now(UTC)
+    consumer = _consumer(settings)
+    try:
+        lags: list[PartitionLag] = []
+        for partition in sorted(partitions):
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(settings.raw_topic, partition), timeout=KAFKA_TIMEOUT_S
+            )
+            end = ledger.committed_end(settings.state_dir, settings.raw_topic, partition)
+            start = low if end is None else end
+            lags.append(PartitionLag(partition, end, low, high, max(high - start, 0), None))
+        ages = record_ages(consumer, settings.raw_topic, _starts(lags), moment)
+    finally:
+        consumer.close()
+    return [PartitionLag(**{**asdict(lag), "seconds": ages.get(lag.partition)}) for lag in lags]
+
+
+def _starts(lags: Sequence[PartitionLag]) -> dict[int, int]:
+    """First offset the lake still owes, for the partitions that lag."""
+    return {
+        lag.partition: (lag.low if lag.committed_end is None else lag.committed_end)
+        for lag in lags
+        if lag.records > 0
+    }
+
+
+def record_ages(
+    consumer: Consumer, topic: str, starts: dict[int, int], now: datetime
+) -> dict[int, float]:
+    """Seconds since the Kafka timestamp of the first record at each start offset.
+
+    One assignment and a fetch bounded by RECORD_READ_TIMEOUT_S; partitions that yield nothing in
+    time are left out (their age is unknown, not zero).
+    """
+    if not starts:
+        return {}
+    consumer.assign([TopicPartition(topic, p, offset) for p, offset in starts.items()])
+    ages: dict[int, float] = {}
+    deadline = time.monotonic() + RECORD_READ_TIMEOUT_S
+    try:
+        while len(ages) < len(starts) and time.monotonic() < deadline:
+            for msg in consumer.consume(len(starts), timeout=0.2):
+                partition = msg.partition()
+                if msg.error() is not None or partition is None or partition in ages:
+                    continue
+                _kind, millis = msg.timestamp()
+                if millis >= 0:
+                    ages[partition] = max(now.timestamp() - millis / 1000, 0.0)
+    finally:
+        consumer.unassign()
+    return ages
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+
+def check_broker(settings: Settings, meta: ClusterMetadata | None, seconds: float) -> Check:
+    if meta is None:
+        return Check(
+            "broker",
+            FAIL,
+            f"{settings.bootstrap} did not answer within {KAFKA_TIMEOUT_S:.0f} s",
+            {"reachable": False},
+        )
+    brokers = len(meta.brokers)
+    return Check(
+        "broker",
+        OK,
+        f"{settings.bootstrap} answered in {seconds * 1000:.0f} ms ({brokers} broker(s))",
+        {"reachable": True, "brokers": brokers, "seconds": round(seconds, 3)},
+    )
+
+
+def check_topics(settings: Settings, meta: ClusterMetadata) -> Check:
+    """The raw and DLQ topics are required (fail); the parked topic only warns."""
+    present = {
+        name: len(info.partitions) for name, info in meta.topics.items() if info.error is None
+    }
+    missing = [t for t in (settings.raw_topic, settings.dlq_topic) if t not in present]
+    optional = [] if settings.parked_topic in present else [settings.parked_topic]
+    values = {"present": {t: present.get(t) for t in _our_topics(settings)}}
+    if missing:
+        return Check("topics", FAIL, f"missing {', '.join(missing)} (run `topics ensure`)", values)
+    listing = ", ".join(f"{t} ({present[t]})" for t in _our_topics(settings) if t in present)
+    if optional:
+        return Check("topics", WARN, f"{listing}; missing {optional[0]}", values)
+    return Check("topics", OK, listing, values)
+
+
+def _our_topics(settings: Settings) -> tuple[str, ...]:
+    return (settings.raw_topic, settings.dlq_topic, settings.parked_topic)
+
+
+def check_lag(settings: Settings, lags: Sequence[PartitionLag]) -> Check:
+    """Warns when any partition is more than the record or the seconds threshold behind."""
+    total = sum(lag.records for lag in lags)
+    over = [
+        lag
+        for lag in lags
+        if lag.records > settings.health_max_lag_records
+        or (lag.seconds or 0.0) > settings.health_max_lag_seconds
+    ]
+    oldest = max((lag.seconds for lag in lags if lag.seconds is not None), default=0.0)
+    values = {"records": total, "max_seconds": round(oldest, 1), "partitions_over": len(over)}
+    limits = (
+        f"limits {settings.health_max_lag_records} records, {_age(settings.health_max_lag_seconds)}"
+    )
+    detail = f"{total} records behind, oldest {_age(oldest)} ({limits})"
+    if over:
+        worst = ", ".join(
+            f"[{lag.partition}] {lag.records} rec/{_age(lag.seconds or 0.0)}" for lag in over[:4]
+        )
+        return Check("lag", WARN, f"{detail}; over: {worst}", values)
+    return Check("lag", OK, detail, values)
+
+
+def check_last_ingest(
+    settings: Settings, latest: datetime | None, backlog: int | None, now: datetime
+) -> Check:
+    """Old is only a problem when there is something to ingest: idle and caught up is ok."""
+    limit = settings.health_max_ingest_age_seconds
+    if latest is None:
+        if backlog:
+            return Check("last_ingest", WARN, f"nothing committed yet, {backlog} records waiting")
+        why = "lag unknown" if backlog is None else "nothing to ingest"
+        return Check("last_ingest", OK, f"nothing committed yet ({why})")
+    age = max((now - latest).total_seconds(), 0.0)
+    values = {"committed_at": _iso(latest), "age_seconds": round(age, 1)}
+    detail = f"{_iso(latest)} ({_age(age)} ago, limit {_age(limit)})"
+    if age <= limit:
+        return Check("last_ingest", OK, detail, values)
+    if backlog == 0:
+        return Check("last_ingest", OK, f"{detail}; idle: every partition caught up", values)
+    why = "lag unknown" if backlog is None else f"{backlog} records waiting"
+    return Check("last_ingest", WARN, f"{detail}; stalled: {why}", values)
+
+
+def check_dlq_rate(settings: Settings, manifests: Sequence[Manifest], now: datetime) -> Check:
+    """DLQ entries / records over the manifests committed in the window."""
+    window = settings.health_window_seconds
+    since = now - timedelta(seconds=window)
+    recent = [m for m in manifests if m.committed_at >= since]
+    records = sum(m.records for m in recent)
+    dlq = sum(len(m.dlq) for m in recent)
+    rate = dlq / records if records else 0.0
+    values = {"records": records, "dlq": dlq, "rate": round(rate, 6), "window_seconds": window}
+    detail = (
+        f"{rate:.2%} ({dlq} of {records} records in the last {_age(window)}, "
+        f"limit {settings.health_max_dlq_rate:.2%})"
+    )
+    status = WARN if records and rate > settings.health_max_dlq_rate else OK
+    return Check("dlq_rate", status, detail, values)
+
+
+def check_lake(settings: Settings, manifests: Sequence[Manifest]) -> Check:
+    """Committed lake size (from the manifests, no directory walk) and whether it is writable."""
+    files = [f for m in manifests for f in m.files]
+    size = sum(f.size for f in files)
+    values = {"files": len(files), "bytes": size, "ranges": len(manifests)}
+    detail = (
+        f"{settings.lake_dir}: {len(files)} files, {size / MIB:.1f} MiB, {len(manifests)} ranges"
+    )
+    for directory in (settings.lake_dir, settings.state_dir):
+        if directory.exists() and not os.access(directory, os.W_OK):
+            return Check("lake", FAIL, f"{directory} is not writable; {detail}", values)
+    return Check("lake", OK, detail, values)
+
+
+def check_disk(settings: Settings) -> Check:
+    """Free space on the data dir's filesystem; the nearest existing ancestor if it is not made."""
+    probe = Path(settings.data_dir).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    free_mb = usage.free / MIB
+    values = {"free_bytes": usage.free, "total_bytes": usage.total}
+    detail = (
+        f"{free_mb:.0f} MiB free of {usage.total / MIB:.0f} MiB "
+        f"(limit {settings.health_min_free_disk_mb} MiB)"
+    )
+    status = WARN if free_mb < settings.health_min_free_disk_mb else OK
+    return Check("disk", status, detail, values)
+
+
+def _unknown(name: str, why: str) -> Check:
+    return Check(name, WARN, f"unknown: {why}")
+
+
+# ----------------------------------------------------------------------------------------- report
+
+
+def collect(settings: Settings, now: datetime | None = None) -> HealthReport:
+    """Runs every check; Kafka-dependent ones are skipped (warn, unknown) if the broker is down."""
+    moment = now or datetime.now(UTC)
+    started = time.monotonic()
+    meta = cluster_metadata(settings)
+    checks = [check_broker(settings, meta, time.monotonic() - started)]
+    every = ledger.load_manifests(settings.state_dir)
+    manifests = [m for m in every if m.range.topic == settings.raw_topic]
+    lags: list[PartitionLag] = []
+    backlog: int | None = None
+    if meta is None:
+        checks += [_unknown("topics", "broker unreachable"), _unknown("lag", "broker unreachable")]
+    else:
+        checks.append(check_topics(settings, meta))
+        raw = meta.topics.get(settings.raw_topic)
+        if raw is None or raw.error is not None:
+            checks.append(_unknown("lag", f"topic {settings.raw_topic} missing"))
+        else:
+            try:
+                lags = partition_lags(settings, raw.partitions, moment)
+            except KafkaException as exc:
+                checks.append(_unknown("lag", f"watermarks unavailable ({exc.args[0].str()})"))
+            else:
+                backlog = sum(lag.records for lag in lags)
+                checks.append(check_lag(settings, lags))
+    checks += [
+        check_last_ingest(settings, last_commit(manifests), backlog, moment),
+        check_dlq_rate(settings, manifests, moment),
+        check_lake(settings, every),
+        check_disk(settings),
+    ]
+    return HealthReport(checks, lags, moment)
+
+
+def last_commit(manifests: Sequence[Manifest]) -> datetime | None:
+    """When the newest range was committed: the last successful ingest."""
+    return max((m.committed_at for m in manifests), default=None)
+
+
+def events_freshness(
+    settings: Settings, last_update: datetime | None, now: datetime | None = None
+) -> Check:
+    """The `events` freshness verdict of the Dagster check, with the CLI's last_ingest rules.
+
+    Fresh when updated within PIPELINE_HEALTH_MAX_INGEST_AGE_SECONDS, or when older but Kafka has
+    nothing waiting (an idle source is not a stale lake); Kafka is asked only in the second case.
+    """
+    moment = now or datetime.now(UTC)
+    limit = settings.health_max_ingest_age_seconds
+    if last_update is not None and (moment - last_update).total_seconds() <= limit:
+        return check_last_ingest(settings, last_update, None, moment)
+    meta = cluster_metadata(settings)
+    raw = meta.topics.get(settings.raw_topic) if meta is not None else None
+    backlog = None
+    if raw is not None and raw.error is None:
+        try:
+            backlog = sum(lag.records for lag in partition_lags(settings, raw.partitions, moment))
+        except KafkaException:
+            backlog = None  # unknown: judged as stalled, like an unreachable broker
+    return check_last_ingest(settings, last_update, backlog, moment)
+
+
+def main(settings: Settings, as_json: bool) -> int:
+    """The CLI body: prints the report (lines or JSON); returns 0 healthy, 1 degraded, 2 down."""
+    report = collect(settings)
+    if as_json:
+        sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(report.render() + "\n")
+    return report.exit_code
+
+
+# ------------------------------------------------------------------------------------------ serve
+
+
+class HealthCollector:
+    """Prometheus collector: runs the checks on each scrape (bounded like the CLI), as gauges."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        report = collect(self.settings)
+        state = GaugeMetricFamily(
+            "pipeline_health_state", "0 healthy, 1 degraded, 2 down", value=report.exit_code
+        )
+        status = GaugeMetricFamily(
+            "pipeline_health_check_status", "0 ok, 1 warn, 2 fail", labels=["check"]
+        )
+        for check in report.checks:
+            status.add_metric([check.name], EXIT_CODES[check.status])
+        yield from (state, status, *self._lag(report), *self._figures(report))
+
+    def _lag(self, report: HealthReport) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["topic", "partition"]
+        records = GaugeMetricFamily(
+            "pipeline_lag_records", "high watermark - committed end", labels=labels
+        )
+        seconds = GaugeMetricFamily(
+            "pipeline_lag_seconds", "age of the oldest record not in the lake", labels=labels
+        )
+        for lag in report.partitions:
+            key = [self.settings.raw_topic, str(lag.partition)]
+            records.add_metric(key, lag.records)
+            seconds.add_metric(key, lag.seconds or 0.0)
+        return (records, seconds)
+
+    @staticmethod
+    def _figures(report: HealthReport) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        values = {check.name: check.values for check in report.checks}
+        figures = (
+            ("pipeline_last_ingest_age_seconds", "last_ingest", "age_seconds", "since the commit"),
+            ("pipeline_dlq_rate", "dlq_rate", "rate", "DLQ records / records in the window"),
+            ("pipeline_lake_bytes", "lake", "bytes", "committed lake size"),
+            ("pipeline_disk_free_bytes", "disk", "free_bytes", "free space of the data dir"),
+        )
+        for name, check, key, text in figures:
+            value = values.get(check, {}).get(key)
+            if value is not None:
+                yield GaugeMetricFamily(name, text, value=value)
+
+
+def serve(settings: Settings, port: int) -> int:
+    """Serves the health gauges on http://0.0.0.0:PORT/metrics until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    registry.register(HealthCollector(settings))  # type: ignore[arg-type]
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    server, thread = start_http_server(port, registry=registry)
+    sys.stderr.write(f"health metrics on http://0.0.0.0:{port}/metrics\n")
+    stop.wait()
+    server.shutdown()
+    thread.join(5)
+    return 0

@@ -1,0 +1,202 @@
+"""Sessions from hand-made events through the real ingest: exact rows, committed files only, atomic.
+
+The events arrive out of time order, with a duplicate, a bad record and a session that crosses UTC
+midnight; the sessions table must come out row for row as written below.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from pipeline_project.batch import sessions
+from pipeline_project.batch.quality import unknown_user_agents
+from pipeline_project.batch.run import ingest
+from pipeline_project.settings import Settings
+from pipeline_project_tests.sessions.session_support import (
+    SAFARI_IPHONE,
+    UNKNOWN_CLIENT,
+    raw_event,
+    send,
+)
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+DAY = date(2026, 3, 10)
+EVE = date(2026, 3, 9)
+
+
+def at(hh: int, mm: int, ss: int = 0, day: date = DAY) -> datetime:
+    return datetime(day.year, day.month, day.day, hh, mm, ss, tzinfo=UTC)
+
+
+def crafted() -> list[dict | bytes]:
+    """Four sessions on DAY (one began on EVE), a duplicate and a bad record, shuffled."""
+    a = [
+        raw_event("sess_a", "user_1", "page_view", at(10, 0), "/", country="DE"),
+        raw_event("sess_a", "user_1", "page_view", at(10, 0, 20), "/p/sku-1", product_id="sku-1"),
+        raw_event(
+            "sess_a",
+            "user_1",
+            "add_to_cart",
+            at(10, 1),
+            "/p/sku-1",
+            product_id="sku-1",
+            price=29.95,
+            currency="EUR",
+            quantity=2,
+        ),
+        raw_event("sess_a", "user_1", "begin_checkout", at(10, 2), "/checkout", currency="EUR"),
+        raw_event(
+            "sess_a",
+            "user_1",
+            "purchase",
+            at(10, 3, 30),
+            "/checkout/confirmation",
+            order_id="ord_1",
+            revenue=59.9,
+            currency="EUR",
+            quantity=2,
+        ),
+    ]
+    b = [
+        raw_event(
+            "sess_b",
+            "user_2",
+            "search",
+            at(9, 0),
+            "/search?q=shoes",
+            SAFARI_IPHONE,
+            "US",
+            query="shoes",
+            results_count=12,
+        ),
+        raw_event(
+            "sess_b",
+            "user_2",
+            "page_view",
+            at(9, 0, 45),
+            "/p/sku-2",
+            SAFARI_IPHONE,
+            "US",
+            product_id="sku-2",
+        ),
+    ]
+    c = [raw_event("sess_c", "user_3", "click", at(11, 0), "/", UNKNOWN_CLIENT, element_id="x")]
+    d = [
+        raw_event("sess_d", "user_4", "page_view", at(23, 59, 50, EVE), "/category/shoes"),
+        raw_event("sess_d", "user_4", "add_to_cart", at(0, 0, 10), "/p/sku-3", product_id="sku-3"),
+        raw_event("sess_d", "user_4", "page_view", at(0, 1), "/cart"),
+    ]
+    duplicate = dict(a[1])  # same event_id re-sent: filtered, never counted twice
+    values: list[dict | bytes] = [*a, *b, *c, *d, duplicate, b'{"truncated": ']
+    random.Random(3).shuffle(values)
+    return values
+
+
+def expected_day() -> pl.DataFrame:
+    utc = pl.Datetime("us", "UTC")
+    rows = {
+        "session_id": ["sess_d", "sess_b", "sess_a", "sess_c"],
+        "event_date": [DAY] * 4,
+        "user_id": ["user_4", "user_2", "user_1", "user_3"],
+        "session_start": [at(0, 0, 10), at(9, 0), at(10, 0), at(11, 0)],
+        "session_end": [at(0, 1), at(9, 0, 45), at(10, 3, 30), at(11, 0)],
+        "duration_s": [50.0, 45.0, 210.0, 0.0],
+        "event_count": [2, 2, 5, 1],
+        "page_views": [1, 1, 2, 0],
+        "distinct_pages": [2, 2, 4, 1],
+        "entry_page": ["/p/sku-3", "/search", "/", "/"],
+        "exit_page": ["/cart", "/p/sku-2", "/checkout/confirmation", "/"],
+        "device_type": ["desktop", "mobile", "desktop", "unknown"],
+        "browser": ["Chrome", "Safari", "Chrome", "Other"],
+        "os": ["Windows", "iOS", "Windows", "Other"],
+        "country": [None, "US", "DE", None],
+        "converted": [False, False, True, False],
+        "purchases": [0, 0, 1, 0],
+        "revenue": [0.0, 0.0, 59.9, 0.0],
+        "currency": [None, None, "EUR", None],
+        "funnel_step": [2, 1, 4, 0],
+        "funnel_stage": ["add_to_cart", "product_view", "purchase", "visit"],
+    }
+    frame = pl.DataFrame(rows, schema_overrides={"session_start": utc, "session_end": utc})
+    return frame.cast(sessions.SESSIONS_SCHEMA)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def ingested(kafka_settings: Settings) -> Settings:
+    send(kafka_settings, crafted())
+    result = ingest(kafka_settings, now=lambda: NOW)
+    assert result.records == 13 and result.written == 11 and result.dlq_count == 1
+    assert result.filtered()["duplicate"] == 1
+    return kafka_settings
+
+
+def test_a_day_gives_exactly_the_expected_session_rows(ingested: Settings) -> None:
+    out = sessions.materialize_day(ingested, DAY)
+    assert out.path == ingested.lake_dir / "sessions" / "date=2026-03-10" / "sessions.parquet"
+    assert (out.rows, out.event_rows, out.source_files, out.converted) == (4, 10, 1, 1)
+    assert out.funnel == {
+        "visit": 1,
+        "product_view": 1,
+        "add_to_cart": 1,
+        "checkout": 0,
+        "purchase": 1,
+    }
+    assert_frame_equal(pl.read_parquet(out.path), expected_day())
+
+    eve = sessions.materialize_day(ingested, EVE)
+    got = pl.read_parquet(eve.path)
+    assert got.select("session_id", "event_count", "entry_page", "funnel_stage").rows() == [
+        ("sess_d", 1, "/category/shoes", "visit")
+    ]
+    # Readable as a hive-partitioned dataset, like the events table.
+    both = pl.scan_parquet(
+        ingested.lake_dir / "sessions" / "**" / "*.parquet", hive_partitioning=True
+    ).collect()
+    assert both.height == 5 and both.get_column("date").n_unique() == 2
+
+
+def test_only_committed_files_count_and_rewrites_are_atomic(ingested: Settings) -> None:
+    first = sessions.materialize_day(ingested, DAY)
+    reference = first.path.read_bytes()
+    # A stray in the day directory (no manifest lists it) must not be read.
+    stray_dir = ingested.lake_dir / "events" / "date=2026-03-10"
+    committed = next(stray_dir.glob("*.parquet"))
+    (stray_dir / "part-stray-0-0000000000000000000-0000000000000000009.parquet").write_bytes(
+        committed.read_bytes()
+    )
+    inode = first.path.stat().st_ino
+    again = sessions.materialize_day(ingested, DAY)
+    assert again.path.read_bytes() == reference and again.event_rows == first.event_rows
+    assert again.path.stat().st_ino != inode  # replaced by rename, not rewritten in place
+    assert not list((ingested.state_dir / sessions.TEMP_DIR_NAME).iterdir())
+    assert sorted(p.name for p in again.path.parent.iterdir()) == ["sessions.parquet"]
+
+
+def test_a_day_without_events_writes_nothing(kafka_settings: Settings) -> None:
+    out = sessions.materialize_day(kafka_settings, DAY)
+    assert (out.path, out.rows, out.event_rows) == (None, 0, 0)
+    assert not (kafka_settings.lake_dir / "sessions").exists()
+
+
+def test_unknown_user_agent_share_reads_the_latest_day(ingested: Settings) -> None:
+    counts = unknown_user_agents(ingested)
+    assert (counts.day, counts.rows, counts.unknown_device, counts.unknown_browser) == (
+        DAY,
+        10,
+        1,
+        1,
+    )
+    assert counts.share == pytest.approx(1 / 10, abs=1e-6)
+
+
+def test_a_missing_committed_file_is_an_error_not_a_silent_gap(ingested: Settings) -> None:
+    committed = next((ingested.lake_dir / "events" / "date=2026-03-10").glob("*.parquet"))
+    committed.rename(Path(str(committed) + ".moved"))
+    with pytest.raises(Exception, match="missing"):
+        sessions.materialize_day(ingested, DAY)

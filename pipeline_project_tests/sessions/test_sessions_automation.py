@@ -1,0 +1,205 @@
+"""The automation path: real ingest_events runs (an op job) → `events` days → `sessions` requests.
+
+Evaluated with Dagster's own evaluator on a test instance, the way the automation sensor does it:
+a late event for an older day re-requests exactly that day, and an update that lands after a
+day was requested is not lost when that day's run materializes afterwards.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import polars as pl
+import pytest
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    FloatMetadataValue,
+    IntMetadataValue,
+    evaluate_automation_conditions,
+    materialize,
+)
+
+from pipeline_project.definitions import defs
+from pipeline_project.defs.jobs import ingest_events
+from pipeline_project.defs.sessions import ROWS_CHECK, SESSIONS_KEY, sessions
+from pipeline_project.events.contract import FILTER_REASONS
+from pipeline_project.settings import Settings
+from pipeline_project_tests.ingest_support import pipeline_env
+from pipeline_project_tests.sessions.session_support import raw_event, send
+
+SELECTION = AssetSelection.assets(SESSIONS_KEY)
+PLOTTED = {
+    "rows",
+    "files",
+    "run_records",
+    "run_written",
+    "run_dlq",
+    "run_filtered",
+    "run_seconds",
+    "events_per_s",
+    "latency_p50_ms",
+    "latency_p99_ms",
+}
+
+
+class Ticks:
+    """Successive automation evaluations on one instance, carrying the cursor like the daemon."""
+
+    def __init__(self, instance: DagsterInstance) -> None:
+        self.instance, self.cursor = instance, None
+
+    def requested(self) -> set[str]:
+        result = evaluate_automation_conditions(
+            defs, self.instance, asset_selection=SELECTION, cursor=self.cursor
+        )
+        self.cursor = result.cursor
+        return {p for p in result.get_requested_partitions(SESSIONS_KEY) if p}
+
+
+def ingest(instance: DagsterInstance) -> set[str]:
+    """One ingest_events run; returns the `events` days it materialized."""
+    run = ingest_events.execute_in_process(instance=instance)
+    assert run.success
+    events = [
+        e for e in run.get_asset_materialization_events() if e.asset_key == AssetKey("events")
+    ]
+    for event in events:
+        assert_plottable(event.materialization.metadata)
+    return {e.partition for e in events}
+
+
+def assert_plottable(metadata: dict) -> None:
+    """Run figures are numeric under the same names in every run, so the UI can plot them."""
+    figures = {f"run_filtered_{reason}" for reason in FILTER_REASONS} | PLOTTED
+    assert figures <= set(metadata), figures - set(metadata)
+    for name in figures:
+        assert isinstance(metadata[name], IntMetadataValue | FloatMetadataValue), name
+
+
+def materialize_days(instance: DagsterInstance, days: set[str]) -> None:
+    for day in sorted(days):
+        run = materialize([sessions], partition_key=day, instance=instance)
+        assert run.success
+        (check,) = run.get_asset_check_evaluations()
+        assert check.check_name == ROWS_CHECK and check.passed
+
+
+def session_ids(settings: Settings, day: str) -> set[str]:
+    path = settings.lake_dir / "sessions" / f"date={day}" / "sessions.parquet"
+    return set(pl.read_parquet(path).get_column("session_id").to_list())
+
+
+def test_late_event_rematerializes_its_old_day(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    old = now - timedelta(days=3)
+    old_day, new_day = old.date().isoformat(), now.date().isoformat()
+    with pipeline_env(monkeypatch, kafka_settings), DagsterInstance.ephemeral() as instance:
+        ticks = Ticks(instance)
+        assert ticks.requested() == set()  # first evaluation: nothing materialized yet
+
+        send(
+            kafka_settings,
+            [
+                raw_event("s_old", "u1", "page_view", old, "/"),
+                raw_event("s_new", "u2", "page_view", now - timedelta(seconds=5), "/"),
+            ],
+        )
+        assert ingest(instance) == {old_day, new_day}
+        assert ticks.requested() == {old_day, new_day}
+        materialize_days(instance, {old_day, new_day})
+        assert ticks.requested() == set()
+        untouched = (kafka_settings.lake_dir / "sessions" / f"date={new_day}").stat().st_mtime_ns
+
+        # A late event for the old day: only that day is requested again, and picks it up.
+        send(kafka_settings, [raw_event("s_late", "u3", "click", old + timedelta(minutes=1), "/")])
+        assert ingest(instance) == {old_day}
+        assert ticks.requested() == {old_day}
+        materialize_days(instance, {old_day})
+        assert session_ids(kafka_settings, old_day) == {"s_old", "s_late"}
+        assert ticks.requested() == set()
+        new_dir = kafka_settings.lake_dir / "sessions" / f"date={new_day}"
+        assert new_dir.stat().st_mtime_ns == untouched
+
+        # Requested, then another update lands before the run materializes: one more request
+        # follows (eager() would drop it, its run's materialization resetting the trigger).
+        send(kafka_settings, [raw_event("s_later", "u4", "click", old + timedelta(minutes=2), "/")])
+        ingest(instance)
+        assert ticks.requested() == {old_day}
+        send(kafka_settings, [raw_event("s_last", "u5", "click", old + timedelta(minutes=3), "/")])
+        ingest(instance)
+        materialize_days(instance, {old_day})
+        assert ticks.requested() == {old_day}
+        assert ticks.requested() == set()
+
+
+def test_first_evaluation_catches_up_days_that_have_events(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deployed onto an instance that already has `events` days: those days are requested once."""
+    day = datetime.now(UTC) - timedelta(days=1)
+    with pipeline_env(monkeypatch, kafka_settings), DagsterInstance.ephemeral() as instance:
+        send(kafka_settings, [raw_event("s1", "u1", "page_view", day, "/")])
+        assert ingest(instance) == {day.date().isoformat()}
+        ticks = Ticks(instance)
+        assert ticks.requested() == {day.date().isoformat()}
+        assert ticks.requested() == set()
+
+
+def test_events_checks_are_requested_on_their_cron_and_pass(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Freshness on every 5-minute tick, the user-agent share only after `events` changed."""
+    keys = {AssetCheckKey(AssetKey("events"), n) for n in ("freshness", "unknown_user_agents")}
+    selection = AssetSelection.checks(*keys)
+    boundary = datetime.now(UTC).replace(second=0, microsecond=0)
+    boundary -= timedelta(minutes=boundary.minute % 5)
+    with pipeline_env(monkeypatch, kafka_settings), DagsterInstance.ephemeral() as instance:
+
+        def requested(at: datetime, cursor: object) -> tuple[set[str], object]:
+            result = evaluate_automation_conditions(
+                defs, instance, asset_selection=selection, evaluation_time=at, cursor=cursor
+            )
+            names = {r.key.name for r in result.results if r.true_subset.size}  # type: ignore[union-attr]
+            return names, result.cursor
+
+        names, cursor = requested(boundary + timedelta(minutes=1), None)
+        assert names == set()
+        send(kafka_settings, [raw_event("s1", "u1", "page_view", datetime.now(UTC), "/")])
+        ingest(instance)
+        names, cursor = requested(boundary + timedelta(minutes=2), cursor)
+        assert names == set()  # between cron ticks
+        names, cursor = requested(boundary + timedelta(minutes=5, seconds=10), cursor)
+        assert names == {"freshness", "unknown_user_agents"}
+        names, cursor = requested(boundary + timedelta(minutes=10, seconds=10), cursor)
+        assert names == {"freshness"}  # events unchanged since the last check
+
+        job = defs.resolve_implicit_global_asset_job_def().get_subset(
+            asset_selection=set(), asset_check_selection=keys
+        )
+        run = job.execute_in_process(instance=instance)
+        results = {e.check_name: e for e in run.get_asset_check_evaluations()}
+        assert results["freshness"].passed
+        assert results["unknown_user_agents"].passed
+        assert results["unknown_user_agents"].metadata["rows"].value == 1
+        assert date.fromisoformat(results["unknown_user_agents"].metadata["day"].value)
+
+
+def test_definitions_wire_sessions_checks_and_the_running_sensor() -> None:
+    graph = defs.resolve_asset_graph()
+    node = graph.get(SESSIONS_KEY)
+    assert node.parent_keys == {AssetKey("events")}
+    assert node.partitions_def is not None and node.automation_condition is not None
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert {
+        ("sessions", ROWS_CHECK),
+        ("events", "freshness"),
+        ("events", "unknown_user_agents"),
+    } <= checks
+    sensor = defs.resolve_sensor_def("pipeline_automation_sensor")
+    assert sensor.default_status.value == "RUNNING"
+    assert sensor.run_tags == {"pipeline/job": "automation"}  # dagster.yaml: one at a time
