@@ -6,13 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
-.PHONY: help install demo test test-fast lint bench clean kafka-start kafka-stop
+.PHONY: help install demo test test-fast lint bench clean kafka-start kafka-stop browser screenshots chaos soak
 
 help:
 	@echo "make demo   - broker, topics, producer and the Dagster UI (http://localhost:3000); Ctrl-C stops all"
 	@echo "make test   - install and run every test against a real local Kafka broker"
 	@echo "make bench  - throughput and memory figures (JSON)"
 	@echo "make lint   - ruff"
+	@echo "make chaos  - seeded random-kill loop, CHAOS_ITERATIONS (50) CHAOS_SEED (7); JSON summary"
+	@echo "make soak   - dagster-daemon + producer at SOAK_RATE (5000/s) for SOAK_SECONDS (600); JSON"
+	@echo "make screenshots - refresh docs/images/ from the browser test (headless Chromium)"
 	@echo "make clean  - remove the venv, local broker data, the lake and .dagster/"
 
 $(STAMP): pyproject.toml
@@ -27,17 +30,38 @@ install: $(STAMP)
 demo: install
 	bash scripts/demo.sh
 
-test: install
+test: install browser
 	$(BIN)/pytest
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
+
+# The UI test drives Debian's Chromium (no browser download): install it when missing, as root.
+# If it truly cannot be installed, the UI test is skipped with that reason; everything else runs.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the UI test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "warning: could not install chromium: the UI test will be skipped"; \
+	  else echo "warning: $(CHROMIUM) missing and not root: the UI test will be skipped"; fi; }
+
+screenshots: install browser
+	UI_SCREENSHOTS_DIR=docs/images $(BIN)/pytest pipeline_project_tests/ui -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check pipeline_project pipeline_project_tests
 
 bench: install
 	$(BIN)/python -m pipeline_project.bench
+
+# Not part of `make test`: minutes of random SIGKILLs, then the oracle (pipeline_project_tests/faults).
+chaos: install
+	$(BIN)/python -m pipeline_project_tests.faults.chaos
+
+soak: install
+	$(BIN)/python -m pipeline_project_tests.faults.soak
 
 kafka-start: install
 	$(BIN)/pipeline-project kafka start

@@ -7,9 +7,11 @@ exit, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from pipeline_project import __version__
 from pipeline_project.errors import PipelineError
@@ -76,6 +78,77 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return reconcile.main(settings, as_json=args.json)
 
 
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project import health
+
+    if args.serve is not None:
+        return health.serve(settings, args.serve)
+    return health.main(settings, as_json=args.json)
+
+
+def _dlq_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.dlq.report import render_failing
+    from pipeline_project.dlq.reprocess import failing_now
+
+    wanted = set(args.category or ())
+    failing = [
+        m for m in failing_now(settings) if not wanted or (m.record and m.record.category in wanted)
+    ]
+    print(render_failing(failing, args.limit))
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.dlq.reprocess import Selection, reprocess
+
+    if args.dlq_partition is None and (args.from_offset, args.to_offset) != (None, None):
+        message = "--from-offset/--to-offset need --dlq-partition"
+        print(f"pipeline-project: error: {message}", file=sys.stderr)
+        return 2
+    selection = Selection(
+        categories=frozenset(args.category or ()),
+        since=args.since,
+        until=args.until,
+        dlq_partition=args.dlq_partition,
+        from_offset=args.from_offset,
+        to_offset=args.to_offset,
+    )
+    result = reprocess(settings, selection)
+    print(json.dumps(result.counts(), sort_keys=True) if args.json else result.summary())
+    return 0
+
+
+def _utc_time(text: str) -> datetime:
+    """ISO-8601; a time without a zone is UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _add_dlq_commands(commands: argparse._SubParsersAction) -> None:
+    dlq = commands.add_parser("dlq", help="the dead-letter queue: what fails and why, replay")
+    dlq_cmds = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    inspect = dlq_cmds.add_parser(
+        "inspect", help="what is failing now and why (records no reprocessing resolved yet)"
+    )
+    inspect.add_argument("--category", action="append", help="only this error category (repeat)")
+    inspect.add_argument("--limit", type=int, default=20, metavar="N", help="rows shown (20)")
+    inspect.set_defaults(handler=_dlq_inspect)
+    replay = dlq_cmds.add_parser(
+        "replay",
+        help="repair and re-validate failing records now (all, or a slice); the rest wait",
+        description="Runs the scheduled reprocess path now. With a slice, records outside it are "
+        "re-sent unchanged and wait for a later run.",
+    )
+    replay.add_argument("--category", action="append", help="only this error category (repeat)")
+    replay.add_argument("--since", type=_utc_time, help="source records that arrived at/after this")
+    replay.add_argument("--until", type=_utc_time, help="source records that arrived before this")
+    replay.add_argument("--dlq-partition", type=int, metavar="P", help="only this DLQ partition")
+    replay.add_argument("--from-offset", type=int, metavar="A", help="DLQ offsets from A")
+    replay.add_argument("--to-offset", type=int, metavar="B", help="DLQ offsets before B")
+    replay.add_argument("--json", action="store_true", help="print the outcome counts as JSON")
+    replay.set_defaults(handler=_dlq_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; each leaf sets `handler`."""
     parser = argparse.ArgumentParser(prog="pipeline-project", description=__doc__.splitlines()[0])
@@ -116,6 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
     rec = commands.add_parser("reconcile", help="prove every offset is accounted for exactly once")
     rec.add_argument("--json", action="store_true", help="print the report as JSON")
     rec.set_defaults(handler=_reconcile)
+
+    health = commands.add_parser(
+        "health",
+        help="broker, lag, last ingest, DLQ rate, disk: exit 0 ok, 1 degraded, 2 down",
+        description=(
+            "One line per check (ok|warn|fail  name  detail). Thresholds: "
+            "PIPELINE_HEALTH_MAX_LAG_RECORDS, PIPELINE_HEALTH_MAX_LAG_SECONDS, "
+            "PIPELINE_HEALTH_MAX_INGEST_AGE_SECONDS, PIPELINE_HEALTH_MAX_DLQ_RATE, "
+            "PIPELINE_HEALTH_WINDOW_SECONDS, PIPELINE_HEALTH_MIN_FREE_DISK_MB."
+        ),
+    )
+    health.add_argument("--json", action="store_true", help="print the report as JSON")
+    health.add_argument(
+        "--serve", type=int, metavar="PORT", help="serve the checks as Prometheus gauges instead"
+    )
+    health.set_defaults(handler=_health)
+    _add_dlq_commands(commands)
     return parser
 
 
@@ -139,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `pipeline-project ... | head`: the reader left, which is not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

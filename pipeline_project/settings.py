@@ -39,6 +39,17 @@ def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
     return value
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not true/false")
+
+
 def read_kafka_properties(path: Path) -> dict[str, str]:
     """Reads a librdkafka properties file (key=value lines, # comments) for SASL/SSL settings."""
     if not path.is_file():
@@ -69,9 +80,23 @@ class Settings:
     min_backlog_events: int = 5_000
     max_wait_seconds: float = 30.0
     drain_timeout_seconds: float = 120.0
+    dlq_timeout_seconds: float = 30.0
     max_lateness_days: int = 7
     max_clock_skew_seconds: int = 300
     consumer_group: str = "pipeline-project-lake"
+    # Operator thresholds (`pipeline-project health`, the events checks): past one is "degraded".
+    health_max_lag_records: int = 100_000
+    health_max_lag_seconds: float = 300.0
+    health_max_ingest_age_seconds: float = 600.0
+    health_max_dlq_rate: float = 0.10
+    health_window_seconds: float = 900.0
+    health_min_free_disk_mb: int = 1_024
+    max_unknown_ua_share: float = 0.05
+    # DLQ reprocessing and its report (dlq/): tries before parking, schedule, repair policy, checks.
+    dlq_max_attempts: int = 3
+    dlq_reprocess_cron: str = "0 * * * *"
+    dlq_naive_as_utc: bool = True
+    dlq_max_unresolved_age_hours: float = 24.0
     kafka_extra: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -116,9 +141,25 @@ class Settings:
             min_backlog_events=_env_int("PIPELINE_MIN_BACKLOG_EVENTS", 5_000, minimum=1),
             max_wait_seconds=_env_float("PIPELINE_MAX_WAIT_SECONDS", 30.0),
             drain_timeout_seconds=_env_float("PIPELINE_DRAIN_TIMEOUT_SECONDS", 120.0, minimum=1),
+            dlq_timeout_seconds=_env_float("PIPELINE_DLQ_TIMEOUT_SECONDS", 30.0, minimum=1),
             max_lateness_days=_env_int("PIPELINE_MAX_LATENESS_DAYS", 7, minimum=0),
             max_clock_skew_seconds=_env_int("PIPELINE_MAX_CLOCK_SKEW_SECONDS", 300, minimum=0),
             consumer_group=env.get("PIPELINE_CONSUMER_GROUP") or "pipeline-project-lake",
+            health_max_lag_records=_env_int("PIPELINE_HEALTH_MAX_LAG_RECORDS", 100_000),
+            health_max_lag_seconds=_env_float("PIPELINE_HEALTH_MAX_LAG_SECONDS", 300.0),
+            health_max_ingest_age_seconds=_env_float(
+                "PIPELINE_HEALTH_MAX_INGEST_AGE_SECONDS", 600.0, minimum=1
+            ),
+            health_max_dlq_rate=_env_float("PIPELINE_HEALTH_MAX_DLQ_RATE", 0.10),
+            health_window_seconds=_env_float("PIPELINE_HEALTH_WINDOW_SECONDS", 900.0, minimum=1),
+            health_min_free_disk_mb=_env_int("PIPELINE_HEALTH_MIN_FREE_DISK_MB", 1_024),
+            max_unknown_ua_share=_env_float("PIPELINE_MAX_UNKNOWN_UA_SHARE", 0.05),
+            dlq_max_attempts=_env_int("PIPELINE_DLQ_MAX_ATTEMPTS", 3, minimum=2),
+            dlq_reprocess_cron=env.get("PIPELINE_DLQ_REPROCESS_CRON") or "0 * * * *",
+            dlq_naive_as_utc=_env_bool("PIPELINE_DLQ_NAIVE_AS_UTC", True),
+            dlq_max_unresolved_age_hours=_env_float(
+                "PIPELINE_DLQ_MAX_UNRESOLVED_AGE_HOURS", 24.0, minimum=0.01
+            ),
             kafka_extra=extra,
         )
 

@@ -10,15 +10,16 @@ set -m
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster}"
-mkdir -p "$DAGSTER_HOME" .local
+LOCAL="${PIPELINE_LOCAL_DIR:-.local}"
+mkdir -p "$DAGSTER_HOME" "$LOCAL"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 $BIN/pipeline-project kafka start
 RATE="${DEMO_RATE:-200}"
 $BIN/pipeline-project produce --rate "$RATE" --bad-ratio 0.03 --duplicate-ratio 0.01 --late-ratio 0.02 \
-  > .local/producer.log 2>&1 &
+  > "$LOCAL/producer.log" 2>&1 &
 PRODUCER=$!
-echo "producer: $RATE events/s into raw-events (log: .local/producer.log)"
+echo "producer: $RATE events/s into raw-events (log: $LOCAL/producer.log)"
 
 DAGSTER=""
 # stop PID SIGNAL SECONDS: signal the process group, wait up to SECONDS, then SIGKILL the group.

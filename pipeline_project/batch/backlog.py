@@ -30,15 +30,18 @@ def topic_partitions(consumer, topic: str) -> list[int]:
     return sorted(info.partitions)
 
 
-def partition_states(settings: Settings, consumer=None) -> list[PartitionState]:
-    """Committed end and watermarks for every partition of the raw topic."""
+def partition_states(
+    settings: Settings, consumer=None, topic: str | None = None
+) -> list[PartitionState]:
+    """Committed end and watermarks for every partition of `topic` (default: the raw topic)."""
+    topic = topic or settings.raw_topic
     own = consumer is None
     consumer = consumer or make_consumer(settings)
     try:
         states = []
-        for partition in topic_partitions(consumer, settings.raw_topic):
-            low, high = watermarks(consumer, settings.raw_topic, partition)
-            end = committed_end(settings.state_dir, settings.raw_topic, partition)
+        for partition in topic_partitions(consumer, topic):
+            low, high = watermarks(consumer, topic, partition)
+            end = committed_end(settings.state_dir, topic, partition)
             states.append(PartitionState(partition, end, low, high))
         return states
     finally:

@@ -10,6 +10,10 @@ link stays until the manifest is committed so a crashed publish can be rolled fo
 Column decision: files keep `event_date` (a file describes itself, even outside its directory) and
 never contain a column named `date`, the hive key; hive readers add `date` from the path. The two
 agree by construction: `stage_day` refuses a row whose `event_date` is not the file's day.
+
+Rows recovered from the DLQ keep their source coordinates in `kafka_*` (where the event came from);
+the range that wrote them is a range of the DLQ topic, so their file is tied to it by `dlq_offset`
+and `dlq_partition` instead (`range_columns`). A file holds one kind of row only.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ DATE_COLUMN = "event_date"
 OFFSET_COLUMN = "kafka_offset"
 TOPIC_COLUMN = "kafka_topic"
 PARTITION_COLUMN = "kafka_partition"
+# Lineage of rows recovered from the DLQ (null on ingested rows): the DLQ record they came from.
+DLQ_PARTITION_COLUMN = "dlq_partition"
+DLQ_OFFSET_COLUMN = "dlq_offset"
+REPAIR_RULES_COLUMN = "repair_rules"
 STAGING_DIR_NAME = "staging"
 QUARANTINE_DIR_NAME = "quarantine"
 ROW_GROUP_ROWS = 131_072
@@ -345,6 +353,23 @@ def _sha(value: Any) -> str:
     return value
 
 
+def range_columns(df: pl.DataFrame) -> tuple[str, str]:
+    """The (offset, partition) columns that tie a file's rows to the range that wrote them.
+
+    `kafka_offset`/`kafka_partition` for ingested rows; `dlq_offset`/`dlq_partition` for rows
+    recovered from the DLQ, whose kafka_* columns keep the source coordinates. LakePathError when a
+    frame mixes the two kinds.
+    """
+    if DLQ_OFFSET_COLUMN not in df.columns:
+        return OFFSET_COLUMN, PARTITION_COLUMN
+    nulls = df.get_column(DLQ_OFFSET_COLUMN).null_count()
+    if nulls == df.height:
+        return OFFSET_COLUMN, PARTITION_COLUMN
+    if nulls:
+        raise LakePathError("rows recovered from the DLQ mixed with ingested rows in one file")
+    return DLQ_OFFSET_COLUMN, DLQ_PARTITION_COLUMN
+
+
 def _check_frame(df: pl.DataFrame, rng: Range, day: date, date_column: str | None) -> None:
     """Refuses rows that would make a file lie about its day or range (an upstream bug)."""
     if HIVE_KEY in df.columns:
@@ -355,16 +380,20 @@ def _check_frame(df: pl.DataFrame, rng: Range, day: date, date_column: str | Non
         days = df.get_column(date_column)
         if days.null_count() or (days != day).any():
             raise LakePathError(f"rows whose {date_column} is not {day.isoformat()}")
-    if OFFSET_COLUMN in df.columns:
-        offsets = df.get_column(OFFSET_COLUMN)
+    offset_column, partition_column = range_columns(df)
+    if offset_column in df.columns:
+        offsets = df.get_column(offset_column)
         low, high = _int_bounds(offsets)
         if offsets.null_count() or low < rng.start or high >= rng.end:
             raise LakePathError(
-                f"{OFFSET_COLUMN} outside [{rng.start}, {rng.end}) of {rng.range_id}"
+                f"{offset_column} outside [{rng.start}, {rng.end}) of {rng.range_id}"
             )
         if offsets.n_unique() != df.height:
-            raise LakePathError(f"duplicate {OFFSET_COLUMN} values in {rng.range_id}")
-    for column, expected in ((TOPIC_COLUMN, rng.topic), (PARTITION_COLUMN, rng.partition)):
+            raise LakePathError(f"duplicate {offset_column} values in {rng.range_id}")
+    expected_values: list[tuple[str, object]] = [(partition_column, rng.partition)]
+    if offset_column == OFFSET_COLUMN:  # recovered rows name their source topic, not the range's
+        expected_values.append((TOPIC_COLUMN, rng.topic))
+    for column, expected in expected_values:
         if column in df.columns and (df.get_column(column) != expected).any():
             raise LakePathError(f"rows whose {column} is not {expected!r}")
 
@@ -379,8 +408,9 @@ def _int_bounds(values: pl.Series) -> tuple[int, int]:
 
 def _to_arrow(df: pl.DataFrame) -> pa.Table:
     """Offset-sorted, single-chunk, metadata-free Arrow table: the same rows give the same bytes."""
-    if OFFSET_COLUMN in df.columns:
-        df = df.sort(OFFSET_COLUMN, maintain_order=True)
+    offset_column = range_columns(df)[0]
+    if offset_column in df.columns:
+        df = df.sort(offset_column, maintain_order=True)
     table = df.to_arrow(compat_level=pl.CompatLevel.oldest()).combine_chunks()
     return table.replace_schema_metadata(None)
 
@@ -429,7 +459,8 @@ def stage_day(
     ensure_dir(target.parent)
     _unlink_quietly(target)  # a leftover of an earlier attempt in the same staging dir
     _write_parquet(target, _to_arrow(df), row_group_rows)
-    bounds = _int_bounds(df.get_column(OFFSET_COLUMN)) if OFFSET_COLUMN in df.columns else None
+    offset_column = range_columns(df)[0]
+    bounds = _int_bounds(df.get_column(offset_column)) if offset_column in df.columns else None
     return StagedFile(
         table=table,
         day=day,
@@ -472,6 +503,15 @@ def stage_days(
         if result is not None:
             staged.append(result)
     return staged
+
+
+def read_range_offsets(path: Path) -> list[int]:
+    """The offsets that tie a written file's rows to its range (see `range_columns`)."""
+    names = set(pq.read_schema(path).names)
+    wanted = [c for c in (OFFSET_COLUMN, DLQ_OFFSET_COLUMN) if c in names]
+    frame = pl.DataFrame(pq.read_table(path, columns=wanted))
+    column = range_columns(frame)[0]
+    return frame.get_column(column).to_list() if column in frame.columns else []
 
 
 def remove_staging(state_dir: Path, rng: Range) -> bool:

@@ -33,6 +33,7 @@ from pipeline_project.errors import (
     AccountingError,
     AlreadyCommittedError,
     ContiguityError,
+    FencingError,
     LedgerError,
     LockBusyError,
 )
@@ -206,7 +207,7 @@ def lock_path(state_dir: Path, topic: str, partition: int) -> Path:
 
 # ----------------------------------------------------------------------------------------- locks
 
-_HELD: set[tuple[str, str, int]] = set()
+_HELD: dict[tuple[str, str, int], int] = {}  # lock key -> descriptor holding the flock
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,9 @@ def partition_lock(state_dir: Path, topic: str, partition: int) -> Iterator[Part
     """Holds `flock(LOCK_EX | LOCK_NB)` on the partition's lock file; busy → LockBusyError (Z1).
 
     The kernel drops the lock when the process dies, so a crashed run never leaves a stale lock;
-    the file itself is never deleted (that races). The holder's pid is written for messages.
+    the file itself is never deleted (that races). The holder's pid is written for messages. The
+    lock is also a lease: if its file is removed or replaced while held (Z2: an operator "broke"
+    it, so another run may own the partition now), `assert_locked` raises FencingError.
     """
     path = lock_path(state_dir, topic, partition)
     key = _lock_key(state_dir, topic, partition)
@@ -243,21 +246,45 @@ def partition_lock(state_dir: Path, topic: str, partition: int) -> Iterator[Part
             raise LockBusyError(
                 f"another run is processing {topic}[{partition}] ({holder}); lock file {path}"
             ) from None
+        if not _same_file(fd, path):
+            raise LockBusyError(f"lock file {path} was replaced while it was being acquired")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {_iso(datetime.now(UTC))}\n".encode(), 0)
-        _HELD.add(key)
+        _HELD[key] = fd
         try:
             yield PartitionLock(path, topic, partition)
         finally:
-            _HELD.discard(key)
+            _HELD.pop(key, None)
     finally:
         os.close(fd)  # closing the descriptor releases the flock
 
 
 def assert_locked(state_dir: Path, topic: str, partition: int) -> None:
-    """Guards ledger mutations: only the holder of the partition lock may change its ledger."""
-    if _lock_key(state_dir, topic, partition) not in _HELD:
+    """Guards ledger mutations: only the holder of the partition lock may change its ledger.
+
+    Also a fence (Z2): a run frozen while holding the lock (SIGSTOP, a long GC or VM pause) whose
+    lock file was removed meanwhile may have been overtaken by a newer run; it must not touch the
+    ledger or the lake again, so this raises FencingError instead of letting it commit.
+    """
+    fd = _HELD.get(_lock_key(state_dir, topic, partition))
+    if fd is None:
         raise LedgerError(f"{topic}[{partition}]: hold partition_lock() before changing its ledger")
+    path = lock_path(state_dir, topic, partition)
+    if not _same_file(fd, path):
+        raise FencingError(
+            f"{topic}[{partition}]: lock file {path} was removed or replaced while this run held "
+            "it; another run may own the partition now, so this one stops without committing"
+        )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True when `path` still names the file open as `fd` (same device and inode)."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 # ---------------------------------------------------------------------------------------- manifests
@@ -611,9 +638,8 @@ def reset_intent(state_dir: Path, intent: Intent) -> Intent:
 
 
 def _file_offsets(staged: StagedFile) -> list[int]:
-    """The kafka_offset column of a staged file, read back from disk (what readers will see)."""
-    table = pq.read_table(staged.staging_path, columns=[lake.OFFSET_COLUMN])
-    return table.column(lake.OFFSET_COLUMN).to_pylist()
+    """The range offsets of a staged file, read back from disk (what readers will see)."""
+    return lake.read_range_offsets(staged.staging_path)
 
 
 def _disjoint_union(groups: Mapping[str, Sequence[int]], rng: Range) -> set[int]:
@@ -775,6 +801,23 @@ def committed_ids(
     schema = {lake.DATE_COLUMN: pl.Date, "event_id": pl.String}
     if not paths:
         return pl.DataFrame(schema=schema)
-    tables = [pq.read_table(p, columns=[lake.DATE_COLUMN, "event_id"]) for p in sorted(paths)]
+    tables = [_read_ids(p) for p in sorted(paths)]
     frame = pl.DataFrame(pa.concat_tables(tables))
     return frame.cast(schema).unique().sort(list(schema))  # type: ignore[arg-type]
+
+
+def _read_ids(path: Path) -> pa.Table:
+    """A committed file's (event_date, event_id); LedgerError when it is gone or unreadable.
+
+    A committed file that recovery quarantined (truncated, replaced) cannot vouch for its ids:
+    deduplicating without it could let a duplicate through, so the run stops with the file's
+    name instead of a traceback.
+    """
+    try:
+        return pq.read_table(path, columns=[lake.DATE_COLUMN, "event_id"])
+    except (OSError, pa.ArrowException) as exc:
+        raise LedgerError(
+            f"committed file {path} is missing or unreadable ({type(exc).__name__}), so events "
+            "of its day cannot be deduplicated; `pipeline-project reconcile` lists it, see "
+            "<state>/quarantine; restore it before ingesting more events of that day"
+        ) from None

@@ -5,12 +5,16 @@ manifest's size, sha256, Parquet row count and offset bounds, page CRCs verified
 nothing under the lake root that no manifest lists (I2); and every consumed offset in exactly one
 of lake rows, DLQ entries or filtered offsets, within its range, matching the count and offsets
 digest recorded when it was drained (I1). Duplicates are caught here; readers never notice them.
+
+Reprocessing commits ranges of the DLQ topic the same way; rows it recovered carry their source
+coordinates, which the source range already counts as DLQ. So a source offset may be in the DLQ
+*and* in the lake, exactly when the resolution ledger says it was recovered, and then exactly once.
 """
 
 from __future__ import annotations
 
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -18,15 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import polars as pl
 import pyarrow.parquet as pq
 
 from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.lake import LakeFile
 from pipeline_project.batch.ledger import Manifest
+from pipeline_project.dlq import resolution
+from pipeline_project.errors import LedgerError
 from pipeline_project.settings import Settings
 
 _SAMPLE = 5
 _LINEAGE = (lake.TOPIC_COLUMN, lake.PARTITION_COLUMN, lake.DATE_COLUMN)
+_RECOVERY = (lake.DLQ_PARTITION_COLUMN, lake.DLQ_OFFSET_COLUMN)
+Coords = tuple[str, int, int]
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class ReconcileReport:
     days: list[DaySummary] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     unchecked_tables: list[str] = field(default_factory=list)
+    dlq: dict[str, int] = field(default_factory=dict)  # failed source records by resolution
 
     @property
     def ok(self) -> bool:
@@ -100,6 +110,7 @@ class _FileFacts:
     offsets: list[int] | None = None
     rows: int | None = None
     lineage: dict[str, set[Any]] = field(default_factory=dict)
+    recovered: list[tuple[Coords, tuple[int, int]]] = field(default_factory=list)
 
 
 class _Checker:
@@ -109,6 +120,7 @@ class _Checker:
         self.report = ReconcileReport(Path(lake_dir), Path(state_dir))
         self.summaries: dict[tuple[str, int], PartitionSummary] = {}
         self.days: dict[tuple[str, date], DaySummary] = {}
+        self.recovered: dict[Coords, list[tuple[tuple[int, int], str]]] = defaultdict(list)
 
     def problem(
         self,
@@ -146,6 +158,7 @@ def reconcile_dirs(lake_dir: Path, state_dir: Path) -> ReconcileReport:
     listed = {f.path for m in scan.manifests for f in m.files}
     scope = {lake.TABLE_EVENTS} | {f.table for m in scan.manifests for f in m.files}
     _check_lake_tree(checker, Path(lake_dir), listed, scope)
+    _check_dlq_resolutions(checker, scan.manifests, Path(state_dir))
     checker.report.partitions = [checker.summaries[k] for k in sorted(checker.summaries)]
     checker.report.days = [checker.days[k] for k in sorted(checker.days)]
     return checker.report
@@ -275,19 +288,34 @@ def _check_file(
     if facts.rows != item.rows:
         fail("row_count_mismatch", f"{facts.rows} rows, manifest says {item.rows}")
     _check_offset_bounds(checker, manifest, item, facts.offsets or [])
+    for source, dlq in facts.recovered:
+        checker.recovered[source].append((dlq, item.path))
     _check_lineage(checker, manifest, item, facts)
     return facts
 
 
 def _read_facts(path: Path) -> _FileFacts:
-    """Footer row count, offsets and lineage values, with page CRCs verified (catches bit flips)."""
+    """Footer row count, offsets and lineage values, with page CRCs verified (catches bit flips).
+
+    For rows recovered from the DLQ the range offsets are their DLQ offsets, and their source
+    coordinates are collected for the resolution check.
+    """
     parquet = pq.ParquetFile(path, page_checksum_verification=True)
     names = set(parquet.schema_arrow.names)
-    wanted = [c for c in (lake.OFFSET_COLUMN, *_LINEAGE) if c in names]
-    table = parquet.read(columns=wanted)
-    offsets = table.column(lake.OFFSET_COLUMN).to_pylist() if lake.OFFSET_COLUMN in names else []
-    lineage = {c: set(table.column(c).to_pylist()) for c in _LINEAGE if c in names}
-    return _FileFacts(offsets=offsets, rows=parquet.metadata.num_rows, lineage=lineage)
+    wanted = [c for c in (lake.OFFSET_COLUMN, *_LINEAGE, *_RECOVERY) if c in names]
+    frame = pl.DataFrame(parquet.read(columns=wanted))
+    offset_column, partition_column = lake.range_columns(frame)
+    offsets = frame.get_column(offset_column).to_list() if offset_column in names else []
+    facts = _FileFacts(offsets=offsets, rows=parquet.metadata.num_rows)
+    checked = [partition_column, lake.DATE_COLUMN]
+    if offset_column == lake.OFFSET_COLUMN:
+        checked.append(lake.TOPIC_COLUMN)
+    else:
+        source = frame.select(lake.TOPIC_COLUMN, lake.PARTITION_COLUMN, lake.OFFSET_COLUMN).rows()
+        dlq = frame.select(*_RECOVERY).rows()
+        facts.recovered = list(zip(source, dlq, strict=True))
+    facts.lineage = {c: set(frame.get_column(c).to_list()) for c in checked if c in names}
+    return facts
 
 
 def _check_lineage(
@@ -299,6 +327,7 @@ def _check_lineage(
         lake.TOPIC_COLUMN: {rng.topic},
         lake.PARTITION_COLUMN: {rng.partition},
         lake.DATE_COLUMN: {item.day},
+        lake.DLQ_PARTITION_COLUMN: {rng.partition},
     }
     for column, values in facts.lineage.items():
         if values and values != expected[column]:
@@ -378,6 +407,91 @@ def _check_accounting(
         checker.problem(
             "offsets_hash_mismatch",
             f"{rng.range_id}: accounted offsets are not the set that was consumed",
+            topic,
+            partition,
+        )
+
+
+# --------------------------------------------------------------------------------------------- dlq
+
+
+def _check_dlq_resolutions(checker: _Checker, manifests: Sequence[Manifest], state: Path) -> None:
+    """I1 across reprocessing: a source offset counted as DLQ may also be in the lake, exactly once.
+
+    Every recovered row must name a source offset its committed range sent to the DLQ, no source
+    offset may be recovered twice, and each must match the resolution ledger's `recovered` entry
+    (and each such entry a row). Parked and filtered records are accounted for by the ledger.
+    """
+    try:
+        book = resolution.load_book(state)
+    except LedgerError as exc:
+        checker.problem("dlq_ledger_unusable", str(exc))
+        return
+    sent = {
+        (m.range.topic, m.range.partition, d.source_offset)
+        for m in manifests
+        if m.range.topic not in book.dlq_topics
+        for d in m.dlq
+    }
+    for source, rows in sorted(checker.recovered.items()):
+        _check_recovered(checker, book, sent, source, rows)
+    for entry in book.latest.values():
+        topic, partition, offset = entry.source
+        if entry.source not in sent:
+            checker.problem(
+                "dlq_resolution_unknown",
+                f"the resolution ledger has {entry.outcome} offset {offset}, which no committed "
+                "range sent to the DLQ",
+                topic,
+                partition,
+            )
+        elif entry.outcome == resolution.RECOVERED and entry.source not in checker.recovered:
+            checker.problem(
+                "dlq_row_missing",
+                f"offset {offset} is recovered per the resolution ledger, but no lake row has it",
+                topic,
+                partition,
+            )
+    outcomes = Counter(book.latest[s].outcome for s in sent if s in book.latest)
+    terminal = sum(outcomes[o] for o in resolution.TERMINAL)
+    checker.report.dlq = {
+        "failed": len(sent),
+        **{o: outcomes[o] for o in sorted(resolution.TERMINAL)},
+        "failing": len(sent) - terminal,
+    }
+
+
+def _check_recovered(
+    checker: _Checker,
+    book: resolution.Book,
+    sent: set[Coords],
+    source: Coords,
+    rows: list[tuple[tuple[int, int], str]],
+) -> None:
+    topic, partition, offset = source
+    where = ", ".join(f"{path} (DLQ {p}@{o})" for (p, o), path in rows)
+    if len(rows) > 1:
+        checker.problem(
+            "dlq_recovered_twice",
+            f"offset {offset} is in the lake {len(rows)} times: {where}",
+            topic,
+            partition,
+        )
+    if source not in sent:
+        checker.problem(
+            "dlq_recovered_not_owed",
+            f"offset {offset} was recovered from the DLQ ({where}) but its range did not send it "
+            "there: it may be in the lake twice",
+            topic,
+            partition,
+        )
+    entry = book.get(source)
+    handled = {dlq for dlq, _ in rows}
+    if entry is None or entry.outcome != resolution.RECOVERED or entry.dlq not in handled:
+        checker.problem(
+            "dlq_resolution_missing",
+            f"offset {offset} was recovered ({where}) but the resolution ledger says "
+            f"{entry.outcome if entry else 'nothing'}",
             topic,
             partition,
         )
@@ -468,6 +582,7 @@ def to_json(report: ReconcileReport) -> dict[str, Any]:
         "days": days,
         "problems": [asdict(p) for p in report.problems],
         "unchecked_tables": report.unchecked_tables,
+        "dlq": report.dlq,
     }
 
 
@@ -518,6 +633,9 @@ def render_table(report: ReconcileReport) -> str:
     )
     if report.unchecked_tables:
         lines += ["", f"Not checked (no ledger): {', '.join(report.unchecked_tables)}"]
+    if report.dlq.get("failed"):
+        counts = ", ".join(f"{n} {name}" for name, n in report.dlq.items() if name != "failed")
+        lines += ["", f"DLQ: {report.dlq['failed']} failed source records: {counts}"]
     if report.problems:
         lines += ["", f"Problems ({len(report.problems)})"] + [f"  {p}" for p in report.problems]
     verdict = (

@@ -6,6 +6,7 @@ Every consumed offset ends up in exactly one of `BatchResult.good`, `.rejects` o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -14,9 +15,15 @@ from pipeline_project.events.contract import ERROR_STAGE, FILTER_REASONS
 MESSAGE_MAX_CHARS = 500
 
 
+Headers = Any  # a record's headers as confluent-kafka returns them (list of (name, bytes))
+
+
 @dataclass(frozen=True)
 class RawBatch:
-    """Records of one topic-partition as drained, one list entry per record, in offset order."""
+    """Records of one topic-partition as drained, one list entry per record, in offset order.
+
+    `headers` is filled only when asked for (DLQ reads): the raw topic's headers are never data.
+    """
 
     topic: str
     partition: int
@@ -24,11 +31,14 @@ class RawBatch:
     timestamps_ms: list[int]
     keys: list[bytes | None]
     values: list[bytes | None]
+    headers: list[Headers | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.offsets)
         if not len(self.timestamps_ms) == len(self.keys) == len(self.values) == n:
             raise ValueError("RawBatch columns must have the same length")
+        if self.headers is not None and len(self.headers) != n:
+            raise ValueError("RawBatch headers must have one entry per record")
 
     def __len__(self) -> int:
         return len(self.offsets)

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -31,6 +32,7 @@ from pipeline_project.batch.recover import recover
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import DataLossError, PipelineError
+from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
@@ -140,7 +142,10 @@ class IngestResult:
             "run_written": self.written,
             "run_dlq": self.dlq_count,
             "run_filtered": sum(filtered.values()),
-            **{f"run_filtered_{reason}": n for reason, n in filtered.items()},
+            **{
+                f"run_filtered_{reason}": filtered.get(reason, 0)
+                for reason in sorted(set(FILTER_REASONS) | set(filtered))
+            },
             "run_seconds": round(self.seconds, 3),
             "events_per_s": round(self.records / self.seconds, 1) if self.seconds else 0.0,
             "latency_p50_ms": round(p50, 1),
@@ -164,11 +169,17 @@ def ingest(
     run_id: str | None = None,
     log: logging.Logger | logging.LoggerAdapter | None = None,
     now: Callable[[], datetime] | None = None,
+    result: IngestResult | None = None,
 ) -> IngestResult:
-    """Runs the protocol for `ranges`, or for every partition's backlog up to the high watermark."""
+    """Runs the protocol for `ranges`, or for every partition's backlog up to the high watermark.
+
+    A `result` passed in is filled range by range (its run_id wins), so the caller still knows what
+    committed when a later range fails or the run is interrupted.
+    """
     logger = log or logging.getLogger(__name__)
     clock = now or (lambda: datetime.now(UTC))
-    result = IngestResult(run_id=run_id or f"cli-{uuid.uuid4()}")
+    if result is None:
+        result = IngestResult(run_id=run_id or f"cli-{uuid.uuid4()}")
     started = time.perf_counter()
     preflight(settings)
     consumer = make_consumer(settings)
@@ -254,13 +265,13 @@ def run_range(
         raw = drain_range(consumer, rng, settings.drain_timeout_seconds)
         fault_point("K1")
         batch = process(settings, raw, intent)
-        staged = lake.stage_days(lake.staging_dir(state, rng), rng, batch.good)
-        deliveries = send_rejects(dlq, raw, batch, intent)
+        staged, deliveries = stage_and_send(settings, dlq, rng, raw, batch, intent)
         fault_point("K6")
         intent = ledger.prepare_intent(
             state, intent, staged, deliveries, batch.filtered, raw.offsets
         )
         fault_point("K3")
+        ledger.assert_locked(state, rng.topic, rng.partition)  # fence: a zombie must not publish
         lake.publish_all(intent.files, lake_dir)
         fault_point("K5")
         manifest = ledger.commit_manifest(state, lake_dir, intent, committed_at=clock())
@@ -272,13 +283,34 @@ def run_range(
         )
 
 
+def stage_and_send(
+    settings: Settings,
+    dlq: DlqPublisher,
+    rng: Range,
+    raw: RawBatch,
+    batch: BatchResult,
+    intent: ledger.Intent,
+) -> tuple[list[lake.StagedFile], list[ledger.DlqEntry]]:
+    """Stages the day files while the DLQ records are produced and confirmed, in parallel.
+
+    Parquet encoding releases the GIL, so the two overlap on two cores (measured: ~0.1 s of a
+    200k-record range). Both must finish before the intent is prepared; if staging fails after
+    the DLQ send, a re-run re-sends the same records, which readers recognise by their source
+    coordinates (the same outcome as a crash at K6).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlq-send") as pool:
+        sending = pool.submit(send_rejects, dlq, raw, batch, intent)
+        staged = lake.stage_days(lake.staging_dir(settings.state_dir, rng), rng, batch.good)
+        return staged, sending.result()
+
+
 def process(settings: Settings, raw: RawBatch, intent: ledger.Intent) -> BatchResult:
     """Parse, validate, transform with the intent's identity, so a retry is byte-identical."""
 
     def known_ids(days: list[date]) -> pl.DataFrame:
-        return ledger.committed_ids(
-            settings.lake_dir, days, state_dir=settings.state_dir, topic=raw.topic
-        )
+        # Every source (raw partitions and DLQ recoveries): an event id already in the lake for
+        # that day is a duplicate wherever its first copy came from.
+        return ledger.committed_ids(settings.lake_dir, days, state_dir=settings.state_dir)
 
     return process_batch(
         raw,

@@ -12,6 +12,11 @@ from typing import Any
 
 import polars as pl
 
+from pipeline_project.batch.lake import (
+    DLQ_OFFSET_COLUMN,
+    DLQ_PARTITION_COLUMN,
+    REPAIR_RULES_COLUMN,
+)
 from pipeline_project.batch.parse import KAFKA_TS_MS_COLUMN, OFFSET_COLUMN, PROPERTY_COLUMNS
 from pipeline_project.batch.records import Reject
 from pipeline_project.batch.validate import TIMESTAMP_UTC_COLUMN
@@ -60,6 +65,10 @@ LAKE_SCHEMA: dict[str, pl.DataType] = {
     "revenue": pl.Float64(),
     "element_id": pl.String(),
     "method": pl.String(),
+    # Set only on rows recovered from the DLQ (dlq/reprocess.py): the DLQ record and repairs used.
+    DLQ_PARTITION_COLUMN: pl.Int32(),
+    DLQ_OFFSET_COLUMN: pl.Int64(),
+    REPAIR_RULES_COLUMN: pl.String(),
     "kafka_topic": pl.String(),
     "kafka_partition": pl.Int32(),
     OFFSET_COLUMN: pl.Int64(),
@@ -71,6 +80,7 @@ LAKE_SCHEMA: dict[str, pl.DataType] = {
 NULLABLE_COLUMNS: frozenset[str] = frozenset(
     {"page_query", "referrer", "country", "ip", "schema_version", "kafka_timestamp"}
     | set(PROPERTY_COLUMNS.values())
+    | {DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN, REPAIR_RULES_COLUMN}
 )
 COMMITTED_IDS_SCHEMA: dict[str, pl.DataType] = {DATE_COLUMN: pl.Date(), "event_id": pl.String()}
 
@@ -105,6 +115,7 @@ _LINEAGE = (
     "ingested_at",
     "run_id",
 )
+_RECOVERY = (DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN, REPAIR_RULES_COLUMN)
 # Optional text: blank means absent and is stored as null.
 _OPTIONAL_TEXT = tuple(name for name, kind in OPTIONAL_FIELDS.items() if kind == "str") + tuple(
     PROPERTY_COLUMNS[name] for name, kind in PROPERTY_TYPES.items() if kind == "str"
@@ -158,7 +169,8 @@ def to_lake_rows(
         .with_columns(_url_parts())
         .with_columns(_derived())
         .select(
-            *(pl.col(name) for name in LAKE_SCHEMA if name not in _LINEAGE),
+            *(pl.col(name) for name in LAKE_SCHEMA if name not in _LINEAGE + _RECOVERY),
+            *(pl.lit(None, dtype=LAKE_SCHEMA[name]).alias(name) for name in _RECOVERY),
             pl.lit(topic, dtype=pl.String).alias("kafka_topic"),
             pl.lit(partition, dtype=pl.Int32).alias("kafka_partition"),
             pl.col(OFFSET_COLUMN),

@@ -25,6 +25,7 @@ from pipeline_project.settings import Settings
 
 PARTITION_TAG = "pipeline/partition"
 RANGE_TAG = "pipeline/range"
+JOB_TAG = "pipeline/job"  # dagster.yaml limits some jobs' concurrency by this tag
 ACCOUNTING_CHECK = "accounting_identity"
 
 
@@ -52,7 +53,20 @@ def range_run_config(ranges: list[Range]) -> dict:
 def ingest(context: OpExecutionContext, config: IngestConfig) -> None:
     settings = Settings.from_env()
     ranges = [Range(settings.raw_topic, r.partition, r.start, r.end) for r in config.ranges] or None
-    result = protocol.ingest(settings, ranges, run_id=context.run_id, log=context.log)
+    result = IngestResult(run_id=context.run_id)
+    try:
+        protocol.ingest(settings, ranges, log=context.log, result=result)
+    except BaseException:
+        # A failed range or a termination (Dagster raises an interrupt inside the op) must not hide
+        # the ranges that committed before it: `sessions` reacts to these materializations.
+        if result.committed:
+            report(context, result)
+        raise
+    report(context, result)
+
+
+def report(context: OpExecutionContext, result: IngestResult) -> None:
+    """Logs the run's `events` (and DLQ) materializations and its accounting check."""
     for event in materializations(result):
         context.log_event(event)
     context.log_event(accounting_check(result))
@@ -108,7 +122,7 @@ def accounting_check(result: IngestResult) -> AssetCheckEvaluation:
 
 @job(
     executor_def=in_process_executor,
-    tags={"pipeline/job": "ingest_events"},
+    tags={JOB_TAG: "ingest_events"},
     description="Micro-batch: raw-events offset ranges into daily Parquet, exactly once.",
 )
 def ingest_events() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from pipeline_project.batch.faults import fault_point
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import DlqDeliveryError
 from pipeline_project.kafka.topics import DLQ_MAX_MESSAGE_BYTES
@@ -20,17 +21,23 @@ from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DELIVERY_TIMEOUT_MS = 30_000
+DELIVERY_TIMEOUT_MS = 30_000  # the default of PIPELINE_DLQ_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
 class DlqDelivery:
-    """Where a DLQ record landed: its source offset and its DLQ coordinates."""
+    """Where a DLQ record landed: its source offset and its DLQ coordinates.
+
+    The source topic and partition tell deliveries of one publish apart when it mixes source
+    partitions (reprocessing does).
+    """
 
     source_offset: int
     category: str
     dlq_partition: int
     dlq_offset: int
+    source_topic: str = ""
+    source_partition: int = -1
 
 
 def producer_config(settings: Settings) -> dict[str, object]:
@@ -40,7 +47,7 @@ def producer_config(settings: Settings) -> dict[str, object]:
         "acks": "all",
         "compression.type": "zstd",
         "linger.ms": 20,
-        "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+        "message.timeout.ms": int(settings.dlq_timeout_seconds * 1000),
         "message.max.bytes": DLQ_MAX_MESSAGE_BYTES + 64 * 1024,
         "log_level": 3,
     }
@@ -55,6 +62,7 @@ class DlqPublisher:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
+        self._timeout_s = settings.dlq_timeout_seconds
         self._producer = Producer(producer_config(settings))
         self._producer.poll(0)
 
@@ -71,7 +79,12 @@ class DlqPublisher:
             else:
                 deliveries.append(
                     DlqDelivery(
-                        record.source_offset, record.category, msg.partition(), msg.offset()
+                        record.source_offset,
+                        record.category,
+                        msg.partition(),
+                        msg.offset(),
+                        record.source_topic,
+                        record.source_partition,
                     )
                 )
 
@@ -82,7 +95,8 @@ class DlqPublisher:
                 record,
                 lambda err, msg, r=record: on_delivery(err, msg, r),
             )
-        remaining = self._producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 10)
+        fault_point("K6a")  # tests: records handed over, none confirmed yet (broker faults)
+        remaining = self._producer.flush(self._timeout_s + 10)
         if failures or remaining or len(deliveries) != len(records):
             raise DlqDeliveryError(
                 f"{len(records) - len(deliveries)} of {len(records)} DLQ records to {self.topic} "

@@ -7,6 +7,7 @@ is recognised as the same one by every reader.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 SOURCE_TOPIC = "dlq.source.topic"
 SOURCE_PARTITION = "dlq.source.partition"
@@ -37,6 +38,7 @@ HEADER_NAMES = (
 )
 MAX_MESSAGE_CHARS = 500
 MAX_VALUE_CHARS = 200  # every other header value
+PREVIEW_CHARS = 120  # payload previews in reports and `dlq inspect`
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,46 @@ class DlqRecord:
     def coordinates(self) -> tuple[str, int, int]:
         return (self.source_topic, self.source_partition, self.source_offset)
 
+    @classmethod
+    def from_message(
+        cls, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None
+    ) -> DlqRecord:
+        """A consumed DLQ message back as a record; ValueError without usable source coordinates.
+
+        Only the source coordinates are required (they identify the record); a missing reason
+        header reads as "" and a missing attempt as 1, so foreign records still show up in reports.
+        """
+        values = decode_headers(headers)
+        topic = values.get(SOURCE_TOPIC, "")
+        partition = _non_negative(values.get(SOURCE_PARTITION))
+        offset = _non_negative(values.get(SOURCE_OFFSET))
+        if not topic or partition is None or offset is None:
+            raise ValueError("DLQ record without valid dlq.source.* headers")
+        timestamp = values.get(SOURCE_TIMESTAMP, "")
+        return cls(
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            source_timestamp_ms=int(timestamp) if timestamp.lstrip("-").isdigit() else -1,
+            key=key,
+            value=value,
+            stage=values.get(ERROR_STAGE, ""),
+            category=values.get(ERROR_CATEGORY, ""),
+            rule=values.get(ERROR_RULE, ""),
+            field=values.get(ERROR_FIELD, ""),
+            message=values.get(ERROR_MESSAGE, ""),
+            attempt=max(_non_negative(values.get(ATTEMPT)) or 1, 1),
+            run_id=values.get(RUN_ID, ""),
+            failed_at=values.get(FAILED_AT, ""),
+        )
+
+    @property
+    def source_time(self) -> datetime | None:
+        """When the source record reached Kafka (its CreateTime), None when unknown."""
+        if self.source_timestamp_ms < 0:
+            return None
+        return datetime.fromtimestamp(self.source_timestamp_ms / 1000, tz=UTC)
+
 
 def bounded(text: str, limit: int) -> str:
     """Text cut to `limit` characters with a marker, so header bytes stay bounded."""
@@ -97,3 +139,26 @@ def bounded(text: str, limit: int) -> str:
 def decode_headers(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:
     """Header list from a consumed DLQ message → name: text (last one wins)."""
     return {name: (value or b"").decode("utf-8", "replace") for name, value in headers or []}
+
+
+def _non_negative(text: str | None) -> int | None:
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def escape_payload(value: bytes | None, limit: int = PREVIEW_CHARS) -> str:
+    """A printable, bounded preview of raw bytes for tables and Markdown.
+
+    Invalid UTF-8 shows as a backslash-x escape; control and invisible characters (NUL, bidi
+    overrides, zero-width joiners) and backticks are escaped too, so a payload can never break a
+    table or a code block, nor hide what it holds.
+    """
+    if value is None:
+        return "<null>"
+    text = value[: limit * 4].decode("utf-8", "backslashreplace")[: limit + 1]
+    return bounded("".join(_escaped(ch) for ch in text), limit)
+
+
+def _escaped(ch: str) -> str:
+    if ch == "`":
+        return "\\x60"
+    return ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")

@@ -371,10 +371,17 @@ _SILENT = _Silent()
 
 
 def _kraft_cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url, unpadded (what `random-uuid` prints)."""
+    """A KRaft cluster id: 16 random bytes, base64url, unpadded (what `random-uuid` prints).
+
+    Never with a leading '-' (1 in 64 draws): `kafka-storage format -t -x…` reads it as an option
+    and fails; Kafka's own Uuid.randomUuid() redraws those too.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _alive(pid: int) -> bool:

@@ -13,6 +13,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
 from pipeline_project.errors import DataLossError, DrainError, KafkaUnavailableError
@@ -71,9 +72,14 @@ def check_available(consumer: Consumer, rng: Range) -> None:
         )
 
 
-def drain_range(consumer: Consumer, rng: Range, timeout_s: float) -> RawBatch:
-    """Every record of `rng`, in offset order; DrainError if it cannot be completed in time."""
-    batch = RawBatch(rng.topic, rng.partition, [], [], [], [])
+def drain_range(
+    consumer: Consumer, rng: Range, timeout_s: float, *, with_headers: bool = False
+) -> RawBatch:
+    """Every record of `rng`, in offset order; DrainError if it cannot be completed in time.
+
+    `with_headers` keeps each record's headers too (the DLQ's reason and source coordinates).
+    """
+    batch = RawBatch(rng.topic, rng.partition, [], [], [], [], [] if with_headers else None)
     if rng.size == 0:
         return batch
     check_available(consumer, rng)
@@ -88,20 +94,26 @@ def drain_range(consumer: Consumer, rng: Range, timeout_s: float) -> RawBatch:
 
 def _consume_until_end(consumer: Consumer, rng: Range, batch: RawBatch, deadline: float) -> None:
     offsets, stamps, keys, values = batch.offsets, batch.timestamps_ms, batch.keys, batch.values
+    headers = batch.headers
     last = rng.end - 1
+    transient = ""  # the last transient error, so a timeout says "broker down" when it was
     while True:
         if time.monotonic() > deadline:
             got = offsets[-1] if offsets else None
+            cause = "the range ends beyond the log end, an open transaction blocks it"
+            if transient:
+                cause += f", or the broker is unreachable (last error: {transient})"
             raise DrainError(
                 f"{rng.range_id}: reached offset {got} of [{rng.start}, {rng.end}) "
-                "before the time bound; "
-                "the range ends beyond the log end or an open transaction blocks it"
+                f"before the time bound; {cause}"
             )
         for msg in consumer.consume(CONSUME_BATCH, timeout=0.5):
             err = msg.error()
             if err is not None:
                 if _handle_error(err, msg.offset(), rng):
                     return
+                if err.code() != KafkaError._PARTITION_EOF:
+                    transient = err.str()
                 continue
             offset = msg.offset()
             if offset >= rng.end:
@@ -110,8 +122,12 @@ def _consume_until_end(consumer: Consumer, rng: Range, batch: RawBatch, deadline
             stamps.append(msg.timestamp()[1])
             keys.append(msg.key())
             values.append(msg.value())
+            if headers is not None:
+                headers.append(msg.headers())
             if offset >= last:
                 return
+        if offsets:
+            fault_point("K1a")  # tests: the range is half read (broker faults mid-drain)
         if _position(consumer, rng) >= rng.end:
             return
 
