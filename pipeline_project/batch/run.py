@@ -304,12 +304,20 @@ def stage_and_send(
         return staged, sending.result()
 
 
-def process(settings: Settings, raw: RawBatch, intent: ledger.Intent) -> BatchResult:
-    """Parse, validate, transform with the intent's identity, so a retry is byte-identical."""
+def process(
+    settings: Settings,
+    raw: RawBatch,
+    intent: ledger.Intent,
+    known_ids: Callable[[list[date]], pl.DataFrame] | None = None,
+) -> BatchResult:
+    """Parse, validate, transform with the intent's identity, so a retry is byte-identical.
 
-    def known_ids(days: list[date]) -> pl.DataFrame:
-        # Every source (raw partitions and DLQ recoveries): an event id already in the lake for
-        # that day is a duplicate wherever its first copy came from.
+    `known_ids` defaults to the day's committed ids from every source (raw partitions and DLQ
+    recoveries): an event id already in the lake for that day is a duplicate wherever its first
+    copy came from.
+    """
+
+    def committed(days: list[date]) -> pl.DataFrame:
         return ledger.committed_ids(settings.lake_dir, days, state_dir=settings.state_dir)
 
     return process_batch(
@@ -319,7 +327,7 @@ def process(settings: Settings, raw: RawBatch, intent: ledger.Intent) -> BatchRe
         now=intent.now,
         max_lateness_days=settings.max_lateness_days,
         max_clock_skew_seconds=settings.max_clock_skew_seconds,
-        committed_ids=known_ids,
+        committed_ids=known_ids or committed,
     )
 
 

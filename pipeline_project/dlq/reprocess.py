@@ -43,11 +43,10 @@ from pipeline_project.batch.lake import (
 )
 from pipeline_project.batch.ledger import DlqEntry
 from pipeline_project.batch.plan import plan_ranges
-from pipeline_project.batch.process import process_batch
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch, Reject
 from pipeline_project.batch.recover import recover
-from pipeline_project.batch.run import UNBOUNDED, IngestResult, RangeOutcome, preflight
+from pipeline_project.batch.run import UNBOUNDED, IngestResult, RangeOutcome, preflight, process
 from pipeline_project.batch.transform import DATE_COLUMN, empty_lake_frame
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.publish import DlqDelivery, DlqPublisher
@@ -353,15 +352,7 @@ def _validate_group(
         [record.key for record, _, _ in group],
         [value for _, _, value in group],
     )
-    result = process_batch(
-        raw,
-        run_id=intent.run_id,
-        ingested_at=intent.ingested_at,
-        now=intent.now,
-        max_lateness_days=settings.max_lateness_days,
-        max_clock_skew_seconds=settings.max_clock_skew_seconds,
-        committed_ids=known_ids,
-    )
+    result = process(settings, raw, intent, known_ids)
     good, late = _arrival_window(result.good, settings)
     dlq_offsets = {record.source_offset: offset for record, offset, _ in group}
     good = _with_dlq_lineage(good, rng.partition, dlq_offsets, tried.rules, topic, partition)
