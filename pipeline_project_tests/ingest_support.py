@@ -1,5 +1,4 @@
-"""Shared steps of the ingestion tests: produce with a truth file, read the lake and the DLQ back.
-"""
+"""Shared steps of the ingestion tests: produce with a truth file, read lake, DLQ, reconcile."""
 
 from __future__ import annotations
 
@@ -106,3 +105,19 @@ def pipeline_env(
         if name.startswith("PIPELINE_"):
             monkeypatch.setenv(name, value)
     yield
+
+
+def assert_reconciles(env: dict[str, str]) -> dict:
+    """Runs `pipeline-project reconcile --json` as a user would; asserts exit 0 and ok."""
+    done = subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", "reconcile", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    report = json.loads(done.stdout)
+    assert report["ok"] is True
+    return report

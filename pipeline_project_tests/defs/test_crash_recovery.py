@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from pipeline_project.batch import ledger
 from pipeline_project.settings import Settings
+from pipeline_project_tests.ingest_support import assert_reconciles
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 NOW = datetime(2026, 11, 25, 0, 30, tzinfo=UTC)  # just after midnight: events fall on two days
@@ -85,15 +86,7 @@ def lake_bytes(data: Path) -> dict[str, bytes]:
 
 
 def reconcile_ok(settings: Settings, data: Path) -> None:
-    done = subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", "reconcile"],
-        env=env_for(settings, PIPELINE_DATA_DIR=str(data)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_reconciles(env_for(settings, PIPELINE_DATA_DIR=str(data)))
 
 
 @pytest.fixture

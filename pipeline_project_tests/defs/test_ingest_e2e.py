@@ -20,7 +20,13 @@ from dagster import (
 from pipeline_project.defs.jobs import PARTITION_TAG, RANGE_TAG, ingest_events
 from pipeline_project.defs.sensors import kafka_backlog_sensor
 from pipeline_project.settings import Settings
-from pipeline_project_tests.ingest_support import dlq_records, lake_frame, pipeline_env, produce
+from pipeline_project_tests.ingest_support import (
+    assert_reconciles,
+    dlq_records,
+    lake_frame,
+    pipeline_env,
+    produce,
+)
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 
@@ -129,15 +135,7 @@ def test_fifty_thousand_events_land_exactly_once(
         # A second round is a no-op: the sensor is caught up at once.
         assert tick_until_caught_up(instance) == []
 
-    rec = subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", "reconcile"],
-        env=env_for(kafka_settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
-    assert rec.returncode == 0, rec.stdout + rec.stderr
+    assert_reconciles(env_for(kafka_settings))
 
 
 def test_dagster_job_execute_drains_from_a_shell(kafka_settings: Settings, tmp_path: Path) -> None:
@@ -165,13 +163,4 @@ def test_dagster_job_execute_drains_from_a_shell(kafka_settings: Settings, tmp_p
     assert "RUN_SUCCESS" in done.stdout + done.stderr
     lake = lake_frame(kafka_settings)
     assert lake.height == sum(1 for t in truth if t["verdict"] == "good")
-    rec = subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", "reconcile", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
-    assert rec.returncode == 0, rec.stdout
-    assert json.loads(rec.stdout)["ok"] is True
+    assert_reconciles(env)

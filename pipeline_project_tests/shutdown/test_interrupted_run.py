@@ -8,7 +8,6 @@ next run completes the backlog, `reconcile` exits 0, and every good event is in 
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -18,7 +17,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from pipeline_project.settings import Settings
-from pipeline_project_tests.ingest_support import lake_frame, produce
+from pipeline_project_tests.ingest_support import assert_reconciles, lake_frame, produce
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 RANGE_EVENTS = 1_000
@@ -81,16 +80,7 @@ def test_signal_mid_run_then_rerun_reconciles(
     rerun = dagster_execute(env)
     output, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, output[-3000:]
-    rec = subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", "reconcile", "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
-    assert rec.returncode == 0, rec.stdout[-3000:]
-    assert json.loads(rec.stdout)["ok"] is True
+    assert_reconciles(env)
     lake = lake_frame(kafka_settings)
     good = sorted(t["event_id"] for t in truth if t["verdict"] == "good")
     assert sorted(lake.get_column("event_id").to_list()) == good
