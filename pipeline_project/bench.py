@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
 import os
 import re
 import resource
@@ -19,16 +21,59 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from confluent_kafka import KafkaError, Message, Producer
 
+from pipeline_project.batch.lake import (
+    PARQUET_OPTIONS,
+    ROW_GROUP_ROWS,
+    fsync_dir,
+    fsync_file,
+    relative_path,
+)
+from pipeline_project.batch.parse import INT64_MAX, INT64_MIN, UTF8_BOM
 from pipeline_project.batch.ranges import Range
-from pipeline_project.events.contract import BOT_UA_RE, EVENT_CATEGORIES, REQUIRED_FIELDS
+from pipeline_project.batch.records import RawBatch
+from pipeline_project.batch.transform import (
+    _DESKTOP,
+    _MOBILE,
+    _TABLET,
+    _URL_SCHEME_HOST,
+    BROWSER_RULES,
+    LAKE_SCHEMA,
+    NULLABLE_COLUMNS,
+    OS_RULES,
+    empty_lake_frame,
+)
+from pipeline_project.batch.validate import IP_PATTERN, TIMESTAMP_PATTERN
+from pipeline_project.dlq import records as dlq
+from pipeline_project.dlq.publish import producer_config
+from pipeline_project.events.contract import (
+    BOT_UA_RE,
+    COUNTRY_PATTERN,
+    CURRENCIES,
+    ERROR_STAGE,
+    EVENT_CATEGORIES,
+    ID_PATTERN,
+    MAX_DEPTH,
+    MAX_KEYS,
+    MAX_MESSAGE_BYTES,
+    NUMERIC_BOUNDS,
+    OPTIONAL_FIELDS,
+    PROPERTY_TYPES,
+    REQUIRED_FIELDS,
+    TEST_USER_PREFIX,
+    TEXT_MAX_LENGTH,
+    URL_PATTERN,
+    UUID_PATTERN,
+)
 from pipeline_project.kafka.broker import LocalBroker, free_port_pair, metadata_ok
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.kafka.topics import ensure_topics
@@ -217,119 +262,514 @@ def _child_ingest(topic: str, end: int) -> int:
 
 
 # ------------------------------------------------------------------------- the per-event baseline
+#
+# The drain→commit path's work, written record by record the way a first version would be: one
+# json.loads per value (hooks for the parse limits), if-checks and regexes per field for every
+# validate rule (in the real path's precedence, so a bad record gets the same reason), a dict per
+# lake row, the same filters, each bad record produced to the DLQ topic and confirmed, and one
+# fsynced zstd Parquet file per event day. What it leaves out is the ledger (intent, manifest).
 
-_BROWSER = [
-    ("Edge", re.compile(r"Edg/")),
-    ("Opera", re.compile(r"OPR/")),
-    ("Firefox", re.compile(r"Firefox/")),
-    ("Chrome", re.compile(r"Chrome/")),
-    ("Safari", re.compile(r"Safari/")),
-]
-_OS = [
-    ("iOS", re.compile(r"iPhone|iPad")),
-    ("Android", re.compile(r"Android")),
-    ("Windows", re.compile(r"Windows")),
-    ("macOS", re.compile(r"Mac OS X")),
-    ("Linux", re.compile(r"Linux")),
-]
+BASELINE_RUN_ID = "baseline"
+_UUID = re.compile(UUID_PATTERN)
+_ID = re.compile(ID_PATTERN)
+_URL = re.compile(URL_PATTERN)
+_COUNTRY = re.compile(COUNTRY_PATTERN)
+_IP = re.compile(IP_PATTERN)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# The user-agent and URL rules are transform.py's own patterns, so the two paths cannot drift.
+_SCHEME_HOST = re.compile(_URL_SCHEME_HOST)
+_BROWSERS = [(name, re.compile(pattern)) for name, pattern in BROWSER_RULES]
+_SYSTEMS = [(name, re.compile(pattern)) for name, pattern in OS_RULES]
+_TABLET_UA = re.compile(_TABLET)
+_MOBILE_UA = re.compile(_MOBILE)
+_DESKTOP_UA = re.compile(_DESKTOP)
+_MOBILE_WORD = re.compile("(?i)mobile")
+# JSON type of every known field (what msgspec's typed Struct checks in the real path).
+_FIELD_TYPES: dict[str, str] = {name: "str" for name in REQUIRED_FIELDS} | OPTIONAL_FIELDS
+_ID_PROPERTIES = ("product_id", "order_id")
+_LINEAGE = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "ingested_at")
+# Lake columns a row must have a value in (else the real path's transform_error).
+_NOT_NULL = [c for c in LAKE_SCHEMA if c not in NULLABLE_COLUMNS and c not in (*_LINEAGE, "run_id")]
+
+
+class _Bad(Exception):
+    """Why one record goes to the DLQ: contract category, rule, raw-event field and message."""
+
+    def __init__(self, category: str, rule: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.category = category
+        self.rule = rule
+        self.field = field
+        self.message = message
 
 
 def _baseline(settings: Settings, end: int, out: Path) -> dict:
-    """Per-event Python: what a first version would do, record by record."""
-    consumer = make_consumer(settings)
+    """Per-event Python doing what drain→commit does, record by record (without the ledger)."""
     started = time.perf_counter()
+    now = datetime.now(UTC)
+    low = now - timedelta(days=settings.max_lateness_days)
+    high = now + timedelta(seconds=settings.max_clock_skew_seconds)
+    rng = Range(settings.raw_topic, 0, 0, end)
+    _user_agent_fields.cache_clear()  # each measurement starts cold
+    dlq = _DlqSender(settings, failed_at=now.isoformat().replace("+00:00", "Z"))
+    consumer = make_consumer(settings)
     try:
-        batch = drain_range(consumer, Range(settings.raw_topic, 0, 0, end), timeout_s=300)
+        batch = drain_range(consumer, rng, timeout_s=300)
     finally:
         consumer.close()
-    now = datetime.now(UTC)
-    low, high = now - timedelta(days=7), now + timedelta(minutes=5)
-    rows, bad, seen = [], 0, set()
-    for offset, stamp, value in zip(batch.offsets, batch.timestamps_ms, batch.values, strict=True):
-        row = _baseline_event(value, low, high)
-        if row is None:
-            bad += 1
+    lineage = {"kafka_topic": batch.topic, "kafka_partition": batch.partition, "ingested_at": now}
+    days: dict[date, list[dict[str, Any]]] = {}
+    seen: dict[date, set[str]] = {}  # per day: committed event ids, then the ones kept here
+    for i, value in enumerate(batch.values):
+        try:
+            row = _baseline_event(value, low, high)
+        except _Bad as bad:
+            dlq.send(batch, i, bad)
             continue
-        if row["event_id"] in seen or row["is_bot"] or row["user_id"].startswith("test_"):
+        if _filter_reason(row, seen, out, rng) is not None:
             continue
-        seen.add(row["event_id"])
-        row.update(
-            kafka_topic=batch.topic,
-            kafka_partition=batch.partition,
-            kafka_offset=offset,
-            kafka_timestamp=datetime.fromtimestamp(stamp / 1000, UTC),
-            ingested_at=now,
-            run_id="baseline",
-        )
-        rows.append(row)
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), out / "baseline.parquet", compression="zstd")
+        row.update(lineage, run_id=BASELINE_RUN_ID, kafka_offset=batch.offsets[i])
+        row["kafka_timestamp"] = _kafka_time(batch.timestamps_ms[i])
+        days.setdefault(row["event_date"], []).append(row)
+    written = _write_days(days, out, rng)
+    dlq_sent = dlq.confirm()
     seconds = time.perf_counter() - started
     return {
         "records": len(batch),
-        "written": len(rows),
-        "bad": bad,
+        "written": written,
+        "bad": dlq.sent,
+        "dlq_sent": dlq_sent,
         "seconds": round(seconds, 3),
         "events_per_s": round(len(batch) / seconds),
     }
 
 
-def _baseline_event(value: bytes | None, low: datetime, high: datetime) -> dict | None:
+def _baseline_event(value: bytes | None, low: datetime, high: datetime) -> dict[str, Any]:
+    """One raw value to a lake row (without lineage); raises _Bad with the first defect found."""
+    event = _decode(value)
+    _check_types(event, _FIELD_TYPES)
+    props = event.get("properties") or {}
+    timestamp = _validate(event, props, low, high)
+    return _lake_row(event, props, timestamp)
+
+
+# --- parse: strict UTF-8, one JSON object within the size, key, depth and number limits
+
+
+def _decode(value: bytes | None) -> dict[str, Any]:
+    """The parse stage's checks, in its order; returns the decoded object."""
     if value is None:
+        raise _Bad("null_value", "value_not_null", "", "Kafka value is null (tombstone)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise _Bad("too_large", "max_message_bytes", "", f"{len(value)} bytes > limit")
+    if value.startswith(UTF8_BOM):
+        raise _Bad("invalid_utf8", "strict_utf8", "", "UTF-8 byte order mark")
+    try:
+        text = value.decode("utf-8")
+        event = json.loads(
+            text,
+            object_pairs_hook=_json_object,
+            parse_constant=_json_constant,
+            parse_float=_json_float,
+        )
+    except UnicodeDecodeError as exc:
+        raise _Bad("invalid_utf8", "strict_utf8", "", str(exc)) from None
+    except RecursionError:
+        raise _Bad("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}") from None
+    except json.JSONDecodeError as exc:
+        raise _Bad("invalid_json", "json_syntax", "", str(exc)) from None
+    except ValueError as exc:  # an integer literal beyond Python's int-string digit limit
+        raise _Bad("invalid_value", "int64_range", "", str(exc)) from None
+    # Cheap guards: deeper than MAX_DEPTH needs that many brackets, a lone surrogate an escape.
+    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(event) > MAX_DEPTH:
+        raise _Bad("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}")
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(event, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _Bad("invalid_unicode", "no_lone_surrogates", "", str(exc)) from None
+    if not isinstance(event, dict):
+        raise _Bad("not_object", "json_object", "", f"JSON {type(event).__name__}, not an object")
+    return event
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: at most MAX_KEYS keys, none of them twice."""
+    if len(pairs) > MAX_KEYS:
+        raise _Bad("too_large", "max_keys", "", f"object with {len(pairs)} keys > {MAX_KEYS}")
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        keys = [key for key, _ in pairs]
+        key = next(k for k in keys if keys.count(k) > 1)
+        raise _Bad("duplicate_key", "unique_keys", key, f"key {key!r} repeated")
+    return obj
+
+
+def _json_constant(name: str) -> float:
+    """parse_constant: NaN and ±Infinity are not JSON numbers."""
+    raise _Bad("non_finite", "finite_numbers", "", f"{name} is not a JSON number")
+
+
+def _json_float(text: str) -> float:
+    """parse_float: a literal such as 1e400 must not become infinity."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise _Bad("non_finite", "finite_numbers", "", f"{text[:40]} overflows to infinity")
+    return number
+
+
+def _depth(node: Any) -> int:
+    """Nesting depth of dicts and lists (a scalar is 0)."""
+    if isinstance(node, dict):
+        return 1 + max((_depth(child) for child in node.values()), default=0)
+    if isinstance(node, list):
+        return 1 + max((_depth(child) for child in node), default=0)
+    return 0
+
+
+def _check_types(obj: dict[str, Any], types: dict[str, str], prefix: str = "") -> None:
+    """JSON type of each known field (null allowed), in document order, then required keys."""
+    for name, value in obj.items():
+        kind = types.get(name)
+        if kind is None or value is None:
+            continue
+        path = prefix + name
+        if kind == "object" and isinstance(value, dict):
+            _check_types(value, PROPERTY_TYPES, f"{path}.")
+        elif not _is_kind(value, kind):
+            category = "invalid_timestamp" if path == "timestamp" else "wrong_type"
+            message = f"expected {kind}, got {type(value).__name__} at {path}"
+            raise _Bad(category, f"{path}_type", path, message)
+        elif kind == "int" and not INT64_MIN <= value <= INT64_MAX:
+            raise _Bad("invalid_value", "int64_range", path, f"{path} outside int64")
+        elif kind == "number" and abs(value) > sys.float_info.max:  # an integer literal too big
+            raise _Bad("non_finite", "finite_numbers", path, f"{path} overflows to infinity")
+    if not prefix:
+        missing = next((name for name in REQUIRED_FIELDS if name not in obj), None)
+        if missing is not None:
+            raise _Bad("missing_field", f"{missing}_required", missing, f"{missing} is missing")
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    """Exact JSON types: a bool is not an int, an int is a number."""
+    if kind == "str":
+        return type(value) is str
+    if kind == "int":
+        return type(value) is int
+    if kind == "number":
+        return type(value) in (int, float)
+    return False  # an object field holding something else
+
+
+# --- validate: every rule of validate.py, first failure wins, in its precedence order
+
+
+def _validate(
+    event: dict[str, Any], props: dict[str, Any], low: datetime, high: datetime
+) -> datetime:
+    """Checks the record against the contract; returns its timestamp in UTC."""
+    event_id = _required(event, "event_id")
+    _rule(_UUID.fullmatch(event_id), "event_id_uuid", "invalid_format", "event_id", event_id)
+    event_type = _required(event, "event_type")
+    known = event_type in EVENT_CATEGORIES
+    _rule(known, "event_type_known", "invalid_value", "event_type", event_type)
+    stamp = _required(event, "timestamp")
+    timestamp = _parse_timestamp(stamp)
+    _rule(timestamp is not None, "timestamp_iso8601", "invalid_timestamp", "timestamp", stamp)
+    in_window = low <= timestamp <= high
+    _rule(in_window, "timestamp_in_window", "timestamp_out_of_range", "timestamp", stamp)
+    for name in ("user_id", "session_id"):
+        value = _required(event, name)
+        _rule(_ID.fullmatch(value), f"{name}_format", "invalid_format", name, value)
+    page_url = _required(event, "page_url")
+    _rule(_URL.fullmatch(page_url), "page_url_format", "invalid_format", "page_url", page_url)
+    _max_length(page_url, "page_url", "page_url")
+    _max_length(_required(event, "user_agent"), "user_agent", "user_agent")
+    _in_bounds(event.get("schema_version"), "schema_version", "schema_version")
+    referrer = event.get("referrer")
+    _matches_or_blank(_URL, referrer, "referrer", "referrer")
+    _max_length(referrer, "referrer", "referrer")
+    _matches_or_blank(_COUNTRY, event.get("country"), "country", "country")
+    _matches_or_blank(_IP, event.get("ip"), "ip", "ip")
+    for name in PROPERTY_TYPES:  # contract order, as the real path's precedence
+        value = props.get(name)
+        if value is not None:  # null means absent: no rule applies
+            _validate_property(name, value)
+    return timestamp
+
+
+def _validate_property(name: str, value: Any) -> None:
+    """The one rule of a `properties` entry: bounds, currency code, id format or text length."""
+    field = f"properties.{name}"
+    if name in NUMERIC_BOUNDS:
+        _in_bounds(value, name, field)
+    elif name == "currency":
+        ok = value in CURRENCIES or _blank(value)
+        _rule(ok, "currency_known", "invalid_value", field, value)
+    elif name in _ID_PROPERTIES:
+        _matches_or_blank(_ID, value, name, field)
+    else:
+        _max_length(value, "product_category" if name == "category" else name, field)
+
+
+def _rule(passed: Any, rule: str, category: str, field: str, value: Any) -> None:
+    """Raises the rule's reject when `passed` is falsy."""
+    if not passed:
+        raise _Bad(category, rule, field, f"{rule} failed for {field}={_preview(value)}")
+
+
+def _required(event: dict[str, Any], name: str) -> str:
+    """A required field's text; empty_field when it is null or blank."""
+    value = event[name]
+    _rule(value is not None and not _blank(value), f"{name}_not_empty", "empty_field", name, value)
+    return value
+
+
+def _blank(value: str) -> bool:
+    return not value.strip()
+
+
+def _matches_or_blank(pattern: re.Pattern[str], value: str | None, column: str, field: str) -> None:
+    """Optional text: absent or blank passes, anything else must match the whole pattern."""
+    ok = value is None or _blank(value) or pattern.fullmatch(value)
+    _rule(ok, f"{column}_format", "invalid_format", field, value)
+
+
+def _max_length(value: str | None, column: str, field: str) -> None:
+    ok = value is None or len(value) <= TEXT_MAX_LENGTH
+    _rule(ok, f"{column}_max_length", "invalid_value", field, value)
+
+
+def _in_bounds(value: float | None, name: str, field: str) -> None:
+    low, high = NUMERIC_BOUNDS[name]
+    _rule(value is None or low <= value <= high, f"{name}_range", "invalid_value", field, value)
+
+
+def _parse_timestamp(text: str) -> datetime | None:
+    """RFC 3339 with seconds and a zone (TIMESTAMP_PATTERN) as a UTC datetime; None if invalid."""
+    if not _TIMESTAMP.fullmatch(text):
         return None
     try:
-        event = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:  # a calendar error such as month 13
         return None
-    if not isinstance(event, dict) or any(
-        not isinstance(event.get(f), str) or not event.get(f) for f in REQUIRED_FIELDS
-    ):
-        return None
-    if event["event_type"] not in EVENT_CATEGORIES:
-        return None
-    try:
-        ts = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if ts.tzinfo is None or not low <= ts <= high:
-        return None
-    ua = event["user_agent"]
-    url = urllib.parse.urlsplit(event["page_url"])
-    props = event.get("properties") if isinstance(event.get("properties"), dict) else {}
+
+
+def _preview(value: Any) -> str:
+    if value is None:
+        return "null"
+    text = str(value)
+    return repr(text[:80] + "…") if len(text) > 80 else repr(value)
+
+
+# --- transform and filter: one lake row per event
+
+
+def _lake_row(event: dict[str, Any], props: dict[str, Any], timestamp: datetime) -> dict[str, Any]:
+    """Normalised, enriched and flattened lake columns (lineage is added by the caller)."""
+    user_agent = event["user_agent"]
+    device_type, browser, os_name, is_bot = _user_agent_fields(user_agent)
+    page_path, page_query = _url_parts(event["page_url"])
+    section = page_path.removeprefix("/").split("/", 1)[0].lower()
+    country = _text_or_none(event.get("country"))
+    price, revenue = props.get("price"), props.get("revenue")
     row = {
-        "event_id": event["event_id"],
-        "event_type": event["event_type"].strip().lower(),
-        "timestamp": ts.astimezone(UTC),
-        "event_date": ts.astimezone(UTC).date(),
+        "event_id": event["event_id"].lower(),
+        "event_type": event["event_type"],
+        "event_category": EVENT_CATEGORIES[event["event_type"]],
+        "timestamp": timestamp,
+        "event_date": timestamp.date(),
         "user_id": event["user_id"],
         "session_id": event["session_id"],
-        "page_path": url.path,
-        "page_query": url.query,
-        "user_agent": ua,
-        "event_category": EVENT_CATEGORIES[event["event_type"]],
-        "browser": next((name for name, rx in _BROWSER if rx.search(ua)), "other"),
-        "os": next((name for name, rx in _OS if rx.search(ua)), "other"),
-        "device_type": "mobile" if "Mobile" in ua else "desktop",
-        "is_bot": bool(BOT_UA_RE.search(ua)),
-        "country": (event.get("country") or "").upper() or None,
-        "product_id": props.get("product_id"),
-        "price": props.get("price"),
-        "currency": props.get("currency"),
+        "page_url": event["page_url"],
+        "page_path": page_path,
+        "page_query": page_query,
+        "page_section": section or "home",
+        "referrer": _text_or_none(event.get("referrer")),
+        "user_agent": user_agent,
+        "device_type": device_type,
+        "browser": browser,
+        "os": os_name,
+        "is_bot": is_bot,
+        "country": country.upper() if country else None,
+        "ip": _text_or_none(event.get("ip")),
+        "schema_version": event.get("schema_version"),
+        "product_id": _text_or_none(props.get("product_id")),
+        "product_category": _text_or_none(props.get("category")),
+        "price": None if price is None else float(price),
+        "currency": _text_or_none(props.get("currency")),
         "quantity": props.get("quantity"),
+        "query": _text_or_none(props.get("query")),
+        "results_count": props.get("results_count"),
+        "order_id": _text_or_none(props.get("order_id")),
+        "revenue": None if revenue is None else float(revenue),
+        "element_id": _text_or_none(props.get("element_id")),
+        "method": _text_or_none(props.get("method")),
     }
-    numeric = ("price", "quantity", "timestamp", "event_date", "is_bot")
-    try:  # a type clash or a lone surrogate would fail the whole Arrow table (RELIABILITY.md §0.7)
-        for name, value in row.items():
-            if value is not None and name not in numeric:
-                value.encode("utf-8")
-    except (UnicodeEncodeError, AttributeError):
-        return None
-    if not all(
-        isinstance(row[k], (int, float, type(None))) and not isinstance(row[k], bool)
-        for k in ("price", "quantity")
-    ):
-        return None
+    empty = [column for column in _NOT_NULL if row[column] is None]
+    if empty:
+        message = f"transform left {empty[0]} empty"
+        raise _Bad("transform_error", f"{empty[0]}_derived", empty[0], message)
     return row
+
+
+def _text_or_none(value: str | None) -> str | None:
+    """Optional text: blank means absent."""
+    return value if value is not None and value.strip() else None
+
+
+def _url_parts(url: str) -> tuple[str, str | None]:
+    """Path ("/" when empty) and query (None without "?") of a URL, scheme, host and # cut off."""
+    path_query = _SCHEME_HOST.sub("", url, count=1).split("#", 1)[0]
+    path, sep, query = path_query.partition("?")
+    return path or "/", query if sep else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_agent_fields(user_agent: str) -> tuple[str, str, str, bool]:
+    """(device_type, browser, os, is_bot) of a user agent, first matching rule wins.
+
+    Cached: a stream repeats few user agents, and the real path also classifies each distinct one
+    once (transform.user_agent_table).
+    """
+    is_bot = BOT_UA_RE.search(user_agent) is not None
+    android = "Android" in user_agent
+    if is_bot:
+        device = "bot"
+    elif _TABLET_UA.search(user_agent) or (android and not _MOBILE_WORD.search(user_agent)):
+        device = "tablet"
+    elif android or _MOBILE_UA.search(user_agent):
+        device = "mobile"
+    elif _DESKTOP_UA.search(user_agent):
+        device = "desktop"
+    else:
+        device = "unknown"
+    browser = next((name for name, rx in _BROWSERS if rx.search(user_agent)), "Other")
+    os_name = next((name for name, rx in _SYSTEMS if rx.search(user_agent)), "Other")
+    return device, browser, os_name, is_bot
+
+
+def _filter_reason(
+    row: dict[str, Any], seen: dict[date, set[str]], out: Path, rng: Range
+) -> str | None:
+    """Why a good row is dropped: bot, test_user, duplicate (of a kept or written id), or None."""
+    if row["is_bot"]:
+        return "bot"
+    if row["user_id"].startswith(TEST_USER_PREFIX):
+        return "test_user"
+    day = row["event_date"]
+    if day not in seen:
+        seen[day] = _written_ids(out, day, rng)
+    if row["event_id"] in seen[day]:
+        return "duplicate"
+    seen[day].add(row["event_id"])
+    return None
+
+
+def _kafka_time(timestamp_ms: int) -> datetime | None:
+    """Kafka's record time; negative means not available."""
+    if timestamp_ms < 0:
+        return None
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=timestamp_ms)
+
+
+# --- output: the DLQ topic and one Parquet file per day
+
+
+class _DlqSender:
+    """A plain producer to the DLQ topic: each bad record when found, all confirmed at the end."""
+
+    def __init__(self, settings: Settings, failed_at: str) -> None:
+        self.topic = settings.dlq_topic
+        self.timeout_s = settings.dlq_timeout_seconds + 10
+        self.failed_at = failed_at
+        self.producer = Producer(producer_config(settings))
+        self.sent = 0
+        self.delivered = 0
+        self.errors: list[str] = []
+
+    def send(self, batch: RawBatch, i: int, bad: _Bad) -> None:
+        """Produces record `i` of the batch with its headers (waits when the queue is full)."""
+        headers = _dlq_headers(batch, i, bad, self.failed_at)
+        while True:
+            try:
+                self.producer.produce(
+                    self.topic,
+                    key=batch.keys[i],
+                    value=batch.values[i],
+                    headers=headers,
+                    on_delivery=self._on_delivery,
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self.sent += 1
+        self.producer.poll(0)
+
+    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            self.delivered += 1
+        else:
+            self.errors.append(err.str())
+
+    def confirm(self) -> int:
+        """Waits for every delivery report; RuntimeError unless all records arrived."""
+        remaining = self.producer.flush(self.timeout_s)
+        if remaining or self.errors or self.delivered != self.sent:
+            raise RuntimeError(
+                f"{self.sent - self.delivered} of {self.sent} DLQ records not confirmed "
+                f"({'; '.join(self.errors[:3]) or f'{remaining} in flight'})"
+            )
+        return self.delivered
+
+
+def _dlq_headers(batch: RawBatch, i: int, bad: _Bad, failed_at: str) -> list[tuple[str, bytes]]:
+    """The DLQ contract headers of record `i`: source coordinates, reason, run and time."""
+    values = [
+        (dlq.SOURCE_TOPIC, batch.topic),
+        (dlq.SOURCE_PARTITION, str(batch.partition)),
+        (dlq.SOURCE_OFFSET, str(batch.offsets[i])),
+        (dlq.SOURCE_TIMESTAMP, str(batch.timestamps_ms[i])),
+        (dlq.ERROR_STAGE, ERROR_STAGE[bad.category]),
+        (dlq.ERROR_CATEGORY, bad.category),
+        (dlq.ERROR_RULE, bad.rule),
+        (dlq.ERROR_FIELD, bad.field),
+        (dlq.ERROR_MESSAGE, bad.message),
+        (dlq.ATTEMPT, "1"),
+        (dlq.RUN_ID, BASELINE_RUN_ID),
+        (dlq.FAILED_AT, failed_at),
+    ]
+    return [
+        (name, dlq.bounded(text, _header_limit(name)).encode("utf-8", "replace"))
+        for name, text in values
+    ]
+
+
+def _header_limit(name: str) -> int:
+    return dlq.MAX_MESSAGE_CHARS if name == dlq.ERROR_MESSAGE else dlq.MAX_VALUE_CHARS
+
+
+def _write_days(days: dict[date, list[dict[str, Any]]], out: Path, rng: Range) -> int:
+    """One zstd Parquet file per event day, laid out like the lake, each fsynced; rows written."""
+    schema = empty_lake_frame().to_arrow(compat_level=pl.CompatLevel.oldest()).schema
+    for day, rows in sorted(days.items()):
+        path = out / relative_path(rng, day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+        fsync_file(path)
+        fsync_dir(path.parent)
+    return sum(len(rows) for rows in days.values())
+
+
+def _written_ids(out: Path, day: date, rng: Range) -> set[str]:
+    """Event ids already written for `day` (the duplicate filter's view of earlier runs)."""
+    directory = (out / relative_path(rng, day)).parent
+    ids: set[str] = set()
+    for path in sorted(directory.glob("*.parquet")):
+        ids.update(pq.read_table(path, columns=["event_id"]).column("event_id").to_pylist())
+    return ids
 
 
 if __name__ == "__main__":

@@ -133,9 +133,54 @@ class DlqEntry:
 
 
 def offsets_digest(offsets: Iterable[int]) -> str:
-    """Sha256 of the sorted offsets as decimal text joined by ',': a fingerprint of the set."""
-    text = ",".join(str(o) for o in sorted(offsets))
+    """Sha256 of the sorted offsets as decimal text joined by ',': a fingerprint of the set.
+
+    Plain ints are sorted and formatted by polars, which writes the same text as str() several
+    times faster on 200k offsets; anything else (bools, floats, ints beyond 64 bits) keeps the
+    per-value str() so every digest ever written stays reproducible.
+    """
+    values = list(offsets)
+    series = _plain_ints(values)
+    if series is not None:
+        return _sorted_digest(series.sort())
+    return _text_digest(",".join(str(o) for o in sorted(values)))
+
+
+def _text_digest(text: str) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _sorted_digest(ordered: pl.Series) -> str:
+    """offsets_digest of an already sorted Int64 Series (spares account() a second sort)."""
+    return _text_digest(ordered.cast(pl.String).str.join(",").item())
+
+
+def _plain_ints(values: list[Any]) -> pl.Series | None:
+    """`values` as an Int64 Series if every one is exactly an int that fits in 64 bits, else None.
+
+    Exactly int, because a bool is an int whose str() is "True": the digest must keep that text.
+    """
+    if not set(map(type, values)) <= {int}:
+        return None
+    return _int64(values)
+
+
+def _int64(values: Sequence[int] | pl.Series) -> pl.Series | None:
+    """`values` as a null-free Int64 Series, or None when that conversion would not be exact.
+
+    None (floats, strings, nulls, values beyond Int64) sends the caller to its per-value path,
+    which treats such input exactly as before. Bools become 0/1, which compare equal in Python too.
+    """
+    try:
+        if isinstance(values, pl.Series):
+            if not values.dtype.is_integer():
+                return None
+            series = values.cast(pl.Int64, strict=True)
+        else:
+            series = pl.Series(values, dtype=pl.Int64, strict=True)
+    except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+        return None
+    return series if series.null_count() == 0 else None
 
 
 def _parse_filtered(data: Any) -> dict[str, tuple[int, ...]]:
@@ -637,9 +682,21 @@ def reset_intent(state_dir: Path, intent: Intent) -> Intent:
 # ------------------------------------------------------------------------------------- accounting
 
 
-def _file_offsets(staged: StagedFile) -> list[int]:
-    """The range offsets of a staged file, read back from disk (what readers will see)."""
-    return lake.read_range_offsets(staged.staging_path)
+def _file_offsets(staged: StagedFile) -> pl.Series:
+    """The range offsets of a staged file, read back from disk (what readers will see).
+
+    lake.read_range_offsets without its final to_list(): the column stays in Arrow memory, so the
+    fast check creates no Python int per row. `.to_list()` of the result is what that returns.
+    One open serves both the schema and the column read.
+    """
+    with pq.ParquetFile(staged.staging_path) as parquet:
+        names = set(parquet.schema_arrow.names)
+        wanted = [c for c in (lake.OFFSET_COLUMN, lake.DLQ_OFFSET_COLUMN) if c in names]
+        frame = pl.DataFrame(parquet.read(columns=wanted))
+    column = lake.range_columns(frame)[0]
+    if column not in frame.columns:
+        return pl.Series(column, [], dtype=pl.Int64)
+    return frame.get_column(column)
 
 
 def _disjoint_union(groups: Mapping[str, Sequence[int]], rng: Range) -> set[int]:
@@ -655,17 +712,17 @@ def _disjoint_union(groups: Mapping[str, Sequence[int]], rng: Range) -> set[int]
     return set(seen)
 
 
-def account(
-    rng: Range,
-    files: Sequence[StagedFile],
-    dlq: Sequence[DlqEntry],
-    filtered: Mapping[str, Iterable[int]],
-    consumed_offsets: Iterable[int],
-) -> tuple[int, str]:
-    """Proves consumed = lake rows ⊎ DLQ ⊎ filtered per offset; returns (records, sha256)."""
-    consumed = list(consumed_offsets)
-    consumed_set = _disjoint_union({"consumed": consumed}, rng)
-    groups: dict[str, Sequence[int]] = {"dlq": [d.source_offset for d in dlq]}
+OffsetGroup = Sequence[int] | pl.Series
+
+
+def _offset_groups(
+    files: Sequence[StagedFile], dlq: Sequence[DlqEntry], filtered: Mapping[str, Iterable[int]]
+) -> dict[str, OffsetGroup]:
+    """Where the range's offsets went, by place: DLQ, each file, each filter reason.
+
+    Built in this order on both paths, so a bad file or filter reason fails as it always did.
+    """
+    groups: dict[str, OffsetGroup] = {"dlq": [d.source_offset for d in dlq]}
     for item in files:
         if item.table == lake.TABLE_EVENTS or item.min_offset is not None:
             groups[f"file {item.path}"] = _file_offsets(item)
@@ -673,12 +730,71 @@ def account(
         if not _REASON_RE.fullmatch(reason):
             raise AccountingError(f"bad filter reason {reason!r}")
         groups[f"filtered:{reason}"] = list(offsets)
-    accounted = _disjoint_union(groups, rng)
+    return groups
+
+
+def _distinct_in_range(series: pl.Series | None, rng: Range) -> pl.Series | None:
+    """`series` sorted if its offsets are distinct and inside the range, else None."""
+    if series is None:
+        return None
+    ordered = series.sort()
+    if ordered.len() and (ordered[0] < rng.start or ordered[-1] >= rng.end):
+        return None
+    return None if (ordered.diff() <= 0).any() else ordered
+
+
+def _covers_exactly(expected: pl.Series, groups: Iterable[OffsetGroup]) -> bool:
+    """True when the groups together hold every expected offset exactly once, and nothing else.
+
+    `expected` is sorted, distinct and inside the range, so equality with the sorted concatenation
+    proves all the per-offset path checks: groups in range, disjoint, and their union = consumed.
+    """
+    parts: list[pl.Series] = []
+    for group in groups:
+        part = _int64(group)
+        if part is None:
+            return False
+        parts.append(part)
+    if sum(part.len() for part in parts) != expected.len():
+        return False
+    return pl.concat(parts).sort().equals(expected)
+
+
+def _account_exact(
+    rng: Range, groups: Mapping[str, OffsetGroup], consumed: list[int]
+) -> tuple[int, str]:
+    """The per-offset proof: slow, but its errors name the first offending offset and its place."""
+    consumed_set = _disjoint_union({"consumed": consumed}, rng)
+    lists = {where: g.to_list() if isinstance(g, pl.Series) else g for where, g in groups.items()}
+    accounted = _disjoint_union(lists, rng)
     if accounted != consumed_set:
         lost = sorted(consumed_set - accounted)[:10]
         extra = sorted(accounted - consumed_set)[:10]
         raise AccountingError(f"{rng.range_id}: unaccounted offsets {lost}, never consumed {extra}")
     return len(consumed), offsets_digest(consumed)
+
+
+def account(
+    rng: Range,
+    files: Sequence[StagedFile],
+    dlq: Sequence[DlqEntry],
+    filtered: Mapping[str, Iterable[int]],
+    consumed_offsets: Iterable[int],
+) -> tuple[int, str]:
+    """Proves consumed = lake rows ⊎ DLQ ⊎ filtered per offset; returns (records, sha256).
+
+    A vectorised check proves the normal case in milliseconds on 200k offsets. Anything it cannot
+    prove (a stray, a double, a gap, an odd type) goes through the exact per-offset path, so an
+    error names the same offset and place as ever; a bad consumed list fails before files are read.
+    """
+    consumed = list(consumed_offsets)
+    expected = _distinct_in_range(_plain_ints(consumed), rng)
+    if expected is None:
+        _disjoint_union({"consumed": consumed}, rng)  # fails here, before any file is read
+    groups = _offset_groups(files, dlq, filtered)
+    if expected is not None and _covers_exactly(expected, groups.values()):
+        return len(consumed), _sorted_digest(expected)
+    return _account_exact(rng, groups, consumed)
 
 
 def prepare_intent(

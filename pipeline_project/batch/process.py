@@ -2,21 +2,77 @@
 
 The result accounts for every input record exactly once (lake row, reject or filtered offset), and
 depends only on the arguments, so processing the same range twice gives identical frames.
+
+Everything up to the filter is row-wise (`map_rows`), so the parts of a range can be mapped apart,
+in different processes, and concatenated; only the filter (duplicates across the whole range and
+against the lake) needs every row at once (`finish_batch`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 
 import polars as pl
 
 from pipeline_project.batch.parse import parse_batch
-from pipeline_project.batch.records import BatchResult, RawBatch
-from pipeline_project.batch.transform import filter_rows, to_lake_rows
+from pipeline_project.batch.records import BatchResult, RawBatch, Reject
+from pipeline_project.batch.transform import DATE_COLUMN, filter_rows, to_lake_rows
 from pipeline_project.batch.validate import validate_frame
 
 CommittedIds = Callable[[list[date]], pl.DataFrame]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a range's rows are stamped and judged with; fixed by its intent, so retries agree."""
+
+    run_id: str
+    ingested_at: datetime
+    now: datetime
+    max_lateness_days: int
+    max_clock_skew_seconds: int
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """Lake rows before the filter (LAKE_SCHEMA, offset order) and the rejects, by offset."""
+
+    rows: pl.DataFrame
+    rejects: list[Reject]
+
+
+def map_rows(raw: RawBatch, identity: Identity) -> MappedRows:
+    """Parse, validate and transform: every step looks at one record at a time."""
+    parsed = parse_batch(raw)
+    validated = validate_frame(
+        parsed.frame,
+        now=identity.now,
+        max_lateness_days=identity.max_lateness_days,
+        max_clock_skew_seconds=identity.max_clock_skew_seconds,
+    )
+    lake = to_lake_rows(
+        validated.frame,
+        topic=raw.topic,
+        partition=raw.partition,
+        run_id=identity.run_id,
+        ingested_at=identity.ingested_at,
+    )
+    rejects = sorted([*parsed.rejects, *validated.rejects, *lake.rejects], key=lambda r: r.offset)
+    return MappedRows(lake.rows, rejects)
+
+
+def finish_batch(mapped: MappedRows, committed_ids: CommittedIds | None) -> BatchResult:
+    """Filters bots, test users and duplicates (in the range and against the lake's days).
+
+    `committed_ids(days)` returns the (event_date, event_id) pairs already in the lake for those
+    UTC days; it is called at most once, and only with the days this batch has rows for.
+    """
+    days = mapped.rows.get_column(DATE_COLUMN).unique().sort().to_list()
+    known = committed_ids(days) if committed_ids is not None and days else None
+    kept = filter_rows(mapped.rows, known)
+    return BatchResult(good=kept.good, rejects=mapped.rejects, filtered=kept.filtered)
 
 
 def process_batch(
@@ -29,27 +85,6 @@ def process_batch(
     max_clock_skew_seconds: int,
     committed_ids: CommittedIds | None,
 ) -> BatchResult:
-    """Lake rows (LAKE_SCHEMA, sorted by kafka_offset), rejects (by offset) and filtered offsets.
-
-    `committed_ids(days)` returns the (event_date, event_id) pairs already in the lake for those
-    UTC days; it is called at most once, and only with the days this batch has rows for.
-    """
-    parsed = parse_batch(raw)
-    validated = validate_frame(
-        parsed.frame,
-        now=now,
-        max_lateness_days=max_lateness_days,
-        max_clock_skew_seconds=max_clock_skew_seconds,
-    )
-    lake = to_lake_rows(
-        validated.frame,
-        topic=raw.topic,
-        partition=raw.partition,
-        run_id=run_id,
-        ingested_at=ingested_at,
-    )
-    days = lake.dates()
-    known = committed_ids(days) if committed_ids is not None and days else None
-    kept = filter_rows(lake.rows, known)
-    rejects = sorted([*parsed.rejects, *validated.rejects, *lake.rejects], key=lambda r: r.offset)
-    return BatchResult(good=kept.good, rejects=rejects, filtered=kept.filtered)
+    """Lake rows (LAKE_SCHEMA, sorted by kafka_offset), rejects (by offset) and filtered offsets."""
+    identity = Identity(run_id, ingested_at, now, max_lateness_days, max_clock_skew_seconds)
+    return finish_batch(map_rows(raw, identity), committed_ids)

@@ -5,6 +5,7 @@ Every consumed offset ends up in exactly one of `BatchResult.good`, `.rejects` o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,25 @@ class RawBatch:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def sources(self, offsets: Iterable[int]) -> dict[int, SourceRecord]:
+        """The records at `offsets` (all consumed here), for their DLQ copies."""
+        wanted = set(offsets)
+        return {
+            offset: SourceRecord(offset, self.timestamps_ms[i], self.keys[i], self.values[i])
+            for i, offset in enumerate(self.offsets)
+            if offset in wanted
+        }
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """One consumed record as Kafka gave it: what its DLQ copy carries besides the reason."""
+
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
 
 
 @dataclass(frozen=True)

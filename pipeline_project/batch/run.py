@@ -25,9 +25,9 @@ from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.plan import plan_ranges
-from pipeline_project.batch.process import process_batch
+from pipeline_project.batch.process import Identity, finish_batch, map_rows
 from pipeline_project.batch.ranges import Range
-from pipeline_project.batch.records import BatchResult, RawBatch
+from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
 from pipeline_project.batch.recover import recover
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
@@ -265,7 +265,8 @@ def run_range(
         raw = drain_range(consumer, rng, settings.drain_timeout_seconds)
         fault_point("K1")
         batch = process(settings, raw, intent)
-        staged, deliveries = stage_and_send(settings, dlq, rng, raw, batch, intent)
+        sources = raw.sources(r.offset for r in batch.rejects)
+        staged, deliveries = stage_and_send(settings, dlq, rng, sources, batch, intent)
         fault_point("K6")
         intent = ledger.prepare_intent(
             state, intent, staged, deliveries, batch.filtered, raw.offsets
@@ -287,7 +288,7 @@ def stage_and_send(
     settings: Settings,
     dlq: DlqPublisher,
     rng: Range,
-    raw: RawBatch,
+    sources: dict[int, SourceRecord],
     batch: BatchResult,
     intent: ledger.Intent,
 ) -> tuple[list[lake.StagedFile], list[ledger.DlqEntry]]:
@@ -299,7 +300,7 @@ def stage_and_send(
     coordinates (the same outcome as a crash at K6).
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlq-send") as pool:
-        sending = pool.submit(send_rejects, dlq, raw, batch, intent)
+        sending = pool.submit(send_rejects, dlq, rng, sources, batch, intent)
         staged = lake.stage_days(lake.staging_dir(settings.state_dir, rng), rng, batch.good)
         return staged, sending.result()
 
@@ -316,40 +317,52 @@ def process(
     recoveries): an event id already in the lake for that day is a duplicate wherever its first
     copy came from.
     """
+    mapped = map_rows(raw, identity_of(settings, intent))
+    return finish_batch(mapped, known_ids or committed_ids_of(settings))
+
+
+def identity_of(settings: Settings, intent: ledger.Intent) -> Identity:
+    """The intent's identity and the window settings every part of its range is judged with."""
+    return Identity(
+        intent.run_id,
+        intent.ingested_at,
+        intent.now,
+        settings.max_lateness_days,
+        settings.max_clock_skew_seconds,
+    )
+
+
+def committed_ids_of(settings: Settings) -> Callable[[list[date]], pl.DataFrame]:
+    """The day's committed event ids from every source (raw partitions and DLQ recoveries)."""
 
     def committed(days: list[date]) -> pl.DataFrame:
         return ledger.committed_ids(settings.lake_dir, days, state_dir=settings.state_dir)
 
-    return process_batch(
-        raw,
-        run_id=intent.run_id,
-        ingested_at=intent.ingested_at,
-        now=intent.now,
-        max_lateness_days=settings.max_lateness_days,
-        max_clock_skew_seconds=settings.max_clock_skew_seconds,
-        committed_ids=known_ids or committed,
-    )
+    return committed
 
 
 def send_rejects(
-    dlq: DlqPublisher, raw: RawBatch, batch: BatchResult, intent: ledger.Intent
+    dlq: DlqPublisher,
+    rng: Range,
+    sources: dict[int, SourceRecord],
+    batch: BatchResult,
+    intent: ledger.Intent,
 ) -> list[ledger.DlqEntry]:
     """Every rejected record to the DLQ with its reason; returns only confirmed deliveries."""
     if not batch.rejects:
         return []
-    index = {offset: i for i, offset in enumerate(raw.offsets)}
     failed_at = intent.now.astimezone(UTC).isoformat().replace("+00:00", "Z")
     records = []
     for reject in batch.rejects:
-        i = index[reject.offset]
+        source = sources[reject.offset]
         records.append(
             DlqRecord(
-                source_topic=raw.topic,
-                source_partition=raw.partition,
+                source_topic=rng.topic,
+                source_partition=rng.partition,
                 source_offset=reject.offset,
-                source_timestamp_ms=raw.timestamps_ms[i],
-                key=raw.keys[i],
-                value=raw.values[i],
+                source_timestamp_ms=source.timestamp_ms,
+                key=source.key,
+                value=source.value,
                 stage=reject.stage,
                 category=reject.category,
                 rule=reject.rule,
