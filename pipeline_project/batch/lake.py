@@ -409,7 +409,7 @@ def _int_bounds(values: pl.Series) -> tuple[int, int]:
 def _to_arrow(df: pl.DataFrame) -> pa.Table:
     """Offset-sorted, single-chunk, metadata-free Arrow table: the same rows give the same bytes."""
     offset_column = range_columns(df)[0]
-    if offset_column in df.columns:
+    if offset_column in df.columns and not df.get_column(offset_column).is_sorted():
         df = df.sort(offset_column, maintain_order=True)
     table = df.to_arrow(compat_level=pl.CompatLevel.oldest()).combine_chunks()
     return table.replace_schema_metadata(None)

@@ -180,7 +180,14 @@ def to_lake_rows(
         )
     )
     rows = rows.select(pl.col(name).cast(dtype) for name, dtype in LAKE_SCHEMA.items())
-    return _split_incomplete(rows.sort(OFFSET_COLUMN))
+    return _split_incomplete(sorted_by_offset(rows))
+
+
+def sorted_by_offset(rows: pl.DataFrame, column: str = OFFSET_COLUMN) -> pl.DataFrame:
+    """Rows in `column` order; a frame already in order (the usual case) is not copied by a sort."""
+    if rows.get_column(column).is_sorted():
+        return rows
+    return rows.sort(column, maintain_order=True)
 
 
 # Expressions run in stages (each with_columns reuses the previous one's columns), because one big
