@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
 
 OFFSET_WIDTH = 19
+_RANGE_ID_RE = re.compile(
+    rf"(?P<topic>[A-Za-z0-9._-]{{1,249}})-(?P<partition>\d{{1,10}})"
+    rf"-(?P<start>\d{{{OFFSET_WIDTH}}})-(?P<end>\d{{{OFFSET_WIDTH}}})"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -44,3 +50,15 @@ class Range:
     @classmethod
     def from_dict(cls, data: dict) -> Range:
         return cls(str(data["topic"]), int(data["partition"]), int(data["start"]), int(data["end"]))
+
+
+def parse_range_id(name: str) -> Range | None:
+    """The Range a ledger file or staging directory is named after (`Range.range_id`), or None."""
+    match = _RANGE_ID_RE.fullmatch(name)
+    if not match:
+        return None
+    with contextlib.suppress(ValueError):
+        return Range(
+            match["topic"], int(match["partition"]), int(match["start"]), int(match["end"])
+        )
+    return None

@@ -9,9 +9,7 @@ alone: their runs may be publishing right now under their own locks.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -20,15 +18,10 @@ from typing import Any
 
 from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.lake import StagedFile
-from pipeline_project.batch.ranges import OFFSET_WIDTH, Range
+from pipeline_project.batch.ranges import parse_range_id
 from pipeline_project.errors import ContiguityError
 
 log = logging.getLogger(__name__)
-
-_RANGE_ID_RE = re.compile(
-    rf"(?P<topic>[A-Za-z0-9._-]{{1,249}})-(?P<partition>\d{{1,10}})"
-    rf"-(?P<start>\d{{{OFFSET_WIDTH}}})-(?P<end>\d{{{OFFSET_WIDTH}}})"
-)
 
 
 @dataclass(frozen=True)
@@ -101,24 +94,12 @@ def recover(
     run.clean_manifests()
     run.resolve_intents()
     run.remove_orphan_staging()
-    manifests = ledger.load_manifests(state_dir, topic, partition)
+    manifests = ledger.load_heads(state_dir, topic, partition)
     run.sweep_lake(manifests)
     run.verify_committed(manifests, deep)
     report = run.report
     log.log(logging.INFO if report.clean else logging.WARNING, report.summary())
     return report
-
-
-def parse_range_id(name: str) -> Range | None:
-    """The Range a staging directory or ledger file is named after, or None."""
-    match = _RANGE_ID_RE.fullmatch(name)
-    if not match:
-        return None
-    with contextlib.suppress(ValueError):
-        return Range(
-            match["topic"], int(match["partition"]), int(match["start"]), int(match["end"])
-        )
-    return None
 
 
 def _sha_matches(path: Path, sha256: str) -> bool:
@@ -165,7 +146,7 @@ class _Recovery:
 
     def clean_manifests(self) -> None:
         """Temp files of an interrupted manifest write go; torn manifests are quarantined."""
-        scan = ledger.scan_manifests(self.state_dir, self.topic, self.partition)
+        scan = ledger.scan_heads(self.state_dir, self.topic, self.partition)
         for tmp in scan.temp_files:
             tmp.unlink(missing_ok=True)
         root = self.state_dir / ledger.MANIFESTS_DIR
@@ -249,7 +230,7 @@ class _Recovery:
 
     # ------------------------------------------------------------------------------------ lake
 
-    def sweep_lake(self, manifests: list[ledger.Manifest]) -> None:
+    def sweep_lake(self, manifests: list[ledger.ManifestHead]) -> None:
         """Quarantines junk anywhere under the root and unlisted files named after this partition.
 
         Other valid table directories are left to their owners.
@@ -287,7 +268,7 @@ class _Recovery:
             return ""
         return "no manifest lists this file"
 
-    def verify_committed(self, manifests: list[ledger.Manifest], deep: bool) -> None:
+    def verify_committed(self, manifests: list[ledger.ManifestHead], deep: bool) -> None:
         """Committed files must be present and intact: damaged ones quarantined, all reported."""
         for manifest in manifests:
             for item in manifest.files:

@@ -19,8 +19,7 @@ from typing import Any, Final
 
 from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.ledger import DlqEntry, atomic_write_json, read_json
-from pipeline_project.batch.ranges import Range
-from pipeline_project.batch.recover import parse_range_id
+from pipeline_project.batch.ranges import Range, parse_range_id
 from pipeline_project.errors import LedgerError
 
 log = logging.getLogger(__name__)

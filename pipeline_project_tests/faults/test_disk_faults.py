@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline_project.batch import lake
+from pipeline_project.batch import id_index, lake
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.run import ingest
 from pipeline_project.settings import Settings
@@ -199,15 +200,24 @@ def test_truncated_zero_byte_and_stray_files_are_found_quarantined_and_reported(
     assert found == planted, found
 
     truth += produce(settings, generated(300, seed=56))  # every partition has work: recovery runs
-    stopped = run_driver(settings)
-    # Recovery quarantined the strays and the damaged committed file, and said so; without that
-    # file the day's events cannot be deduplicated, so the run stops, naming it.
-    assert stopped.code == 1 and stopped.result["error"] == "LedgerError", str(stopped)
-    assert victim.name in stopped.result["message"]
-    assert "quarantined" in stopped.stderr and "corrupt=1" in stopped.stderr, stopped.stderr
+    # Recovery quarantines the strays and the damaged committed file, and says so. The day's ids
+    # still come from the committed-ids index (written when the file was committed), so the run
+    # can deduplicate and goes on.
+    went_on = run_driver(settings)
+    assert went_on.ok, str(went_on)
+    assert "quarantined" in went_on.stderr and "corrupt=1" in went_on.stderr, went_on.stderr
     notes = list((settings.state_dir / lake.QUARANTINE_DIR_NAME).rglob("*.quarantine.json"))
     moved = {json.loads(n.read_text())["relative"] for n in notes}
     assert moved == set(planted) | {victim_rel}
+    code, report = reconcile_json(settings)
+    assert {(p["code"], p["path"]) for p in report["problems"]} == {("file_missing", victim_rel)}
+
+    # Without the index either, nothing vouches for that file's ids: the next run stops, naming it.
+    shutil.rmtree(settings.state_dir / id_index.IDS_DIR)
+    truth += produce(settings, generated(300, seed=57))
+    stopped = run_driver(settings)
+    assert stopped.code == 1 and stopped.result["error"] == "LedgerError", str(stopped)
+    assert victim.name in stopped.result["message"]
     code, report = reconcile_json(settings)
     left = {(p["code"], p["path"]) for p in report["problems"] if p["code"] != "unfinished_range"}
     assert left == {("file_missing", victim_rel)}  # plus the stopped run's intent
