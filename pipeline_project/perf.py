@@ -10,6 +10,7 @@ done.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,3 +26,17 @@ def paused_gc() -> Iterator[None]:
         if was_enabled:
             gc.enable()
             gc.collect(1)
+
+
+class StepClock:
+    """Seconds spent in each named step of one range: where a run's time goes (`make bench`)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """Ends `step` now; the next step starts here."""
+        now = time.perf_counter()
+        self.steps[step] = round(now - self._last, 4)
+        self._last = now

@@ -34,7 +34,7 @@ from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import DataLossError, PipelineError
 from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.kafka.drain import drain_range, make_consumer
-from pipeline_project.perf import paused_gc
+from pipeline_project.perf import StepClock, paused_gc
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class RangeOutcome:
     latency_ms: list[float] = field(
         default_factory=list
     )  # p50, p99 of ingested_at - kafka_timestamp
+    steps: dict[str, float] = field(default_factory=dict)  # seconds per protocol step
 
     @property
     def records(self) -> int:
@@ -260,27 +261,39 @@ def run_range(
         if existing is not None:
             return RangeOutcome(rng, "already_committed", existing)
         started = time.perf_counter()
+        steps = StepClock()
         moment = clock()
         intent = ledger.write_intent(state, rng, run_id, ingested_at=moment, now=moment)
         raw = drain_range(consumer, rng, settings.drain_timeout_seconds)
+        steps.lap("drain")
         fault_point("K1")
         batch = process(settings, raw, intent)
-        sources = raw.sources(r.offset for r in batch.rejects)
+        steps.lap("process")
+        offsets, sources = raw.offsets, raw.sources(r.offset for r in batch.rejects)
+        del raw  # the values are parsed, and the rejects' kept in `sources`: free ~100 MB
         staged, deliveries = stage_and_send(settings, dlq, rng, sources, batch, intent)
+        steps.lap("stage_and_dlq")
         fault_point("K6")
-        intent = ledger.prepare_intent(
-            state, intent, staged, deliveries, batch.filtered, raw.offsets
-        )
+        intent = ledger.prepare_intent(state, intent, staged, deliveries, batch.filtered, offsets)
+        steps.lap("prepare")
         fault_point("K3")
         ledger.assert_locked(state, rng.topic, rng.partition)  # fence: a zombie must not publish
         lake.publish_all(intent.files, lake_dir)
+        steps.lap("publish")
         fault_point("K5")
         manifest = ledger.commit_manifest(state, lake_dir, intent, committed_at=clock())
+        steps.lap("commit")
         ledger.finish_range(state, rng)
         fault_point("K7")
         commit_group_offset(consumer, rng)
+        steps.lap("after_commit")
         return RangeOutcome(
-            rng, "committed", manifest, time.perf_counter() - started, latency_ms(batch.good)
+            rng,
+            "committed",
+            manifest,
+            time.perf_counter() - started,
+            latency_ms(batch.good),
+            steps.steps,
         )
 
 

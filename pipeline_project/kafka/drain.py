@@ -40,6 +40,12 @@ def consumer_config(settings: Settings) -> dict[str, object]:
         "auto.offset.reset": "error",
         "isolation.level": "read_committed",
         "enable.partition.eof": True,
+        # librdkafka stops fetching for fetch.queue.backoff.ms (default 1000) whenever its local
+        # queue is over queued.min.messages (default 100k): a 200k drain then stalled for up to
+        # a second, measured in about one run in three. Keep fetching; the queue stays bounded by
+        # queued.max.messages.kbytes.
+        "fetch.queue.backoff.ms": 0,
+        "queued.min.messages": 1_000_000,
         "log_level": 3,
     }
 
