@@ -55,3 +55,7 @@ class DrainError(PipelineError):
 
 class DlqDeliveryError(PipelineError):
     """A record bound for the dead-letter queue was not confirmed by a delivery report."""
+
+
+class StorageError(PipelineError, OSError):
+    """The lake or state directory refused a write mid-run (disk full, read-only, quota, I/O)."""

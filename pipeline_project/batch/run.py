@@ -8,8 +8,10 @@ a range always produces byte-identical files however often it is re-run. Kill po
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import time
 import uuid
 from collections import Counter
@@ -31,7 +33,7 @@ from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
 from pipeline_project.batch.recover import recover
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
-from pipeline_project.errors import DataLossError, PipelineError
+from pipeline_project.errors import DataLossError, PipelineError, StorageError
 from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.perf import StepClock, paused_gc
@@ -192,7 +194,11 @@ def ingest(
                 raise PipelineError(
                     f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
                 )
-            outcome = run_range(settings, consumer, dlq, rng, result.run_id, clock)
+            outcome = _storage_errors_named(
+                rng,
+                settings,
+                lambda r=rng: run_range(settings, consumer, dlq, r, result.run_id, clock),
+            )
             logger.info(
                 "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
                 rng.range_id,
@@ -208,6 +214,42 @@ def ingest(
         dlq.close()
         result.seconds = time.perf_counter() - started
     return result
+
+
+# Write failures an operator fixes on the machine (free space, remount, quota), not in the code.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+
+
+def _storage_errors_named(
+    rng: Range, settings: Settings, step: Callable[[], RangeOutcome]
+) -> RangeOutcome:
+    """Runs one range; a storage failure becomes one StorageError line instead of a traceback.
+
+    Nothing of the range is committed then (the manifest is the last write), and the next run
+    recovers whatever the failure left in staging.
+    """
+    try:
+        return step()
+    except OSError as exc:
+        code = _errno_of(exc)
+        if isinstance(exc, PipelineError) or code not in STORAGE_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise StorageError(
+            code,
+            f"{rng.range_id}: {os.strerror(code)}{where} under {settings.data_dir}; nothing of "
+            "this range was committed: fix the disk (space, mount, permissions) and run again",
+        ) from exc
+
+
+def _errno_of(exc: OSError) -> int | None:
+    """The errno, also from Arrow's IO errors, which carry it only in their text."""
+    if exc.errno is not None:
+        return exc.errno
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(found.group(1)) if found else None
 
 
 def preflight(settings: Settings) -> None:

@@ -21,6 +21,7 @@ import pytest
 from pipeline_project.batch import id_index, lake
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.run import ingest
+from pipeline_project.errors import StorageError
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults import oracle
 from pipeline_project_tests.faults.fault_support import (
@@ -63,8 +64,11 @@ def test_disk_full_while_staging_fails_cleanly_and_a_bigger_disk_recovers(
     with tmpfs(tmp_path / "small", "512k") as data:
         small = on(settings, data)
         full = run_driver(small)
-        assert not full.ok, str(full)
-        assert "No space left on device" in full.stderr + json.dumps(full.result)
+        # One clean line naming the range and the cause, not a crash with a traceback.
+        assert full.code == 1 and full.result["error"] == "StorageError", str(full)
+        assert "No space left on device" in full.result["message"]
+        assert "nothing of this range was committed" in full.result["message"]
+        assert "Traceback" not in full.stderr
         assert committed_state(small)[0] == {}, "files reached the lake of a failed run"
         assert committed_state(small)[1] == {}
         staging_is_clean_or_complete(small)
@@ -84,7 +88,7 @@ def _injected_enospc(settings: Settings, truth: list, monkeypatch: pytest.Monkey
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
     monkeypatch.setattr(lake, "_write_parquet", full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(StorageError, match="No space left on device"):
         ingest(settings)
     assert committed_state(settings) == ({}, {})
     done = run_driver(settings)
@@ -106,7 +110,8 @@ def test_disk_full_while_writing_the_manifest_keeps_the_old_state(
         ballast = fill(data)
         run.cont()
         failed = run.finish()
-        assert not failed.ok and "No space left on device" in failed.stderr, str(failed)
+        assert failed.code == 1 and failed.result["error"] == "StorageError", str(failed)
+        assert "No space left on device" in failed.stderr and "Traceback" not in failed.stderr
         manifests = disk.state_dir / "manifests"
         assert not manifests.exists() or not [p for p in manifests.rglob("*") if p.is_file()], (
             "a torn or temporary manifest was left behind"
