@@ -149,6 +149,45 @@ def _add_dlq_commands(commands: argparse._SubParsersAction) -> None:
     replay.set_defaults(handler=_dlq_replay)
 
 
+def _loss_acknowledge(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.batch import loss
+
+    for partition in args.partition:
+        print(loss.acknowledge(settings, partition, args.reason).summary())
+    return 0
+
+
+def _loss_list(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.batch import loss
+
+    notes = loss.acknowledged(settings.state_dir)
+    for note in notes:
+        print(f"{note['range_id']}  {note['at']}  {note['run_id']}  {note['reason']}")
+    if not notes:
+        print("no data loss acknowledged")
+    return 0
+
+
+def _add_loss_commands(commands: argparse._SubParsersAction) -> None:
+    loss = commands.add_parser(
+        "loss", help="offsets deleted by retention before they reached the lake: move on, or list"
+    )
+    loss_cmds = loss.add_subparsers(dest="loss_command", required=True, metavar="ACTION")
+    ack = loss_cmds.add_parser(
+        "acknowledge",
+        help="record a partition's deleted offsets as lost so ingestion resumes after them",
+        description="Commits [committed end, low watermark) of each partition as a range with no "
+        "records, after which runs resume at the low watermark. Nothing happens for a partition "
+        "that lost nothing. The reason is kept under <state>/losses/.",
+    )
+    ack.add_argument(
+        "--partition", type=int, action="append", required=True, metavar="P", help="repeat"
+    )
+    ack.add_argument("--reason", required=True, help="why it is acceptable (kept with the record)")
+    ack.set_defaults(handler=_loss_acknowledge)
+    loss_cmds.add_parser("list", help="every acknowledged loss").set_defaults(handler=_loss_list)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; each leaf sets `handler`."""
     parser = argparse.ArgumentParser(prog="pipeline-project", description=__doc__.splitlines()[0])
@@ -206,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     health.set_defaults(handler=_health)
     _add_dlq_commands(commands)
+    _add_loss_commands(commands)
     return parser
 
 

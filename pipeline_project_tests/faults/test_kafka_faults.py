@@ -5,6 +5,7 @@ transactions (aborted and open), consumer-group offsets that lie, partitions add
 from __future__ import annotations
 
 import functools
+import subprocess
 import time
 
 import pytest
@@ -29,6 +30,8 @@ from pipeline_project_tests.faults.fault_support import (
     run_driver,
     start_driver,
 )
+from pipeline_project_tests.ingest_support import assert_reconciles
+from pipeline_project_tests.support import PYTHON, env_for
 
 
 def admin(settings: Settings, method: str, *args: object, **kwargs: object) -> None:
@@ -78,6 +81,41 @@ def test_start_offset_deleted_by_retention_fails_loudly_and_commits_nothing(
     # The committed part is still exact; the failed range's "started" intent stays for the
     # operator's decision (it is recovered by the next run that can read the partition).
     oracle.check(settings, truth, complete=False, allow=["unfinished_range"]).assert_ok()
+
+
+def test_an_acknowledged_loss_lets_the_partition_go_on_and_reconcile_pass(
+    settings: Settings,
+) -> None:
+    topic = settings.raw_topic
+    produce(settings, generated(200, seed=23), partition=0)
+    assert run_driver(settings, [Range(topic, 0, 0, 100)]).ok
+    admin(settings, "delete_records", [TP(topic, 0, 110)], operation_timeout=10)
+    assert run_driver(settings).result["error"] == "DataLossError"
+
+    env = env_for(settings)
+    cli = [PYTHON, "-m", "pipeline_project.cli", "loss"]
+    refused = subprocess.run(
+        [*cli, "acknowledge", "--partition", "0"], env=env, capture_output=True
+    )
+    assert refused.returncode == 2 and b"--reason" in refused.stderr  # a reason is required
+    done = subprocess.run(
+        [*cli, "acknowledge", "--partition", "0", "--partition", "1", "--reason", "test: gone"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"{topic}[0]: offsets [100, 110) acknowledged as lost" in done.stdout
+    assert f"{topic}[1]: nothing lost" in done.stdout
+    listed = subprocess.run([*cli, "list"], env=env, capture_output=True, text=True)
+    assert f"{topic}-0-{100:019d}-{110:019d}" in listed.stdout and "test: gone" in listed.stdout
+
+    resumed = run_driver(settings)
+    assert resumed.ok, str(resumed)
+    assert spans(settings)[0] == [(0, 100), (100, 110), (110, 200)]
+    assert_reconciles(env)
+    again = subprocess.run([*cli, "acknowledge", "--partition", "0", "--reason", "x"], env=env)
+    assert again.returncode == 0 and spans(settings)[0][-1] == (110, 200)  # nothing more to give up
 
 
 # -------------------------------------------------------------------- K4 end beyond the log end
