@@ -35,7 +35,7 @@ IDS_DIR = "ids"
 FILE_COLUMN = "file"
 ID_COLUMNS = [lake.DATE_COLUMN, "event_id"]
 MAX_STREAMS = 32
-_SCHEMA = {FILE_COLUMN: pl.String, lake.DATE_COLUMN: pl.Date, "event_id": pl.String}
+_SCHEMA = {FILE_COLUMN: pl.Categorical, lake.DATE_COLUMN: pl.Date, "event_id": pl.String}
 
 
 def index_path(state_dir: Path, table: str, day: date, topic: str, partition: int) -> Path:
@@ -91,7 +91,9 @@ def read_indexed(
 
 
 def _with_file(ids: pa.Table, rel_path: str) -> pa.Table:
-    column = pa.array([rel_path] * ids.num_rows, type=pa.string())
+    """The ids with their file's path, dictionary-encoded: stored once per stream, not per id."""
+    indices = pa.repeat(pa.scalar(0, pa.int32()), ids.num_rows)
+    column = pa.DictionaryArray.from_arrays(indices, pa.array([rel_path], pa.string()))
     return ids.add_column(0, FILE_COLUMN, column).replace_schema_metadata(None)
 
 
@@ -103,7 +105,10 @@ def _add(path: Path, table: pa.Table) -> None:
         with open(path, "ab") as out:
             out.write(_stream_bytes(table))
         return
-    merged = pa.concat_tables([*tables, table], promote_options="permissive").combine_chunks()
+    try:
+        merged = pa.concat_tables([*tables, table]).combine_chunks()
+    except pa.ArrowException:  # streams of another layout: start the file again from this one
+        merged = table
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as out:
         out.write(_stream_bytes(merged))
