@@ -461,7 +461,7 @@ def scan_manifests(
     scan = ManifestScan()
     for name, part, directory in partition_dirs(Path(state_dir) / MANIFESTS_DIR, topic, partition):
         for path in sorted(directory.iterdir()):
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
+            if _is_temp(path.name):
                 scan.temp_files.append(path)
                 continue
             try:
@@ -477,9 +477,18 @@ def load_manifests(
 ) -> list[Manifest]:
     """Valid manifests sorted by (topic, partition, start); unusable ones are logged and skipped."""
     scan = scan_manifests(state_dir, topic, partition)
-    for problem in scan.problems:
-        log.warning("ignoring unusable manifest %s", problem)
+    _log_unusable(scan.problems)
     return scan.manifests
+
+
+def _is_temp(name: str) -> bool:
+    """A manifest write's temp file (`.<name>.tmp`), left by an interrupted write."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _log_unusable(problems: list[LedgerProblem]) -> None:
+    for problem in problems:
+        log.warning("ignoring unusable manifest %s", problem)
 
 
 # ------------------------------------------------------------------------------- manifest heads
@@ -535,7 +544,7 @@ def _partition_heads(state_dir: Path, topic: str, partition: int, directory: Pat
     new_lines: list[bytes] = []
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         path = Path(entry.path)
-        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+        if _is_temp(entry.name):
             scan.temp_files.append(path)
             continue
         identity = _file_identity(entry)
@@ -559,8 +568,7 @@ def load_heads(
 ) -> list[ManifestHead]:
     """Heads of the valid manifests sorted by (topic, partition, start); unusable ones skipped."""
     scan = scan_heads(state_dir, topic, partition)
-    for problem in scan.problems:
-        log.warning("ignoring unusable manifest %s", problem)
+    _log_unusable(scan.problems)
     return scan.heads
 
 

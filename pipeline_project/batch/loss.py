@@ -72,19 +72,12 @@ def acknowledge(settings: Settings, partition: int, reason: str) -> Acknowledged
         intent = ledger.prepare_intent(state, intent, [], [], {}, [])
         ledger.commit_manifest(state, lake_dir, intent, committed_at=moment)
         ledger.finish_range(state, gap)
-        note = {"range_id": gap.range_id, "run_id": run_id, "reason": reason, "at": moment}
-        ledger.atomic_write_json(_note_path(state, gap), {k: str(v) for k, v in note.items()})
+        note = {"range_id": gap.range_id, "run_id": run_id, "reason": reason, "at": str(moment)}
+        ledger.atomic_write_json(Path(state) / LOSSES_DIR / f"{gap.range_id}.json", note)
         return Acknowledged(topic, partition, gap, end, low)
 
 
 def acknowledged(state_dir: Path) -> list[dict[str, str]]:
     """Every acknowledgment note, oldest range first (what `loss list` prints)."""
-    directory = Path(state_dir) / LOSSES_DIR
-    notes = [ledger.read_json(p) for p in sorted(directory.glob("*.json"))]
-    return [{k: str(v) for k, v in n.items()} for n in notes if n]
-
-
-def _note_path(state_dir: Path, rng: Range) -> Path:
-    path = Path(state_dir) / LOSSES_DIR / f"{rng.range_id}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    notes = [ledger.read_json(p) for p in sorted((Path(state_dir) / LOSSES_DIR).glob("*.json"))]
+    return [n for n in notes if n]

@@ -194,11 +194,13 @@ def ingest(
                 raise PipelineError(
                     f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
                 )
-            outcome = _storage_errors_named(
-                rng,
-                settings,
-                lambda r=rng: run_range(settings, consumer, dlq, r, result.run_id, clock),
-            )
+            try:
+                outcome = run_range(settings, consumer, dlq, rng, result.run_id, clock)
+            except OSError as exc:
+                error = storage_error(exc, rng, settings)
+                if error is exc:
+                    raise
+                raise error from exc
             logger.info(
                 "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
                 rng.range_id,
@@ -222,26 +224,21 @@ STORAGE_ERRNOS = frozenset(
 )
 
 
-def _storage_errors_named(
-    rng: Range, settings: Settings, step: Callable[[], RangeOutcome]
-) -> RangeOutcome:
-    """Runs one range; a storage failure becomes one StorageError line instead of a traceback.
+def storage_error(exc: OSError, rng: Range, settings: Settings) -> OSError:
+    """A storage failure of a range as one StorageError line; any other OSError as it was.
 
     Nothing of the range is committed then (the manifest is the last write), and the next run
     recovers whatever the failure left in staging.
     """
-    try:
-        return step()
-    except OSError as exc:
-        code = _errno_of(exc)
-        if isinstance(exc, PipelineError) or code not in STORAGE_ERRNOS:
-            raise
-        where = f" ({exc.filename})" if exc.filename else ""
-        raise StorageError(
-            code,
-            f"{rng.range_id}: {os.strerror(code)}{where} under {settings.data_dir}; nothing of "
-            "this range was committed: fix the disk (space, mount, permissions) and run again",
-        ) from exc
+    code = _errno_of(exc)
+    if isinstance(exc, PipelineError) or code not in STORAGE_ERRNOS:
+        return exc
+    where = f" ({exc.filename})" if exc.filename else ""
+    return StorageError(
+        code,
+        f"{rng.range_id}: {os.strerror(code)}{where} under {settings.data_dir}; nothing of "
+        "this range was committed: fix the disk (space, mount, permissions) and run again",
+    )
 
 
 def _errno_of(exc: OSError) -> int | None:
