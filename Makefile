@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NATIVE_STAMP := $(VENV)/.native
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
 .PHONY: help install demo test test-fast lint bench clean kafka-start kafka-stop browser screenshots chaos soak
@@ -25,7 +26,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The optional native parse decoder (Rust): built when cargo is found, else a warning.
+$(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs
+	bash scripts/build-native.sh $(BIN)/python
+	touch $(NATIVE_STAMP)
+
+install: $(STAMP) $(NATIVE_STAMP)
 
 demo: install
 	bash scripts/demo.sh
@@ -71,4 +77,4 @@ kafka-stop: install
 
 clean:
 	-test -x $(BIN)/pipeline-project && $(BIN)/pipeline-project kafka stop
-	rm -rf $(VENV) .local data .dagster .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .local data .dagster .pytest_cache .ruff_cache *.egg-info native/target

@@ -27,6 +27,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from pipeline_project.batch import ledger
 from pipeline_project.batch.ledger import Manifest
+from pipeline_project.batch.parse import parse_path
 from pipeline_project.kafka.drain import consumer_config
 from pipeline_project.settings import Settings
 
@@ -326,6 +327,12 @@ def check_disk(settings: Settings) -> Check:
     return Check("disk", status, detail, values)
 
 
+def check_parser() -> Check:
+    """Which parse path ingestion uses; both give the same results, the native one ~2x faster."""
+    path = parse_path()
+    return Check("parser", OK, path, {"native": path.startswith("native")})
+
+
 def _unknown(name: str, why: str) -> Check:
     return Check(name, WARN, f"unknown: {why}")
 
@@ -363,6 +370,7 @@ def collect(settings: Settings, now: datetime | None = None) -> HealthReport:
         check_dlq_rate(settings, manifests, moment),
         check_lake(settings, every),
         check_disk(settings),
+        check_parser(),
     ]
     return HealthReport(checks, lags, moment)
 

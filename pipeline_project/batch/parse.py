@@ -1,8 +1,11 @@
 """Parse stage: raw Kafka values to typed columns with one strict JSON decode per record.
 
-Fast path: msgspec decodes each value into a typed Struct (strict UTF-8, no NaN/Infinity or lone
+Native path (when native/ is built): a Rust decoder (serde_json, strict RFC 8259) turns every
+plain event object straight into Arrow columns and defers all other records to the Python path.
+Python path: msgspec decodes each value into a typed Struct (strict UTF-8, no NaN/Infinity or lone
 surrogates, JSON types checked in C). A record that fails it, or whose key count could hide a
 duplicate key, goes to an exact classifier, so its category never depends on the path taken.
+Both paths give the same frame and rejects for any input (test_native_parse).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
+from itertools import accumulate
 from typing import Annotated, Any
 
 import msgspec
 import polars as pl
+import pyarrow as pa
 
 from pipeline_project.batch.records import RawBatch, Reject
 from pipeline_project.events.contract import (
@@ -27,6 +33,11 @@ from pipeline_project.events.contract import (
     REQUIRED_FIELDS,
 )
 from pipeline_project.perf import paused_gc
+
+try:  # the optional native decoder (native/); without it every record takes the Python path
+    import pipeline_project_native as _native
+except ImportError:  # pragma: no cover - depends on the install
+    _native = None
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -90,6 +101,17 @@ _KEY_LITERAL = '":'
 _SPACED_COLON = r"[ \t\n\r]:"
 _HAS_PROPS = "_has_properties"
 _EMPTY_FRAME = pl.DataFrame(schema=PARSED_SCHEMA | {_HAS_PROPS: pl.Int32()})
+# The native decoder's schema: (key, kind, required) at the top, (key, kind) in properties. Its
+# columns come back in PARSED_SCHEMA's order: required fields, optional scalars, properties.
+_NATIVE_TOP: list[tuple[str, str, bool]] = [(name, "str", True) for name in REQUIRED_FIELDS] + [
+    (name, kind, False) for name, kind in OPTIONAL_FIELDS.items()
+]
+_NATIVE_PROPS: list[tuple[str, str]] = list(PROPERTY_TYPES.items())
+_ARROW_TYPES = {"str": pa.string_view(), "int": pa.int64(), "number": pa.float64()}
+_NATIVE_ARROW_TYPES: list[pa.DataType] = [
+    _ARROW_TYPES[kind] for _, kind, _ in _NATIVE_TOP if kind != "object"
+] + [_ARROW_TYPES[kind] for _, kind in _NATIVE_PROPS]
+_NATIVE_SCHEMA = pa.schema(list(zip(list(PARSED_SCHEMA)[2:], _NATIVE_ARROW_TYPES, strict=True)))
 
 
 @dataclass(frozen=True)
@@ -121,8 +143,28 @@ class _DefectFound(Exception):
         self.defect = defect
 
 
-def parse_batch(raw: RawBatch) -> ParsedBatch:
+def parse_path() -> str:
+    """Which parse path runs here, for `health` and `make bench`."""
+    if _native is None:
+        return "python (native decoder not built: `make install` builds it where cargo is found)"
+    return f"native (pipeline-project-native {metadata.version('pipeline-project-native')})"
+
+
+def parse_batch(raw: RawBatch, *, native: bool = True) -> ParsedBatch:
     """Decodes every value of the batch; never raises for a bad record.
+
+    With the native decoder (see `_parse_native_first`) the Python path below only sees the
+    records it deferred; without it (not built, or `native=False`) it sees them all.
+    """
+    if native and _native is not None and len(raw):
+        return _parse_native_first(raw)
+    return _parse_python(raw.offsets, raw.timestamps_ms, raw.values)
+
+
+def _parse_python(
+    offsets: list[int], timestamps_ms: list[int], values: list[bytes | None]
+) -> ParsedBatch:
+    """The Python parse path: msgspec fast path, exact classifier for the rest.
 
     Decodes in chunks of CHUNK_RECORDS so the Python objects of one chunk are freed (and their
     memory reused, still in cache) before the next is decoded: measured 2x faster than one 200k
@@ -132,8 +174,9 @@ def parse_batch(raw: RawBatch) -> ParsedBatch:
     rejects: list[Reject] = []
     decoded: list[bytes] = []
     with paused_gc():
-        for start in range(0, len(raw), CHUNK_RECORDS):
-            chunk = _Chunk(raw, start, min(start + CHUNK_RECORDS, len(raw)))
+        for start in range(0, len(values), CHUNK_RECORDS):
+            stop = min(start + CHUNK_RECORDS, len(values))
+            chunk = _Chunk(offsets[start:stop], timestamps_ms[start:stop], values[start:stop])
             frame, chunk_rejects, chunk_decoded = _parse_chunk(chunk)
             frames.append(frame)
             rejects.extend(chunk_rejects)
@@ -145,18 +188,64 @@ def parse_batch(raw: RawBatch) -> ParsedBatch:
     return ParsedBatch(frame, rejects)
 
 
+def _parse_native_first(raw: RawBatch) -> ParsedBatch:
+    """Native decode of the plain event objects, the Python path for every other record.
+
+    The native decoder (native/, Rust: serde_json into Arrow buffers, on two threads) accepts a
+    record only when it is an object of known keys, none repeated, all required ones present,
+    each value of its declared type or null; it defers everything else, so every reject is still
+    named by the exact classifier. Measured on 200k events (5% bad): the parse stage takes
+    0.23 s instead of 0.58 s, 0.12 s of it the native decode.
+    """
+    deferred, parts = _native.decode_columns(
+        raw.values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES
+    )
+    lineage = pl.DataFrame(
+        [
+            pl.Series(OFFSET_COLUMN, raw.offsets, dtype=pl.Int64),
+            pl.Series(KAFKA_TS_MS_COLUMN, raw.timestamps_ms, dtype=pl.Int64),
+        ]
+    )
+    if deferred:
+        lineage = lineage.filter(pl.int_range(pl.len()).is_in(deferred).not_())
+    fast = pl.concat([lineage, _frame_of_parts(parts)], how="horizontal")
+    if not deferred:
+        return ParsedBatch(fast, [])
+    slow = _parse_python(
+        [raw.offsets[p] for p in deferred],
+        [raw.timestamps_ms[p] for p in deferred],
+        [raw.values[p] for p in deferred],
+    )
+    frame = fast.merge_sorted(slow.frame, OFFSET_COLUMN)  # both in offset order
+    return ParsedBatch(frame, slow.rejects)
+
+
+def _frame_of_parts(parts: list[tuple[int, list[tuple[Any, Any, Any]]]]) -> pl.DataFrame:
+    """The native decoder's Arrow buffers as a frame of the parsed field columns, no copy.
+
+    One record batch per part; strings are string views (polars' own layout) into their
+    column's text buffer.
+    """
+    batches = []
+    for rows, columns in parts:
+        arrays = []
+        for dtype, (bitmap, values, text) in zip(_NATIVE_ARROW_TYPES, columns, strict=True):
+            data = [None if bitmap is None else pa.py_buffer(bitmap), pa.py_buffer(values)]
+            if dtype == pa.string_view():
+                data.append(pa.py_buffer(text))
+            arrays.append(pa.Array.from_buffers(dtype, rows, data))
+        batches.append(pa.RecordBatch.from_arrays(arrays, schema=_NATIVE_SCHEMA))
+    table = pa.Table.from_batches(batches, schema=_NATIVE_SCHEMA)
+    return pl.from_arrow(table)  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class _Chunk:
-    """Records [start, stop) of a batch, with list slices taken once."""
+    """Records of one chunk, as parallel lists."""
 
     offsets: list[int]
     timestamps_ms: list[int]
     values: list[bytes | None]
-
-    def __init__(self, raw: RawBatch, start: int, stop: int) -> None:
-        object.__setattr__(self, "offsets", raw.offsets[start:stop])
-        object.__setattr__(self, "timestamps_ms", raw.timestamps_ms[start:stop])
-        object.__setattr__(self, "values", raw.values[start:stop])
 
 
 def _parse_chunk(chunk: _Chunk) -> tuple[pl.DataFrame, list[Reject], list[bytes]]:
@@ -254,11 +343,12 @@ def _check_key_counts(
     """
     if frame.height == 0:
         return frame.drop(_HAS_PROPS), []
-    text = pl.Series(decoded, dtype=pl.Binary).cast(pl.String)
+    text = _as_text(decoded)
     present = pl.sum_horizontal(pl.col(_COUNTED_COLUMNS).is_not_null().cast(pl.Int32))
     expected = frame.select(present + pl.col(_HAS_PROPS) + len(REQUIRED_FIELDS)).to_series()
     counted = text.str.count_matches(_KEY_LITERAL, literal=True)
-    suspects = ((counted != expected) | text.str.contains(_SPACED_COLON)).arg_true().to_list()
+    odd = (counted != expected) | text.str.contains(_SPACED_COLON)
+    suspects = odd.fill_null(True).arg_true().to_list()
     frame = frame.drop(_HAS_PROPS)
     offsets = frame.get_column(OFFSET_COLUMN)
     rejects: list[Reject] = []
@@ -271,6 +361,25 @@ def _check_key_counts(
     if dropped:
         frame = frame.filter(pl.int_range(pl.len()).is_in(dropped).not_())
     return frame, rejects
+
+
+def _as_text(decoded: list[bytes]) -> pl.Series:
+    """The decoded values as text; null for one that is not UTF-8, which makes it a suspect.
+
+    msgspec skips unknown keys and values without checking their UTF-8, so such a record gets
+    here; the classifier then names it invalid_utf8 (it once failed the whole batch).
+    """
+    try:
+        return pl.Series(decoded, dtype=pl.Binary).cast(pl.String)
+    except pl.exceptions.ComputeError:
+        return pl.Series([_utf8_or_none(value) for value in decoded], dtype=pl.String)
+
+
+def _utf8_or_none(value: bytes) -> str | None:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _diagnose_failure(chunk: _Chunk, pos: int, error: str) -> Reject:
@@ -366,7 +475,7 @@ def _walk_defect(obj: Any, text: str) -> Defect | None:
     Each check runs only when the text could fail it (enough brackets, a surrogate escape).
     """
     brackets = text.count("{") + text.count("[")
-    if brackets > MAX_DEPTH and _depth(obj) > MAX_DEPTH:
+    if brackets > MAX_DEPTH and _text_depth(text) > MAX_DEPTH:
         return Defect("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}")
     if _SURROGATE_ESCAPE.search(text):
         try:
@@ -379,16 +488,20 @@ def _walk_defect(obj: Any, text: str) -> Defect | None:
     return None
 
 
-def _depth(obj: Any) -> int:
-    """Nesting depth of containers (a scalar is 0), without recursion."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(obj, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest if isinstance(obj, dict | list) else 0
+def _text_depth(text: str) -> int:
+    """Container nesting depth of JSON text that parsed (a scalar is 0), read off its brackets.
+
+    Equal to the decoded tree's depth: outside string literals, every `[` or `{` opens a level.
+    Deletes strings and everything else but brackets, then takes the highest running sum, in C:
+    measured 5 us for a 64-deep record, where walking the tree took 35 us.
+    """
+    brackets = _NOT_A_BRACKET.sub("", text)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+# String literals (escapes included) and runs of anything else but brackets.
+_NOT_A_BRACKET = re.compile(r'"(?:[^"\\]++|\\.)*+"|[^\[\]{}"]++')
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 def type_defect(message: str) -> Defect:

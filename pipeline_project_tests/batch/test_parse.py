@@ -47,6 +47,9 @@ PARSE_CASES: list[tuple[str, bytes | None, str]] = [
     ("overlong", _splice(b'"shoes"', b'"\xc0\xaf"'), "invalid_utf8"),
     ("cesu_surrogate", _splice(b'"shoes"', b'"\xed\xa0\x80"'), "invalid_utf8"),
     ("bom", b"\xef\xbb\xbf" + GOOD, "invalid_utf8"),
+    # msgspec skips unknown fields unchecked: these once failed the whole batch
+    ("in_unknown_value", _with_unknown(b'"\xff"'), "invalid_utf8"),
+    ("in_unknown_key", GOOD[:-1] + b',"ex\xfftra":1}', "invalid_utf8"),
     # P2 invalid JSON
     ("truncated", GOOD[:-7], "invalid_json"),
     ("trailing_garbage", GOOD + b" x", "invalid_json"),

@@ -63,7 +63,10 @@ def test_healthy_then_degraded_by_lag_and_a_stalled_ingest(kafka_settings: Setti
         "dlq_rate": "ok",
         "lake": "ok",
         "disk": "ok",
+        "parser": "ok",
     }
+    parser = next(c for c in report["checks"] if c["name"] == "parser")
+    assert parser["detail"].startswith("native" if parser["values"]["native"] else "python")
     assert [p["records"] for p in report["partitions"]] == [0, 0, 0]
 
     # Old, but nothing waits: idle, not stalled.

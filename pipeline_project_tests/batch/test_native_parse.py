@@ -1,0 +1,176 @@
+"""The native decoder (native/, Rust) gives exactly what the Python parse path gives.
+
+It only accepts plain event objects and defers every other record to the Python path, so for
+any input the parsed frame (values, nulls, types, the sign of a zero) and the rejects must be
+equal with and without it. Checked on hand-made edge cases, every poison pill of test_parse,
+the generator's mix and random byte mutations of good records.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from pipeline_project.batch import parse
+from pipeline_project.batch.parse import parse_batch, parse_path
+from pipeline_project.batch.process_bench import make_batch
+from pipeline_project.batch.records import RawBatch
+from pipeline_project_tests.batch.batch_support import encode, good_event, good_values, raw_batch
+from pipeline_project_tests.batch.test_parse import GOOD, PARSE_CASES, TYPE_CASES, _type_case
+
+CARGO = shutil.which("cargo") or (Path.home() / ".cargo/bin/cargo")
+
+
+def test_the_native_decoder_is_built_where_cargo_is() -> None:
+    """`make install` builds it whenever cargo exists, so a missing module here is a bug."""
+    if not Path(CARGO).exists():
+        pytest.skip("no cargo on this machine: the pure-Python path is the only one")
+    assert parse_path().startswith("native"), parse_path()
+
+
+needs_native = pytest.mark.skipif(parse._native is None, reason="native decoder not built")
+
+
+def assert_same_parse(raw: RawBatch) -> None:
+    """Both paths agree on every value (bit for bit for floats) and every reject."""
+    python, native = parse_batch(raw, native=False), parse_batch(raw, native=True)
+    assert native.rejects == python.rejects
+    assert_frame_equal(native.frame, python.frame)
+    for name, dtype in native.frame.schema.items():
+        if dtype == pl.Float64:
+            assert _signs(native.frame[name]) == _signs(python.frame[name]), name
+
+
+def _signs(series: pl.Series) -> list[float | None]:
+    return [None if x is None else math.copysign(1.0, x) for x in series.to_list()]
+
+
+def _with(raw_json: bytes, old: bytes = b"19.99") -> bytes:
+    assert old in GOOD
+    return GOOD.replace(old, raw_json, 1)
+
+
+EDGE_VALUES: list[bytes | None] = [
+    # numbers a float column takes, or that only Python may judge
+    _with(b"-0"),
+    _with(b"-0.0"),
+    _with(b"0"),
+    _with(b"1E5"),
+    _with(b"1e-7"),
+    _with(b"5e-324"),
+    _with(b"1e-400"),
+    _with(b"1.7976931348623157e308"),
+    _with(b"9007199254740993"),
+    _with(b"-9007199254740992"),
+    _with(b"123456789012345678901234567890.5"),
+    _with(b"0.30000000000000004"),
+    _with(b"18446744073709551616"),
+    _with(b"2.5e"),
+    _with(b"01"),
+    _with(b"+1"),
+    _with(b".5"),
+    _with(b"null"),
+    # integers
+    _with(b'"quantity":9223372036854775807', b'"quantity":2'),
+    _with(b'"quantity":-9223372036854775808', b'"quantity":2'),
+    _with(b'"quantity":9223372036854775808', b'"quantity":2'),
+    _with(b'"quantity":-0', b'"quantity":2'),
+    _with(b'"quantity":2.0', b'"quantity":2'),
+    _with(b'"quantity":2e0', b'"quantity":2'),
+    _with(b'"quantity":null', b'"quantity":2'),
+    # strings: escapes, lengths around the 12-byte inline limit, non-ASCII, NUL
+    _with(b'"a\\"b\\\\c\\/d\\b\\f\\n\\r\\t"', b'"shoes"'),
+    _with(b'"\\u00e9\\ud83d\\ude00 \\u0000"', b'"shoes"'),
+    _with(b'"caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80"', b'"shoes"'),
+    _with(b'""', b'"shoes"'),
+    _with(b'"123456789012"', b'"shoes"'),
+    _with(b'"1234567890123"', b'"shoes"'),
+    _with(b'"' + b"x" * 5000 + b'"', b'"shoes"'),
+    _with(b'"\\ud800"', b'"shoes"'),
+    _with(b'"\\udc00\\ud800"', b'"shoes"'),
+    _with(b'"tab\there"', b'"shoes"'),
+    # keys: escaped, unknown, repeated, in properties, whitespace everywhere
+    GOOD.replace(b'"event_type"', b'"event\\u005ftype"', 1),
+    GOOD[:-1] + b',"extra":{"deep":[1,2,{"x":null}]}}',
+    GOOD[:-1] + b',"properties":null}',
+    GOOD.replace(b'"quantity":2', b'"quantity":2,"unknown_prop":1', 1),
+    GOOD.replace(b'"quantity":2', b'"quantity":2,"nested":{"a":1}', 1),
+    b" \t\r\n" + GOOD.replace(b":", b" : ").replace(b",", b" ,\n ") + b"\n ",
+    encode(good_event(1, properties=None)),
+    encode(good_event(2, properties={})),
+    encode(good_event(3, referrer=None, country=None, ip=None, schema_version=None)),
+    encode(good_event(4, event_id=None, user_agent=None)),
+    encode({k: v for k, v in good_event(5).items() if k not in {"referrer", "properties"}}),
+    b"{}",
+    b"\xef\xbb\xbf" + GOOD,
+    GOOD + b"\x00",
+    None,
+]
+
+
+@needs_native
+def test_edge_values_parse_alike() -> None:
+    values = [v for value in EDGE_VALUES for v in (value, *good_values(1))]
+    assert_same_parse(raw_batch(values))
+
+
+@needs_native
+def test_every_poison_pill_and_type_case_parses_alike() -> None:
+    values = [value for _, value, _ in PARSE_CASES]
+    values += [_type_case(overrides) for _, overrides, _, _ in TYPE_CASES]
+    assert_same_parse(raw_batch(values + good_values(50)))
+
+
+@needs_native
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_generator_mix_parses_alike(seed: int) -> None:
+    assert_same_parse(make_batch(20_000, 0.2, seed=seed))
+
+
+@needs_native
+def test_random_mutations_of_good_records_parse_alike() -> None:
+    """Flipped, dropped and inserted bytes: whatever the native side accepts, Python must too."""
+    rng = random.Random(11)
+    alphabet = b'{}[]",:\\ 0123456789.eE+-nultrfasxu\xc3\xa9\xff\x00'
+    values: list[bytes | None] = []
+    for i in range(4_000):
+        value = bytearray(encode(good_event(i)))
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(value))
+            action = rng.random()
+            if action < 0.4:
+                value[at] = rng.choice(alphabet)
+            elif action < 0.7:
+                del value[at]
+            else:
+                value.insert(at, rng.choice(alphabet))
+        values.append(bytes(value))
+    assert_same_parse(raw_batch(values))
+
+
+@needs_native
+def test_batches_of_only_good_only_bad_and_nothing() -> None:
+    assert_same_parse(raw_batch(good_values(300)))
+    assert_same_parse(raw_batch([None, b"[]", b"x"] * 50))
+    assert_same_parse(raw_batch([]))
+
+
+@needs_native
+@pytest.mark.parametrize("parts", [1, 2, 7, 1000])
+def test_any_split_into_parts_gives_the_same_frame(parts: int) -> None:
+    raw = make_batch(3_000, 0.1, seed=3)
+    _, whole = parse._native.decode_columns(  # type: ignore[union-attr]
+        raw.values, parse._NATIVE_TOP, parse._NATIVE_PROPS, parse.MAX_MESSAGE_BYTES, 1
+    )
+    deferred, split = parse._native.decode_columns(  # type: ignore[union-attr]
+        raw.values, parse._NATIVE_TOP, parse._NATIVE_PROPS, parse.MAX_MESSAGE_BYTES, parts
+    )
+    assert (len(split) > 1) == (parts > 1)
+    assert_frame_equal(parse._frame_of_parts(split), parse._frame_of_parts(whole))
+    assert deferred == sorted(deferred)
