@@ -51,6 +51,12 @@ def role(cmdline: str) -> str | None:
     return None
 
 
+def _default_sigint() -> None:
+    """A terminal's default: a shell started with SIGINT ignored (under a CI job started in the
+    background, say) could never trap it, and the test would measure that instead of the demo."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def ui_answers(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2) as reply:
@@ -96,6 +102,7 @@ def test_ctrl_c_stops_ui_daemon_producer_then_broker(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     marker = f"DAGSTER_HOME={home}"
     try:
