@@ -33,10 +33,10 @@ import pyarrow.parquet as pq
 from confluent_kafka import KafkaError, Message, Producer
 
 from pipeline_project.batch.lake import (
-    PARQUET_OPTIONS,
     ROW_GROUP_ROWS,
     fsync_dir,
     fsync_file,
+    parquet_options,
     relative_path,
 )
 from pipeline_project.batch.parse import INT64_MAX, INT64_MIN, UTF8_BOM
@@ -780,7 +780,8 @@ def _write_days(days: dict[date, list[dict[str, Any]]], out: Path, rng: Range) -
         path = out / relative_path(rng, day)
         path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist(rows, schema=schema)
-        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
+        options = parquet_options(table.column_names)
+        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **options)
         fsync_file(path)
         fsync_dir(path.parent)
     return sum(len(rows) for rows in days.values())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date
 from pathlib import Path
 
@@ -36,6 +36,8 @@ FILE_COLUMN = "file"
 ID_COLUMNS = [lake.DATE_COLUMN, "event_id"]
 MAX_STREAMS = 32
 _SCHEMA = {FILE_COLUMN: pl.Categorical, lake.DATE_COLUMN: pl.Date, "event_id": pl.String}
+# The stored id columns, whichever way they arrive (read back, or from the written frame).
+_ARROW_IDS = pa.schema([(lake.DATE_COLUMN, pa.date32()), ("event_id", pa.large_string())])
 
 
 def index_path(state_dir: Path, table: str, day: date, topic: str, partition: int) -> Path:
@@ -49,19 +51,24 @@ def append_files(
     topic: str,
     partition: int,
     files: Iterable[lake.LakeFile],
+    known: Mapping[str, pa.Table] | None = None,
 ) -> None:
-    """Appends the ids of just-committed events files, read back from the lake (page-cache hot).
+    """Appends the ids of just-committed events files.
 
-    Best effort: the range is already committed, so a failure here only logs (readers then read
-    those files from the lake).
+    `known` maps a file's lake path to its (event_date, event_id) columns when the caller still
+    has the rows it wrote (measured: 25-55 ms saved per 177k-row file); other files are read back
+    from the lake (page-cache hot). Best effort: the range is already committed, so a failure
+    here only logs (readers then read those files from the lake).
     """
     for item in files:
         if item.table != lake.TABLE_EVENTS:
             continue
         try:
-            ids = lake.read_columns(lake.resolve(lake_dir, item.path), ID_COLUMNS)
+            ids = (known or {}).get(item.path)
+            if ids is None:
+                ids = lake.read_columns(lake.resolve(lake_dir, item.path), ID_COLUMNS)
             path = index_path(state_dir, item.table, item.day, topic, partition)
-            _add(path, _with_file(ids, item.path))
+            _add(path, _with_file(ids.select(ID_COLUMNS).cast(_ARROW_IDS), item.path))
         except (OSError, pa.ArrowException) as exc:
             log.warning("ids of %s not indexed (dedup reads the file instead): %s", item.path, exc)
 

@@ -1013,9 +1013,16 @@ def _same_commit(a: Manifest, b: Manifest) -> bool:
 
 
 def commit_manifest(
-    state_dir: Path, lake_dir: Path, intent: Intent, committed_at: datetime
+    state_dir: Path,
+    lake_dir: Path,
+    intent: Intent,
+    committed_at: datetime,
+    ids: Mapping[str, pa.Table] | None = None,
 ) -> Manifest:
     """The commit point: writes the range's manifest atomically and no-clobber.
+
+    `ids` (lake path -> event_date and event_id of the rows written there) saves reading the
+    files back for the committed-ids index (id_index.append_files).
 
     K8 fires between the fsynced temp file and its link. Every listed file must already be in the
     lake. An existing manifest for the same commit is accepted (idempotent); a different one raises
@@ -1035,7 +1042,9 @@ def commit_manifest(
             heads_path(state_dir, rng.topic, rng.partition),
             [_head_line(path.name, _file_identity(path), manifest.files)],
         )
-        id_index.append_files(state_dir, lake_dir, rng.topic, rng.partition, manifest.files)
+        id_index.append_files(
+            state_dir, lake_dir, rng.topic, rng.partition, manifest.files, known=ids
+        )
     except FileExistsError:
         existing = read_manifest(state_dir, rng)
         if existing is None or not _same_commit(existing, manifest):

@@ -11,12 +11,19 @@ against the lake) needs every row at once (`finish_batch`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 
 import polars as pl
 
-from pipeline_project.batch.parse import parse_batch
+from pipeline_project.batch.parse import (
+    OFFSET_COLUMN,
+    ParsedBatch,
+    native_split,
+    parse_batch,
+    parse_records,
+)
 from pipeline_project.batch.records import BatchResult, RawBatch, Reject
 from pipeline_project.batch.transform import DATE_COLUMN, filter_rows, to_lake_rows
 from pipeline_project.batch.validate import validate_frame
@@ -46,10 +53,35 @@ class MappedRows:
 def map_rows(raw: RawBatch, identity: Identity) -> MappedRows:
     """Parse, validate and transform: every step looks at one record at a time.
 
-    Each step's frame is dropped as soon as the next one exists: a 200k batch's frames are
-    ~100 MB each, and the run's peak memory is what the last three alive at once add up to.
+    With the native decoder, its rows are validated and transformed on a worker thread (polars
+    and pandera, mostly outside the GIL) while this thread runs the Python parse path over the
+    records it deferred; the two parts are then mapped rows of the same range, merged in offset
+    order. Measured on 200k events: 0.06 s less than one after the other.
     """
-    parsed = parse_batch(raw)
+    split = native_split(raw)
+    if split is None:
+        return _map_parsed(parse_batch(raw), raw.topic, raw.partition, identity)
+    # One worker: pandera's config context is process-wide, so validations never overlap.
+    frame, deferred = split.frame, split.deferred
+    del split
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-rows") as pool:
+        fast = pool.submit(_map_parsed, ParsedBatch(frame, []), raw.topic, raw.partition, identity)
+        del frame
+        slow_parsed = parse_records(*deferred)
+        slow = pool.submit(_map_parsed, slow_parsed, raw.topic, raw.partition, identity)
+        fast_rows, slow_rows = fast.result(), slow.result()
+    rows = fast_rows.rows.merge_sorted(slow_rows.rows, OFFSET_COLUMN)
+    return MappedRows(rows, sorted(fast_rows.rejects + slow_rows.rejects, key=lambda r: r.offset))
+
+
+def _map_parsed(
+    parsed: ParsedBatch, topic: str, partition: int, identity: Identity
+) -> MappedRows:
+    """Validate and transform parsed rows (the frames are dropped as soon as the next exists).
+
+    A 200k batch's frames are ~100 MB each, and the run's peak memory is what the last three
+    alive at once add up to.
+    """
     rejects = list(parsed.rejects)
     validated = validate_frame(
         parsed.frame,
@@ -61,8 +93,8 @@ def map_rows(raw: RawBatch, identity: Identity) -> MappedRows:
     rejects += validated.rejects
     lake = to_lake_rows(
         validated.frame,
-        topic=raw.topic,
-        partition=raw.partition,
+        topic=topic,
+        partition=partition,
         run_id=identity.run_id,
         ingested_at=identity.ingested_at,
     )

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import polars as pl
+import pyarrow as pa
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline_project.batch import lake, ledger
+from pipeline_project.batch import id_index, lake, ledger
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.plan import plan_ranges
@@ -320,7 +321,8 @@ def run_range(
         lake.publish_all(intent.files, lake_dir)
         steps.lap("publish")
         fault_point("K5")
-        manifest = ledger.commit_manifest(state, lake_dir, intent, committed_at=clock())
+        ids = ids_by_file(batch.good, staged)
+        manifest = ledger.commit_manifest(state, lake_dir, intent, committed_at=clock(), ids=ids)
         steps.lap("commit")
         ledger.finish_range(state, rng)
         fault_point("K7")
@@ -334,6 +336,18 @@ def run_range(
             latency_ms(batch.good),
             steps.steps,
         )
+
+
+def ids_by_file(good: pl.DataFrame, staged: list[lake.StagedFile]) -> dict[str, pa.Table]:
+    """Each staged events file's (event_date, event_id): the rows of its day, as written."""
+    if not staged:
+        return {}
+    ids = good.select(id_index.ID_COLUMNS).partition_by(lake.DATE_COLUMN, as_dict=True)
+    return {
+        s.path: ids[(s.day,)].to_arrow(compat_level=pl.CompatLevel.oldest())
+        for s in staged
+        if s.table == lake.TABLE_EVENTS and (s.day,) in ids
+    }
 
 
 def stage_and_send(

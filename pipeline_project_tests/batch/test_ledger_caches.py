@@ -10,11 +10,24 @@ import shutil
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from pipeline_project.batch import id_index, lake, ledger
 from pipeline_project.batch.ranges import Range
-from pipeline_project_tests.batch.ledger_support import DAY1, DAY2, TOPIC, run_protocol
+from pipeline_project.batch.run import ids_by_file
+from pipeline_project_tests.batch.ledger_support import (
+    COMMITTED_AT,
+    DAY1,
+    DAY2,
+    INGESTED_AT,
+    NOW,
+    TOPIC,
+    dlq_entries,
+    events_frame,
+    run_protocol,
+    split,
+)
 
 RANGES = [Range(TOPIC, 0, start, start + 20) for start in range(0, 120, 20)]
 
@@ -106,3 +119,33 @@ def test_deleted_heads_are_rebuilt_from_the_manifests(committed: Path) -> None:
         (m.range, m.files) for m in ledger.load_manifests(state)
     ]
     assert ledger.heads_path(state, TOPIC, 0).read_bytes().count(b"\n") == len(RANGES)
+
+
+def test_ids_handed_over_at_commit_index_what_reading_the_files_back_would(
+    tmp_path: Path,
+) -> None:
+    """A run gives the commit the ids of the rows it wrote; recovery reads them from the lake."""
+
+    def index_after_commit(data_dir: Path, hand_over: bool) -> pa.Table:
+        lake_dir, state = data_dir / "output", data_dir / "state"
+        rng = RANGES[0]
+        with ledger.partition_lock(state, rng.topic, rng.partition):
+            intent = ledger.write_intent(state, rng, "run-A", INGESTED_AT, NOW)
+            parts = split(rng)
+            frame = events_frame(rng, parts.good, intent.run_id, intent.ingested_at)
+            staged = lake.stage_days(lake.staging_dir(state, rng), rng, frame)
+            ids = ids_by_file(frame, staged) if hand_over else None
+            intent = ledger.prepare_intent(
+                state, intent, staged, dlq_entries(parts.dlq), parts.filtered, parts.consumed
+            )
+            lake.publish_all(intent.files, lake_dir)
+            ledger.commit_manifest(state, lake_dir, intent, COMMITTED_AT, ids=ids)
+        files = sorted((state / id_index.IDS_DIR).rglob("*.arrows"))
+        return pa.concat_tables(t for f in files for t in id_index._streams(f)[0])
+
+    handed, read_back = (
+        index_after_commit(tmp_path / "a", True),
+        index_after_commit(tmp_path / "b", False),
+    )
+    assert handed.num_rows == 16
+    assert handed.combine_chunks().equals(read_back.combine_chunks())

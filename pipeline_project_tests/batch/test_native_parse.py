@@ -21,7 +21,13 @@ from pipeline_project.batch import parse
 from pipeline_project.batch.parse import parse_batch, parse_path
 from pipeline_project.batch.process_bench import make_batch
 from pipeline_project.batch.records import RawBatch
-from pipeline_project_tests.batch.batch_support import encode, good_event, good_values, raw_batch
+from pipeline_project_tests.batch.batch_support import (
+    encode,
+    good_event,
+    good_values,
+    raw_batch,
+    run,
+)
 from pipeline_project_tests.batch.test_parse import GOOD, PARSE_CASES, TYPE_CASES, _type_case
 
 CARGO = shutil.which("cargo") or (Path.home() / ".cargo/bin/cargo")
@@ -174,3 +180,17 @@ def test_any_split_into_parts_gives_the_same_frame(parts: int) -> None:
     assert (len(split) > 1) == (parts > 1)
     assert_frame_equal(parse._frame_of_parts(split), parse._frame_of_parts(whole))
     assert deferred == sorted(deferred)
+
+
+@needs_native
+def test_a_whole_batch_maps_alike_without_the_native_decoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """process_batch (native rows mapped on a worker while Python parses the rest) == Python."""
+    raw = make_batch(20_000, 0.2, seed=4)
+    native = run(raw)
+    monkeypatch.setattr(parse, "_native", None)
+    python = run(raw)
+    assert_frame_equal(native.good, python.good)
+    assert native.rejects == python.rejects
+    assert native.filtered == python.filtered
