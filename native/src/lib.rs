@@ -368,6 +368,9 @@ fn parse_part(values: &[Option<&[u8]>], base: usize, spec: &Spec, max_bytes: usi
         seen_props: 0,
     };
     for (i, value) in values.iter().enumerate() {
+        if i == SAMPLE_ROWS {
+            reserve_text(&mut columns, i, values.len());
+        }
         match value {
             Some(bytes) if accept(bytes, spec, max_bytes, &mut row) => {
                 for ((column, cell), kind) in columns.iter_mut().zip(&row.cells).zip(&spec.kinds) {
@@ -378,6 +381,18 @@ fn parse_part(values: &[Option<&[u8]>], base: usize, spec: &Spec, max_bytes: usi
         }
     }
     Output { columns, deferred }
+}
+
+/// Rows after which each column's text buffer is sized for the whole part.
+const SAMPLE_ROWS: usize = 1024;
+
+/// Reserves each column's text for the rest of the part at 1.25x the sampled bytes per row, so
+/// the buffers rarely grow by doubling (each doubling copies and touches fresh pages).
+fn reserve_text(columns: &mut [Column], seen: usize, total: usize) {
+    for column in columns.iter_mut() {
+        let per_row = column.text.len().div_ceil(seen.max(1));
+        column.text.reserve(per_row * (total - seen) * 5 / 4);
+    }
 }
 
 /// Most text bytes one part may hold: string views address their buffer with a signed 32-bit
