@@ -92,6 +92,8 @@ class Settings:
     health_window_seconds: float = 900.0
     health_min_free_disk_mb: int = 1_024
     max_unknown_ua_share: float = 0.05
+    # The native parse decoder, when built: off only to rule it out (the results are the same).
+    native_parse: bool = True
     # DLQ reprocessing and its report (dlq/): tries before parking, schedule, repair policy, checks.
     dlq_max_attempts: int = 3
     dlq_reprocess_cron: str = "0 * * * *"
@@ -154,6 +156,7 @@ class Settings:
             health_window_seconds=_env_float("PIPELINE_HEALTH_WINDOW_SECONDS", 900.0, minimum=1),
             health_min_free_disk_mb=_env_int("PIPELINE_HEALTH_MIN_FREE_DISK_MB", 1_024),
             max_unknown_ua_share=_env_float("PIPELINE_MAX_UNKNOWN_UA_SHARE", 0.05),
+            native_parse=_env_bool("PIPELINE_NATIVE_PARSE", True),
             dlq_max_attempts=_env_int("PIPELINE_DLQ_MAX_ATTEMPTS", 3, minimum=2),
             dlq_reprocess_cron=env.get("PIPELINE_DLQ_REPROCESS_CRON") or "0 * * * *",
             dlq_naive_as_utc=_env_bool("PIPELINE_DLQ_NAIVE_AS_UTC", True),

@@ -143,8 +143,10 @@ class _DefectFound(Exception):
         self.defect = defect
 
 
-def parse_path() -> str:
+def parse_path(native: bool = True) -> str:
     """Which parse path runs here, for `health` and `make bench`."""
+    if not native:
+        return "python (the native decoder is switched off: PIPELINE_NATIVE_PARSE=false)"
     if _native is None:
         return "python (native decoder not built: `make install` builds it where cargo is found)"
     return f"native (pipeline-project-native {metadata.version('pipeline-project-native')})"

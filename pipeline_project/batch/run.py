@@ -383,7 +383,7 @@ def process(
     recoveries): an event id already in the lake for that day is a duplicate wherever its first
     copy came from.
     """
-    mapped = map_rows(raw, identity_of(settings, intent))
+    mapped = map_rows(raw, identity_of(settings, intent), native=settings.native_parse)
     return finish_batch(mapped, known_ids or committed_ids_of(settings))
 
 

@@ -19,9 +19,17 @@ from polars.testing import assert_frame_equal
 
 from pipeline_project.batch import parse
 from pipeline_project.batch.parse import parse_batch, parse_path
+from pipeline_project.batch.process import Identity, map_rows
 from pipeline_project.batch.process_bench import make_batch
 from pipeline_project.batch.records import RawBatch
+from pipeline_project.errors import SettingsError
+from pipeline_project.health import check_parser
+from pipeline_project.settings import Settings
 from pipeline_project_tests.batch.batch_support import (
+    INGESTED_AT,
+    LATENESS_DAYS,
+    NOW,
+    SKEW_SECONDS,
     encode,
     good_event,
     good_values,
@@ -194,3 +202,25 @@ def test_a_whole_batch_maps_alike_without_the_native_decoder(
     assert_frame_equal(native.good, python.good)
     assert native.rejects == python.rejects
     assert native.filtered == python.filtered
+
+
+def test_the_setting_switches_the_native_decoder_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIPELINE_NATIVE_PARSE=false: health says so, and a run never calls the decoder."""
+    monkeypatch.setenv("PIPELINE_NATIVE_PARSE", "false")
+    settings = Settings.from_env()
+    assert settings.native_parse is False
+    assert check_parser(settings).detail.startswith("python (the native decoder is switched off")
+
+    class Refusing:
+        def decode_columns(self, *args: object) -> None:
+            raise AssertionError("the native decoder ran although switched off")
+
+    monkeypatch.setattr(parse, "_native", Refusing())
+    raw = raw_batch(good_values(20) + [b"[]"])
+    identity = Identity("run-test", INGESTED_AT, NOW, LATENESS_DAYS, SKEW_SECONDS)
+    mapped = map_rows(raw, identity, native=settings.native_parse)
+    assert (mapped.rows.height, len(mapped.rejects)) == (20, 1)
+
+    monkeypatch.setenv("PIPELINE_NATIVE_PARSE", "sometimes")
+    with pytest.raises(SettingsError, match="PIPELINE_NATIVE_PARSE"):
+        Settings.from_env()
