@@ -102,6 +102,7 @@ impl Column {
     }
 
     fn push(&mut self, kind: Kind, cell: Cell, text: &[u8]) {
+        #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87
         if self.rows % 8 == 0 {
             self.bitmap.push(0);
         }
@@ -116,7 +117,8 @@ impl Column {
             }
             Cell::Str(start, len) => {
                 let bytes = &text[start..start + len];
-                self.values.extend_from_slice(&string_view(bytes, self.text.len()));
+                self.values
+                    .extend_from_slice(&string_view(bytes, self.text.len()));
                 if len > 12 {
                     self.text.extend_from_slice(bytes);
                 }
@@ -324,7 +326,11 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_> {
         let (spec, row) = (self.spec, self.row);
         let fields = if self.nested { &spec.props } else { &spec.top };
         while let Some(index) = map.next_key_seed(KeySeed(fields))? {
-            let seen = if self.nested { &mut row.seen_props } else { &mut row.seen };
+            let seen = if self.nested {
+                &mut row.seen_props
+            } else {
+                &mut row.seen
+            };
             if *seen & (1 << index) != 0 {
                 return Err(refuse("duplicate key"));
             }
@@ -334,10 +340,18 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_> {
                 if self.nested {
                     return Err(refuse("nested object"));
                 }
-                map.next_value_seed(ObjectSeed { spec, nested: true, row: &mut *row })?;
+                map.next_value_seed(ObjectSeed {
+                    spec,
+                    nested: true,
+                    row: &mut *row,
+                })?;
             } else {
                 let (kind, slot) = (field.kind, field.slot);
-                map.next_value_seed(CellSeed { kind, slot, row: &mut *row })?;
+                map.next_value_seed(CellSeed {
+                    kind,
+                    slot,
+                    row: &mut *row,
+                })?;
             }
         }
         Ok(())
@@ -351,7 +365,11 @@ fn accept(value: &[u8], spec: &Spec, max_bytes: usize, row: &mut Row) -> bool {
         return false;
     }
     let mut de = serde_json::Deserializer::from_slice(value);
-    let seed = ObjectSeed { spec, nested: false, row: &mut *row };
+    let seed = ObjectSeed {
+        spec,
+        nested: false,
+        row: &mut *row,
+    };
     if seed.deserialize(&mut de).is_err() || de.end().is_err() {
         return false;
     }
@@ -359,7 +377,11 @@ fn accept(value: &[u8], spec: &Spec, max_bytes: usize, row: &mut Row) -> bool {
 }
 
 fn parse_part(values: &[Option<&[u8]>], base: usize, spec: &Spec, max_bytes: usize) -> Output {
-    let mut columns: Vec<Column> = spec.kinds.iter().map(|k| Column::new(*k, values.len())).collect();
+    let mut columns: Vec<Column> = spec
+        .kinds
+        .iter()
+        .map(|k| Column::new(*k, values.len()))
+        .collect();
     let mut deferred = Vec::new();
     let mut row = Row {
         cells: vec![Cell::Null; spec.kinds.len()],
@@ -401,7 +423,11 @@ const PART_TEXT_LIMIT: usize = 1 << 30;
 
 /// Contiguous parts of about equal input size: at least `parts`, each under PART_TEXT_LIMIT.
 fn split(values: &[Option<&[u8]>], parts: usize, max_bytes: usize) -> Vec<(usize, usize)> {
-    let sizes = || values.iter().map(|v| v.map_or(0, |b| b.len().min(max_bytes)));
+    let sizes = || {
+        values
+            .iter()
+            .map(|v| v.map_or(0, |b| b.len().min(max_bytes)))
+    };
     let total: usize = sizes().sum();
     let count = parts.max(1).max(total.div_ceil(PART_TEXT_LIMIT));
     let target = total.div_ceil(count).max(1);
@@ -426,22 +452,33 @@ fn parse_all(values: &[Option<&[u8]>], spec: &Spec, max_bytes: usize, parts: usi
     std::thread::scope(|scope| {
         let handles: Vec<_> = bounds
             .iter()
-            .map(|&(start, stop)| scope.spawn(move || parse_part(&values[start..stop], start, spec, max_bytes)))
+            .map(|&(start, stop)| {
+                scope.spawn(move || parse_part(&values[start..stop], start, spec, max_bytes))
+            })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("parse thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("parse thread panicked"))
+            .collect()
     })
 }
 
 fn build_spec(top: Vec<(String, String, bool)>, props: Vec<(String, String)>) -> PyResult<Spec> {
     if top.len() > 64 || props.len() > 64 {
-        return Err(pyo3::exceptions::PyValueError::new_err("at most 64 keys per object"));
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "at most 64 keys per object",
+        ));
     }
     let mut kinds = Vec::new();
     let mut required_mask = 0u64;
     let mut fields = Vec::new();
     for (i, (name, kind, required)) in top.into_iter().enumerate() {
         let kind = Kind::parse(&kind)?;
-        let slot = if kind == Kind::Object { usize::MAX } else { kinds.len() };
+        let slot = if kind == Kind::Object {
+            usize::MAX
+        } else {
+            kinds.len()
+        };
         if kind != Kind::Object {
             kinds.push(kind);
         }
@@ -454,12 +491,23 @@ fn build_spec(top: Vec<(String, String, bool)>, props: Vec<(String, String)>) ->
     for (name, kind) in props {
         let kind = Kind::parse(&kind)?;
         if kind == Kind::Object {
-            return Err(pyo3::exceptions::PyValueError::new_err("properties are scalars"));
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "properties are scalars",
+            ));
         }
-        prop_fields.push(Field { name, kind, slot: kinds.len() });
+        prop_fields.push(Field {
+            name,
+            kind,
+            slot: kinds.len(),
+        });
         kinds.push(kind);
     }
-    Ok(Spec { top: fields, required_mask, props: prop_fields, kinds })
+    Ok(Spec {
+        top: fields,
+        required_mask,
+        props: prop_fields,
+        kinds,
+    })
 }
 
 type Part = (usize, Vec<(Option<Buffer>, Buffer, Buffer)>);

@@ -11,6 +11,7 @@ Both paths give the same frame and rejects for any input (test_native_parse).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from pipeline_project.events.contract import (
     REQUIRED_FIELDS,
 )
 from pipeline_project.perf import paused_gc
+
+log = logging.getLogger(__name__)
 
 try:  # the optional native decoder (native/); without it every record takes the Python path
     import pipeline_project_native as _native
@@ -215,9 +218,15 @@ def native_split(raw: RawBatch) -> NativeSplit | None:
     """
     if _native is None or not len(raw):
         return None
-    deferred, parts = _native.decode_columns(
-        raw.values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES
-    )
+    try:
+        deferred, parts = _native.decode_columns(
+            raw.values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES
+        )
+    except BaseException as exc:  # a Rust panic arrives as pyo3's PanicException (BaseException)
+        if type(exc).__name__ != "PanicException" and not isinstance(exc, Exception):
+            raise
+        log.warning("native decoder failed (%s); this batch takes the Python parse path", exc)
+        return None
     lineage = pl.DataFrame(
         [
             pl.Series(OFFSET_COLUMN, raw.offsets, dtype=pl.Int64),

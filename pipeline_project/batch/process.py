@@ -60,7 +60,7 @@ def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> Mappe
     """
     split = native_split(raw) if native else None
     if split is None:
-        return _map_parsed(parse_batch(raw, native=native), raw.topic, raw.partition, identity)
+        return _map_parsed(parse_batch(raw, native=False), raw.topic, raw.partition, identity)
     # One worker: pandera's config context is process-wide, so validations never overlap.
     frame, deferred = split.frame, split.deferred
     del split

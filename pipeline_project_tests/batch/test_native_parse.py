@@ -224,3 +224,21 @@ def test_the_setting_switches_the_native_decoder_off(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PIPELINE_NATIVE_PARSE", "sometimes")
     with pytest.raises(SettingsError, match="PIPELINE_NATIVE_PARSE"):
         Settings.from_env()
+
+
+def test_a_failing_native_decoder_falls_back_to_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even a Rust panic (pyo3 raises it as a BaseException) never fails the batch."""
+
+    class PanicException(BaseException):
+        pass
+
+    class Panicking:
+        def decode_columns(self, *args: object) -> None:
+            raise PanicException("index out of bounds")
+
+    raw = make_batch(2_000, 0.1, seed=6)
+    expected = parse_batch(raw, native=False)
+    monkeypatch.setattr(parse, "_native", Panicking())
+    got = parse_batch(raw)
+    assert_frame_equal(got.frame, expected.frame)
+    assert got.rejects == expected.rejects
