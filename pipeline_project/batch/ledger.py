@@ -1073,11 +1073,14 @@ def committed_ids(
     topic: str | None = None,
     partition: int | None = None,
     table: str = lake.TABLE_EVENTS,
+    among: pl.Series | None = None,
 ) -> pl.DataFrame:
     """Distinct (event_date, event_id) committed on the given days, for cross-range dedup.
 
     Reads only manifest-listed files, so strays and in-flight files never count: their ids come
     from the committed-ids index when it holds them (id_index.py), else from the file itself.
+    With `among` (a batch's ids), only the pairs whose id is among them are kept, file by file:
+    a batch's lookup then holds its matches, not the day's millions of ids.
     """
     wanted = {lake.validate_day(d) for d in days}
     by_day: dict[date, dict[str, int]] = {}
@@ -1088,10 +1091,12 @@ def committed_ids(
     schema = {lake.DATE_COLUMN: pl.Date, "event_id": pl.String}
     tables: list[pa.Table] = []
     for day, files in sorted(by_day.items()):
-        indexed, covered = id_index.read_indexed(state_dir, table, day, files)
+        indexed, covered = id_index.read_indexed(state_dir, table, day, files, among)
         if indexed is not None:
             tables.append(indexed)
-        tables += [_read_ids(lake.resolve(lake_dir, f)) for f in sorted(files) if f not in covered]
+        for f in sorted(files):
+            if f not in covered:
+                tables.append(id_index.keep_among(_read_ids(lake.resolve(lake_dir, f)), among))
     if not tables:
         return pl.DataFrame(schema=schema)
     frame = pl.concat([pl.DataFrame(t).cast(schema) for t in tables])  # type: ignore[arg-type]

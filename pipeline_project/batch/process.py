@@ -28,7 +28,8 @@ from pipeline_project.batch.records import BatchResult, RawBatch, Reject
 from pipeline_project.batch.transform import DATE_COLUMN, filter_rows, to_lake_rows
 from pipeline_project.batch.validate import validate_frame
 
-CommittedIds = Callable[[list[date]], pl.DataFrame]
+# (days, the batch's event ids) -> the (event_date, event_id) pairs among them already committed.
+CommittedIds = Callable[[list[date], pl.Series], pl.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,14 @@ def _map_parsed(parsed: ParsedBatch, topic: str, partition: int, identity: Ident
 def finish_batch(mapped: MappedRows, committed_ids: CommittedIds | None) -> BatchResult:
     """Filters bots, test users and duplicates (in the range and against the lake's days).
 
-    `committed_ids(days)` returns the (event_date, event_id) pairs already in the lake for those
-    UTC days; it is called at most once, and only with the days this batch has rows for.
+    `committed_ids(days, ids)` returns the (event_date, event_id) pairs already in the lake for
+    those UTC days, at least those whose id is among `ids` (the batch's, lower-cased): a day of
+    the lake holds millions of ids, and a lookup only needs the few this batch repeats. It is
+    called at most once, and only with the days this batch has rows for.
     """
     days = mapped.rows.get_column(DATE_COLUMN).unique().sort().to_list()
-    known = committed_ids(days) if committed_ids is not None and days else None
+    ids = mapped.rows.get_column("event_id").unique()
+    known = committed_ids(days, ids) if committed_ids is not None and days else None
     kept = filter_rows(mapped.rows, known)
     return BatchResult(good=kept.good, rejects=mapped.rejects, filtered=kept.filtered)
 

@@ -28,7 +28,7 @@ from pipeline_project.batch import id_index, lake, ledger
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.plan import plan_ranges
-from pipeline_project.batch.process import Identity, finish_batch, map_rows
+from pipeline_project.batch.process import CommittedIds, Identity, finish_batch, map_rows
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
 from pipeline_project.batch.recover import recover
@@ -375,7 +375,7 @@ def process(
     settings: Settings,
     raw: RawBatch,
     intent: ledger.Intent,
-    known_ids: Callable[[list[date]], pl.DataFrame] | None = None,
+    known_ids: CommittedIds | None = None,
 ) -> BatchResult:
     """Parse, validate, transform with the intent's identity, so a retry is byte-identical.
 
@@ -398,11 +398,13 @@ def identity_of(settings: Settings, intent: ledger.Intent) -> Identity:
     )
 
 
-def committed_ids_of(settings: Settings) -> Callable[[list[date]], pl.DataFrame]:
+def committed_ids_of(settings: Settings) -> CommittedIds:
     """The day's committed event ids from every source (raw partitions and DLQ recoveries)."""
 
-    def committed(days: list[date]) -> pl.DataFrame:
-        return ledger.committed_ids(settings.lake_dir, days, state_dir=settings.state_dir)
+    def committed(days: list[date], ids: pl.Series) -> pl.DataFrame:
+        return ledger.committed_ids(
+            settings.lake_dir, days, state_dir=settings.state_dir, among=ids
+        )
 
     return committed
 

@@ -43,6 +43,7 @@ from pipeline_project.batch.lake import (
 )
 from pipeline_project.batch.ledger import DlqEntry
 from pipeline_project.batch.plan import plan_ranges
+from pipeline_project.batch.process import CommittedIds
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch, Reject
 from pipeline_project.batch.recover import recover
@@ -316,8 +317,10 @@ def _retry(run: _Run, rng: Range, intent: ledger.Intent, tries: list[Live]) -> _
         groups.setdefault(key, []).append((record, message.offset, fixed.value))
     accepted: list[pl.DataFrame] = []
 
-    def known_ids(days: list[date]) -> pl.DataFrame:
-        committed = ledger.committed_ids(settings.lake_dir, days, state_dir=settings.state_dir)
+    def known_ids(days: list[date], ids: pl.Series) -> pl.DataFrame:
+        committed = ledger.committed_ids(
+            settings.lake_dir, days, state_dir=settings.state_dir, among=ids
+        )
         ours = [
             f.select(committed.columns).filter(pl.col(DATE_COLUMN).is_in(days)) for f in accepted
         ]
@@ -338,7 +341,7 @@ def _validate_group(
     topic: str,
     partition: int,
     group: Group,
-    known_ids: Callable[[list[date]], pl.DataFrame],
+    known_ids: CommittedIds,
     tried: _Tried,
 ) -> pl.DataFrame:
     """One source partition's repaired records through process_batch; returns its lake rows."""

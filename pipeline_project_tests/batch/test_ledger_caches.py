@@ -32,18 +32,20 @@ from pipeline_project_tests.batch.ledger_support import (
 RANGES = [Range(TOPIC, 0, start, start + 20) for start in range(0, 120, 20)]
 
 
-def _committed(tmp_path: Path) -> pl.DataFrame:
-    return ledger.committed_ids(tmp_path / "output", [DAY1, DAY2], state_dir=tmp_path / "state")
+def _committed(tmp_path: Path, among: pl.Series | None = None) -> pl.DataFrame:
+    return ledger.committed_ids(
+        tmp_path / "output", [DAY1, DAY2], state_dir=tmp_path / "state", among=among
+    )
 
 
-def _from_lake_only(tmp_path: Path) -> pl.DataFrame:
+def _from_lake_only(tmp_path: Path, among: pl.Series | None = None) -> pl.DataFrame:
     """The same question answered with both caches gone (and no way to rebuild the ids index)."""
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "state", copy / "state")
     shutil.copytree(tmp_path / "output", copy / "output")
     shutil.rmtree(copy / "state" / id_index.IDS_DIR)
     shutil.rmtree(copy / "state" / ledger.HEADS_DIR)
-    return _committed(copy)
+    return _committed(copy, among)
 
 
 @pytest.fixture
@@ -59,6 +61,17 @@ def test_dedup_ids_come_from_the_index_and_equal_the_lake(committed: Path) -> No
     indexed = _committed(committed)
     assert indexed.height == 6 * 16  # 20 offsets a range, 4 of them DLQ or filtered
     assert indexed.equals(_from_lake_only(committed))
+
+
+def test_a_lookup_among_a_batch_s_ids_returns_exactly_those(committed: Path) -> None:
+    """A run asks only about its own ids; index and lake answer alike, unknown ids find nothing."""
+    everything = _committed(committed)
+    asked = everything.get_column("event_id").gather([0, 7, 50, 95])
+    among = pl.concat([asked, pl.Series(["00000000-0000-4000-8000-00000000ffff"])])
+    expected = everything.filter(pl.col("event_id").is_in(asked.implode()))
+    assert expected.height == 4
+    assert _committed(committed, among).equals(expected)
+    assert _from_lake_only(committed, among).equals(expected)
 
 
 def test_a_torn_or_wrong_index_is_never_believed(committed: Path) -> None:

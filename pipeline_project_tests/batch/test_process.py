@@ -127,7 +127,9 @@ def test_all_bad_batch_writes_no_rows() -> None:
 
 def test_empty_batch() -> None:
     calls: list[list[date]] = []
-    result = run(raw_batch([]), committed_ids=lambda days: calls.append(days) or pl.DataFrame())
+    result = run(
+        raw_batch([]), committed_ids=lambda days, ids: calls.append(days) or pl.DataFrame()
+    )
     assert result.good.height == 0 and result.good.schema == pl.Schema(LAKE_SCHEMA)
     assert result.rejects == [] and result.filtered_counts() == dict.fromkeys(FILTER_REASONS, 0)
     assert calls == [], "no rows, no lookup"
@@ -140,8 +142,9 @@ def test_duplicates_within_batch_and_against_committed_ids() -> None:
     values.append(encode(good_event(10, user_id="test_load_1")))
     calls: list[list[date]] = []
 
-    def committed(days: list[date]) -> pl.DataFrame:
+    def committed(days: list[date], ids: pl.Series) -> pl.DataFrame:
         calls.append(days)
+        assert event_id(4) in ids.to_list(), "the lookup is asked about the batch's ids"
         return pl.DataFrame({"event_date": [date(2025, 3, 1)], "event_id": [event_id(4)]})
 
     raw = raw_batch(values)
