@@ -10,6 +10,7 @@ done.
 from __future__ import annotations
 
 import gc
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,23 @@ def paused_gc() -> Iterator[None]:
         if was_enabled:
             gc.enable()
             gc.collect(1)
+
+
+# While two threads share work, the one that needs the GIL back (often for a moment, between two
+# calls into polars, pyarrow or librdkafka that release it) waits up to the switch interval
+# (5 ms) for the other: measured 0.04-0.07 s of a 200k range's staging. 0.5 ms cuts the waits.
+OVERLAP_SWITCH_INTERVAL_S = 0.0005
+
+
+@contextmanager
+def quick_gil_handoff() -> Iterator[None]:
+    """A short GIL switch interval for a block where threads overlap; restored after it."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(OVERLAP_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 class StepClock:

@@ -27,6 +27,7 @@ from pipeline_project.batch.parse import (
 from pipeline_project.batch.records import BatchResult, RawBatch, Reject
 from pipeline_project.batch.transform import DATE_COLUMN, filter_rows, to_lake_rows
 from pipeline_project.batch.validate import validate_frame
+from pipeline_project.perf import quick_gil_handoff
 
 # (days, the batch's event ids) -> the (event_date, event_id) pairs among them already committed.
 CommittedIds = Callable[[list[date], pl.Series], pl.DataFrame]
@@ -65,7 +66,10 @@ def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> Mappe
     # One worker: pandera's config context is process-wide, so validations never overlap.
     frame, deferred = split.frame, split.deferred
     del split
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-rows") as pool:
+    with (
+        quick_gil_handoff(),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-rows") as pool,
+    ):
         fast = pool.submit(_map_parsed, ParsedBatch(frame, []), raw.topic, raw.partition, identity)
         del frame
         slow_parsed = parse_records(*deferred)

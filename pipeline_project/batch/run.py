@@ -37,7 +37,7 @@ from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import DataLossError, PipelineError, StorageError
 from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.kafka.drain import drain_range, make_consumer
-from pipeline_project.perf import StepClock, paused_gc
+from pipeline_project.perf import StepClock, paused_gc, quick_gil_handoff
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,10 @@ def stage_and_send(
     the DLQ send, a re-run re-sends the same records, which readers recognise by their source
     coordinates (the same outcome as a crash at K6).
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlq-send") as pool:
+    with (
+        quick_gil_handoff(),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlq-send") as pool,
+    ):
         sending = pool.submit(send_rejects, dlq, rng, sources, batch, intent)
         staged = lake.stage_days(lake.staging_dir(settings.state_dir, rng), rng, batch.good)
         return staged, sending.result()
