@@ -63,6 +63,9 @@ PARQUET_OPTIONS: dict[str, Any] = {
     # dictionary pages already did most of the work).
     "compression_level": 1,
     "write_page_checksum": True,
+    # Parquet's own types only (UTF-8, TIMESTAMP(us, UTC), DATE, ...): no ARROW:schema, which
+    # would pin Arrow reader types (string views) that older readers cannot take.
+    "store_schema": False,
     "write_statistics": True,
     "use_dictionary": True,
 }
@@ -429,11 +432,16 @@ def _int_bounds(values: pl.Series) -> tuple[int, int]:
 
 
 def _to_arrow(df: pl.DataFrame) -> pa.Table:
-    """Offset-sorted, single-chunk, metadata-free Arrow table: the same rows give the same bytes."""
+    """Offset-sorted, single-chunk, metadata-free Arrow table: the same rows give the same bytes.
+
+    Strings stay polars' string views, no copy (measured: 20-35 ms and ~80 MB of a 177k-row
+    file's staging with large_string). Parquet stores them as plain UTF-8 byte arrays either
+    way, and the files carry no Arrow schema (PARQUET_OPTIONS), so readers see `string`.
+    """
     offset_column = range_columns(df)[0]
     if offset_column in df.columns and not df.get_column(offset_column).is_sorted():
         df = df.sort(offset_column, maintain_order=True)
-    table = df.to_arrow(compat_level=pl.CompatLevel.oldest()).combine_chunks()
+    table = df.to_arrow(compat_level=pl.CompatLevel.newest()).combine_chunks()
     return table.replace_schema_metadata(None)
 
 
