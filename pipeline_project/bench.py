@@ -82,16 +82,21 @@ from pipeline_project.settings import Settings
 
 EVENTS = 200_000
 TIMED_RUNS = 3
+# Micro-batch latency: consecutive small ranges at the log end, in one run.
+SMALL_RANGES, SMALL_RANGE = 5, 100
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=EVENTS)
     parser.add_argument("--skip-producer", action="store_true", help="skip the producer figures")
-    parser.add_argument("--child-ingest", nargs=2, metavar=("TOPIC", "END"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child-ingest", nargs="+", metavar="TOPIC END [START STEP]", help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.child_ingest:
-        return _child_ingest(args.child_ingest[0], int(args.child_ingest[1]))
+        topic, *bounds = args.child_ingest
+        return _child_ingest(topic, *map(int, bounds))
     base = Settings.from_env()
     broker = None
     if not metadata_ok(base.bootstrap, timeout=3.0):
@@ -128,6 +133,7 @@ def run_bench(base: Settings, n: int) -> dict:
         os.sync()
         figures["raw_consume"] = _raw_consume(settings, end)
         figures["drain_to_commit"] = _ingest_runs(settings, end, work)
+        figures["small_ranges"] = _small_ranges(settings, end, work)
         figures["per_event_baseline"] = _baseline_runs(settings, end, work)
         path = figures["drain_to_commit"]["events_per_s"]
         figures["ratios"] = {
@@ -239,7 +245,24 @@ def _ingest_runs(settings: Settings, end: int, work: Path) -> dict:
     }
 
 
-def _ingest_child(settings: Settings, end: int, data_dir: Path) -> dict:
+def _small_ranges(settings: Settings, end: int, work: Path) -> dict:
+    """Micro-batch latency: SMALL_RANGES consecutive small ranges up to the log end, one run.
+
+    As a sensor-launched run drains them when it catches up (a fresh process).
+    """
+    start = end - SMALL_RANGES * SMALL_RANGE
+    run = _ingest_child(settings, end, work / "small-ranges", start, SMALL_RANGE)
+    return {
+        "ranges": SMALL_RANGES,
+        "records_per_range": SMALL_RANGE,
+        "seconds": run["seconds"],
+        "seconds_per_range": round(run["seconds"] / SMALL_RANGES, 3),
+    }
+
+
+def _ingest_child(
+    settings: Settings, end: int, data_dir: Path, start: int = 0, step: int = 0
+) -> dict:
     done = subprocess.run(
         [
             sys.executable,
@@ -248,6 +271,8 @@ def _ingest_child(settings: Settings, end: int, data_dir: Path) -> dict:
             "--child-ingest",
             settings.raw_topic,
             str(end),
+            str(start),
+            str(step or end - start),
         ],
         env={**_env(settings), "PIPELINE_DATA_DIR": str(data_dir)},
         capture_output=True,
@@ -259,12 +284,15 @@ def _ingest_child(settings: Settings, end: int, data_dir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _child_ingest(topic: str, end: int) -> int:
+def _child_ingest(topic: str, end: int, start: int = 0, step: int = 0) -> int:
+    """Ingests [start, end) of partition 0 in ranges of `step` records (one range by default)."""
     from pipeline_project.batch.run import ingest
 
     settings = Settings.from_env()
+    step = step or end - start
+    ranges = [Range(topic, 0, a, min(a + step, end)) for a in range(start, end, step)]
     started = time.perf_counter()
-    result = ingest(settings, [Range(topic, 0, 0, end)], run_id="bench")
+    result = ingest(settings, ranges, run_id="bench")
     seconds = time.perf_counter() - started
     print(
         json.dumps(
