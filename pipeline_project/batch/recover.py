@@ -10,7 +10,9 @@ alone: their runs may be publishing right now under their own locks.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,7 +96,7 @@ def recover(
     run.clean_manifests()
     run.resolve_intents()
     run.remove_orphan_staging()
-    manifests = ledger.load_heads(state_dir, topic, partition)
+    manifests = run.heads()
     run.sweep_lake(manifests)
     run.verify_committed(manifests, deep)
     report = run.report
@@ -125,6 +127,7 @@ class _Recovery:
     state_dir: Path
     report: RecoveryReport
     moment: datetime
+    scanned: list[ledger.ManifestHead] | None = None  # clean_manifests' heads, if it changed none
 
     @property
     def topic(self) -> str:
@@ -144,9 +147,29 @@ class _Recovery:
 
     # ---------------------------------------------------------------------------------- ledger
 
+    def heads(self) -> list[ledger.ManifestHead]:
+        """The partition's manifest heads after the ledger steps, scanned once when possible.
+
+        The first scan's heads are reused when nothing has changed the ledger since (the usual
+        case): each scan stats every manifest of the partition.
+        """
+        if self.scanned is not None and not self.changed_ledger():
+            return self.scanned
+        return ledger.load_heads(self.state_dir, self.topic, self.partition)
+
+    def changed_ledger(self) -> bool:
+        report = self.report
+        return bool(
+            report.ledger_problems
+            or report.rolled_forward
+            or report.already_committed
+            or report.stale_intents
+        )
+
     def clean_manifests(self) -> None:
         """Temp files of an interrupted manifest write go; torn manifests are quarantined."""
         scan = ledger.scan_heads(self.state_dir, self.topic, self.partition)
+        self.scanned = None if scan.temp_files or scan.problems else scan.heads
         for tmp in scan.temp_files:
             tmp.unlink(missing_ok=True)
         root = self.state_dir / ledger.MANIFESTS_DIR
@@ -247,19 +270,20 @@ class _Recovery:
             self.quarantine(entry, "not a lake table directory")
 
     def sweep_table(self, table_dir: Path, listed: set[str]) -> None:
-        for day_dir in sorted(table_dir.iterdir()):
+        """One table's day dirs and files, from directory entries (no stat per file)."""
+        for day_dir in sorted(os.scandir(table_dir), key=lambda e: e.name):
             rel_day = f"{table_dir.name}/{day_dir.name}"
-            if day_dir.is_symlink() or not day_dir.is_dir() or not lake.parse_day_dir(day_dir.name):
-                self.quarantine(day_dir, f"not a partition directory: {rel_day}")
+            if not day_dir.is_dir(follow_symlinks=False) or not lake.parse_day_dir(day_dir.name):
+                self.quarantine(Path(day_dir.path), f"not a partition directory: {rel_day}")
                 continue
-            for item in sorted(day_dir.iterdir()):
+            for item in sorted(os.scandir(day_dir.path), key=lambda e: e.name):
                 reason = self.stray_reason(f"{rel_day}/{item.name}", item, listed)
                 if reason:
-                    self.quarantine(item, reason)
+                    self.quarantine(Path(item.path), reason)
 
-    def stray_reason(self, rel: str, item: Path, listed: set[str]) -> str:
+    def stray_reason(self, rel: str, item: os.DirEntry[str], listed: set[str]) -> str:
         """Why `item` must leave the lake ("" when it stays: committed, or another partition's)."""
-        if not item.is_file() or item.is_symlink():
+        if not item.is_file(follow_symlinks=False):
             return "not a regular file"
         name = lake.parse_relative_path(rel)
         if name is None:
@@ -269,16 +293,25 @@ class _Recovery:
         return "no manifest lists this file"
 
     def verify_committed(self, manifests: list[ledger.ManifestHead], deep: bool) -> None:
-        """Committed files must be present and intact: damaged ones quarantined, all reported."""
+        """Committed files must be present and intact: damaged ones quarantined, all reported.
+
+        One lstat per file under the lake root's real path: the sweep before this has moved
+        every symlinked table or day directory and every non-regular file aside, so no listed
+        path can lead outside the root (P11).
+        """
+        root = os.path.realpath(self.lake_dir)
         for manifest in manifests:
             for item in manifest.files:
-                target = lake.resolve(self.lake_dir, item.path)
-                if not target.exists():
+                target = os.path.join(root, item.path)
+                try:
+                    info = os.lstat(target)
+                except FileNotFoundError:
                     self.report.missing.append(item.path)
                     continue
-                intact = target.is_file() and target.stat().st_size == item.size
+                intact = stat.S_ISREG(info.st_mode) and info.st_size == item.size
                 if intact and deep:
-                    intact = lake.sha256_file(target) == item.sha256
+                    intact = lake.sha256_file(Path(target)) == item.sha256
                 if not intact:
                     self.report.corrupt.append(item.path)
-                    self.quarantine(target, f"differs from manifest {manifest.range.range_id}")
+                    reason = f"differs from manifest {manifest.range.range_id}"
+                    self.quarantine(Path(target), reason)
