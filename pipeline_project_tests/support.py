@@ -17,12 +17,14 @@ PYTHON = sys.executable
 def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a subprocess needs to see the same settings as the test."""
     env = dict(os.environ)
-    env.update({
-        "PIPELINE_KAFKA_BOOTSTRAP": settings.bootstrap,
-        "PIPELINE_RAW_TOPIC": settings.raw_topic,
-        "PIPELINE_DLQ_TOPIC": settings.dlq_topic,
-        "PIPELINE_DATA_DIR": str(settings.data_dir),
-    })
+    env.update(
+        {
+            "PIPELINE_KAFKA_BOOTSTRAP": settings.bootstrap,
+            "PIPELINE_RAW_TOPIC": settings.raw_topic,
+            "PIPELINE_DLQ_TOPIC": settings.dlq_topic,
+            "PIPELINE_DATA_DIR": str(settings.data_dir),
+        }
+    )
     env.update(extra)
     return env
 

@@ -90,6 +90,7 @@ def parquet_options(columns: list[str]) -> dict[str, Any]:
         "write_statistics": [c for c in columns if c not in UNPRUNABLE_COLUMNS],
     }
 
+
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _TABLE_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 _DAY_DIR_RE = re.compile(r"date=(\d{4}-\d{2}-\d{2})")

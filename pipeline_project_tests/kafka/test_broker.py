@@ -1,5 +1,4 @@
-"""The local broker and topics, on a real Kafka: lifecycle, idempotence, clear errors, a round trip.
-"""
+"""The local broker and topics, on a real Kafka: lifecycle, idempotence, errors, a round trip."""
 
 from __future__ import annotations
 
