@@ -305,7 +305,7 @@ class _Recovery:
                 target = os.path.join(root, item.path)
                 try:
                     info = os.lstat(target)
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):
                     self.report.missing.append(item.path)
                     continue
                 intact = stat.S_ISREG(info.st_mode) and info.st_size == item.size

@@ -72,13 +72,13 @@ def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int
     only re-sent ~0.7 s later (measured: 3 of 100 fresh consumers, and about one bench run in
     six). A second query goes out at once, on the new connection.
     """
-    partition_ = TopicPartition(topic, partition)
+    where = TopicPartition(topic, partition)
     try:
-        return consumer.get_watermark_offsets(partition_, timeout=FIRST_QUERY_TIMEOUT_S)
+        return consumer.get_watermark_offsets(where, timeout=FIRST_QUERY_TIMEOUT_S)
     except KafkaException:
         pass  # asked again below, with the full bound and its error
     try:
-        return consumer.get_watermark_offsets(partition_, timeout=METADATA_TIMEOUT_S)
+        return consumer.get_watermark_offsets(where, timeout=METADATA_TIMEOUT_S)
     except KafkaException as exc:
         raise KafkaUnavailableError(
             f"could not read offsets of {topic}[{partition}] within {METADATA_TIMEOUT_S:.0f} s: "
