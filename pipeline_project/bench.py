@@ -272,7 +272,7 @@ def _ingest_child(
             settings.raw_topic,
             str(end),
             str(start),
-            str(step or end - start),
+            str(step),
         ],
         env={**_env(settings), "PIPELINE_DATA_DIR": str(data_dir)},
         capture_output=True,
@@ -285,7 +285,7 @@ def _ingest_child(
 
 
 def _child_ingest(topic: str, end: int, start: int = 0, step: int = 0) -> int:
-    """Ingests [start, end) of partition 0 in ranges of `step` records (one range by default)."""
+    """Ingests [start, end) of partition 0 in ranges of `step` records (0: one range)."""
     from pipeline_project.batch.run import ingest
 
     settings = Settings.from_env()

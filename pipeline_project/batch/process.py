@@ -63,7 +63,8 @@ def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> Mappe
     split = native_split(raw) if native else None
     if split is None:
         return _map_parsed(parse_batch(raw, native=False), raw.topic, raw.partition, identity)
-    # One worker: pandera's config context is process-wide, so validations never overlap.
+    # One worker, which maps the two parts one after the other: pandera then never runs on two
+    # threads at once, and more threads would only compete for the same two cores.
     frame, deferred = split.frame, split.deferred
     del split
     with (

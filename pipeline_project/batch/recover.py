@@ -150,21 +150,12 @@ class _Recovery:
     def heads(self) -> list[ledger.ManifestHead]:
         """The partition's manifest heads after the ledger steps, scanned once when possible.
 
-        The first scan's heads are reused when nothing has changed the ledger since (the usual
-        case): each scan stats every manifest of the partition.
+        The first scan's heads are reused unless it found torn manifests or temp files, or a
+        roll-forward has written a manifest since: each scan stats every manifest.
         """
-        if self.scanned is not None and not self.changed_ledger():
+        if self.scanned is not None and not self.report.rolled_forward:
             return self.scanned
         return ledger.load_heads(self.state_dir, self.topic, self.partition)
-
-    def changed_ledger(self) -> bool:
-        report = self.report
-        return bool(
-            report.ledger_problems
-            or report.rolled_forward
-            or report.already_committed
-            or report.stale_intents
-        )
 
     def clean_manifests(self) -> None:
         """Temp files of an interrupted manifest write go; torn manifests are quarantined."""

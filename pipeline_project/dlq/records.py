@@ -65,22 +65,22 @@ class DlqRecord:
         """Contract headers, each value bounded so a DLQ record always fits its topic's limit.
 
         Built for thousands of records per range: the values a range repeats (topic, stage,
-        rule, run id, ...) are encoded once (`_header_value`); only offsets, timestamps and
+        rule, run id, ...) are encoded once (`_encode_shared`); only offsets, timestamps and
         messages are encoded per record.
         """
         return [
-            (SOURCE_TOPIC, _header_value(self.source_topic)),
-            (SOURCE_PARTITION, _header_value(str(self.source_partition))),
-            (SOURCE_OFFSET, _header_value_once(str(self.source_offset))),
-            (SOURCE_TIMESTAMP, _header_value_once(str(self.source_timestamp_ms))),
-            (ERROR_STAGE, _header_value(self.stage)),
-            (ERROR_CATEGORY, _header_value(self.category)),
-            (ERROR_RULE, _header_value(self.rule)),
-            (ERROR_FIELD, _header_value(self.field)),
+            (SOURCE_TOPIC, _encode_shared(self.source_topic)),
+            (SOURCE_PARTITION, _encode_shared(str(self.source_partition))),
+            (SOURCE_OFFSET, _encode_header(str(self.source_offset))),
+            (SOURCE_TIMESTAMP, _encode_header(str(self.source_timestamp_ms))),
+            (ERROR_STAGE, _encode_shared(self.stage)),
+            (ERROR_CATEGORY, _encode_shared(self.category)),
+            (ERROR_RULE, _encode_shared(self.rule)),
+            (ERROR_FIELD, _encode_shared(self.field)),
             (ERROR_MESSAGE, bounded(self.message, MAX_MESSAGE_CHARS).encode("utf-8", "replace")),
-            (ATTEMPT, _header_value(str(self.attempt))),
-            (RUN_ID, _header_value(self.run_id)),
-            (FAILED_AT, _header_value(self.failed_at)),
+            (ATTEMPT, _encode_shared(str(self.attempt))),
+            (RUN_ID, _encode_shared(self.run_id)),
+            (FAILED_AT, _encode_shared(self.failed_at)),
         ]
 
     @property
@@ -128,13 +128,13 @@ class DlqRecord:
         return datetime.fromtimestamp(self.source_timestamp_ms / 1000, tz=UTC)
 
 
-def _header_value_once(text: str) -> bytes:
+def _encode_header(text: str) -> bytes:
     """A header value bounded to MAX_VALUE_CHARS, as UTF-8 (bad surrogates replaced)."""
     return bounded(text, MAX_VALUE_CHARS).encode("utf-8", "replace")
 
 
 # The values a range's records share, encoded once per distinct value.
-_header_value = lru_cache(maxsize=4096)(_header_value_once)
+_encode_shared = lru_cache(maxsize=4096)(_encode_header)
 
 
 def bounded(text: str, limit: int) -> str:
