@@ -22,7 +22,11 @@ class LakePathError(PipelineError, ValueError):
 
 
 class FencingError(PipelineError):
-    """A lake file exists with different content: another (zombie) writer; never overwrite."""
+    """Another writer owns this range: a lake file with other content, or a Delta commit that won."""
+
+
+class LakeError(PipelineError):
+    """The lake cannot be reached or used: bad URI, missing bucket, credentials, foreign table."""
 
 
 class LockBusyError(PipelineError):

@@ -75,6 +75,8 @@ class Settings:
     raw_topic: str = "raw-events"
     dlq_topic: str = "dead-letter-queue"
     data_dir: Path = Path("data")
+    # Where the Delta tables live: a local path or s3://bucket/prefix; "" = <data_dir>/output.
+    lake_uri: str = ""
     # Batch sizing and timing (ours, not a contract).
     max_range_events: int = 200_000
     min_backlog_events: int = 5_000
@@ -139,6 +141,7 @@ class Settings:
             raw_topic=env.get("PIPELINE_RAW_TOPIC") or "raw-events",
             dlq_topic=env.get("PIPELINE_DLQ_TOPIC") or "dead-letter-queue",
             data_dir=Path(env.get("PIPELINE_DATA_DIR") or "data"),
+            lake_uri=(env.get("PIPELINE_LAKE_URI") or "").strip(),
             max_range_events=_env_int("PIPELINE_MAX_RANGE_EVENTS", 200_000, minimum=1),
             min_backlog_events=_env_int("PIPELINE_MIN_BACKLOG_EVENTS", 5_000, minimum=1),
             max_wait_seconds=_env_float("PIPELINE_MAX_WAIT_SECONDS", 30.0),

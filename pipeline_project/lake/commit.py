@@ -1,0 +1,211 @@
+"""The one commit protocol: a range's rows, its offsets and its accounting in one Delta commit.
+
+The fence is the commit itself, not a lock on some host's disk:
+1. Read the partition's app transaction version (`<topic>-<partition>` = its committed end). It must
+   equal the range's start; at or past the range's end the range is already committed and nothing
+   happens. delta-rs would accept a lower version silently, so this check is ours.
+2. Write the range's files and commit them with `Transaction(app_id, version=end)` and the
+   RangeRecord in the commit metadata. If another writer committed the same app id in between, the
+   commit's conflict check fails it ("concurrent transaction"): a zombie or a second host commits
+   nothing. A concurrent compaction or another partition's commit does not conflict: delta-rs
+   rebases the append and retries by itself.
+3. After any commit error, read the version again before deciding: our own commit may have landed
+   (a lost response), another writer may have won (FencingError), or nothing changed (retry).
+
+A crash before the commit leaves only data files no commit references: readers never see them and
+vacuum removes them. There is nothing to roll forward or back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import polars as pl
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from pipeline_project.batch.faults import fault_point
+from pipeline_project.errors import AccountingError, ContiguityError, FencingError, LakeError
+from pipeline_project.lake.location import TABLE_EVENTS, Lake
+from pipeline_project.lake.record import METADATA_KEY, RangeRecord
+from pipeline_project.lake.table import (
+    DATE_COLUMN,
+    EVENTS_CONFIGURATION,
+    PARTITION_COLUMN,
+    error_line,
+    lake_errors,
+    open_table,
+    txn_version,
+    writer_properties,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 4
+RETRY_PAUSE_SECONDS = 0.2
+# How far back a writer looks for its own commit after an error: commits land in order, and a
+# writer retries at once, so its commit is among the last few whatever the traffic.
+OWN_COMMIT_LOOKBACK = 50
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What `commit_range` did: committed now (at `version`), or found the range already done."""
+
+    status: Literal["committed", "already_committed"]
+    record: RangeRecord
+    version: int | None
+    attempts: int = 1
+
+
+def commit_range(
+    lake: Lake,
+    record: RangeRecord,
+    rows: pl.DataFrame,
+    *,
+    table_name: str = TABLE_EVENTS,
+    clock: type[datetime] = datetime,
+) -> CommitResult:
+    """Commits `rows` (the range's lake rows, any number of days) and `record` exactly once."""
+    check_balanced(record, rows)
+    data = to_delta_rows(rows)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        table = open_table(lake, table_name) or create_table(lake, table_name, data.schema)
+        done = txn_version(table, record.app_id)
+        if done is not None and done >= record.range.end and done > record.range.start:
+            return CommitResult("already_committed", record, _version(table), attempt)
+        check_start(record, done)
+        fault_point("KC")  # checked, not yet written: where a zombie freezes in the tests
+        try:
+            version = _write(table, record, data, clock.now(UTC))
+        except (CommitFailedError, DeltaError, OSError) as exc:
+            landed = _after_error(lake, table_name, record, done, exc)
+            if landed is not None:
+                return CommitResult("committed", record, landed, attempt)
+            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+            continue
+        return CommitResult("committed", record, version, attempt)
+    raise LakeError(
+        f"lake {lake.describe()}: {record.range.range_id} could not be committed after "
+        f"{MAX_ATTEMPTS} attempts; nothing of it was committed, the next run tries again"
+    )
+
+
+def check_balanced(record: RangeRecord, rows: pl.DataFrame) -> None:
+    """Refuses a commit whose rows or counts break consumed = written + DLQ + filtered."""
+    if rows.height != record.written or not record.balanced():
+        raise AccountingError(
+            f"{record.range.range_id}: {record.records} records consumed but {rows.height} rows "
+            f"({record.written} by day) + {len(record.dlq)} DLQ + {record.filtered_count()} "
+            "filtered: refusing to commit"
+        )
+
+
+def check_start(record: RangeRecord, done: int | None) -> None:
+    """The range must start at the partition's committed end (any start before the first commit)."""
+    if done is None or done == record.range.start:
+        return
+    rng = record.range
+    if done > rng.start:
+        raise FencingError(
+            f"{rng.range_id}: {record.app_id} is committed up to offset {done}, inside this range "
+            "(another writer committed an overlapping range); this run committed nothing"
+        )
+    raise ContiguityError(
+        f"{rng.range_id}: {record.app_id} is committed up to offset {done}, but this range "
+        f"starts at {rng.start}: offsets [{done}, {rng.start}) would be skipped"
+    )
+
+
+def to_delta_rows(rows: pl.DataFrame) -> pa.Table:
+    """The rows with the partition column `date` (= event_date), offset-sorted, as Arrow."""
+    if DATE_COLUMN in rows.columns:
+        rows = rows.with_columns(pl.col(DATE_COLUMN).alias(PARTITION_COLUMN))
+    if "kafka_offset" in rows.columns and not rows.get_column("kafka_offset").is_sorted():
+        rows = rows.sort("kafka_offset", maintain_order=True)
+    return rows.to_arrow(compat_level=pl.CompatLevel.newest())
+
+
+def create_table(lake: Lake, table_name: str, schema: pa.Schema) -> DeltaTable:
+    """Creates the empty table (schema, partitioning, settings) if no one has yet; opens it.
+
+    Creation is its own commit, before any range's: two first writers racing to create it would
+    otherwise both append as "version 0 did not exist when I looked", unfenced.
+    """
+    with lake_errors(lake, f"creating {table_name}"):
+        try:
+            DeltaTable.create(
+                lake.table_uri(table_name),
+                schema,
+                mode="ignore",
+                partition_by=[PARTITION_COLUMN],
+                configuration=EVENTS_CONFIGURATION,
+                storage_options=lake.options(),
+            )
+        except (CommitFailedError, DeltaError) as exc:  # lost a creation race: the table exists
+            log.info("creating %s: %s", table_name, error_line(exc))
+    table = open_table(lake, table_name)
+    if table is None:
+        raise LakeError(f"lake {lake.describe()}: {table_name} could not be created")
+    return table
+
+
+def _write(
+    table: DeltaTable,
+    record: RangeRecord,
+    data: pa.Table,
+    committed_at: datetime,
+) -> int:
+    """One append commit with the app transaction and the record; the new version if known."""
+    properties = CommitProperties(
+        custom_metadata={METADATA_KEY: record.to_metadata(committed_at)},
+        app_transactions=[Transaction(app_id=record.app_id, version=record.range.end)],
+    )
+    write_deltalake(
+        table,
+        data,
+        partition_by=[PARTITION_COLUMN],
+        mode="append",
+        schema_mode="merge",
+        writer_properties=writer_properties(data.column_names),
+        commit_properties=properties,
+    )
+    table.update_incremental()
+    return table.version()
+
+
+def _after_error(
+    lake: Lake, table_name: str, record: RangeRecord, done: int | None, exc: BaseException
+) -> int | None:
+    """Decides after a failed commit call: our version if it landed, None to retry; else raises."""
+    table = open_table(lake, table_name)
+    now = txn_version(table, record.app_id)
+    if now == done:
+        log.warning("%s: commit failed, retrying: %s", record.range.range_id, error_line(exc))
+        return None
+    version = own_commit(table, record.token) if table is not None else None
+    if version is not None:
+        log.warning("%s: commit call failed but the commit landed", record.range.range_id)
+        return version
+    raise FencingError(
+        f"{record.range.range_id}: another writer committed {record.app_id} up to offset {now} "
+        f"while this run was committing ({error_line(exc)}); this run committed nothing"
+    )
+
+
+def own_commit(table: DeltaTable, token: str) -> int | None:
+    """The version of the commit carrying `token` among the latest ones, or None."""
+    for entry in table.history(limit=OWN_COMMIT_LOOKBACK):
+        meta = entry.get(METADATA_KEY)
+        if isinstance(meta, dict) and meta.get("token") == token:
+            return int(entry["version"])
+    return None
+
+
+def _version(table: DeltaTable | None) -> int | None:
+    return None if table is None else table.version()

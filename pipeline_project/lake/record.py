@@ -1,0 +1,113 @@
+"""A committed range's accounting, as its Delta commit carries it in the commit metadata.
+
+One commit per range holds the range's rows (add actions), its offsets (the app transaction
+`<topic>-<partition>` = range end) and this record under the commit-info key `pipeline`: what was
+consumed and where every record went (lake rows per day, DLQ entries, filtered offsets by reason).
+The table's log is then the whole ledger; reconcile reads it back. `token` is unique per commit
+attempt, so a writer whose commit call failed can tell whether its commit landed anyway.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline_project.batch.ledger import DlqEntry
+from pipeline_project.batch.ranges import Range
+
+METADATA_KEY = "pipeline"
+RECORD_VERSION = 1
+KINDS = ("ingest", "reprocess", "loss", "migrated")
+
+
+def app_id(topic: str, partition: int) -> str:
+    """The Delta app transaction id of a topic-partition: its txn version is the committed end."""
+    return f"{topic}-{partition}"
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _time(value: Any) -> datetime:
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"naive time {value!r}")
+    return moment
+
+
+@dataclass(frozen=True)
+class RangeRecord:
+    """What one range consumed and where each record went; the commit's `pipeline` metadata."""
+
+    range: Range
+    kind: str
+    run_id: str
+    ingested_at: datetime
+    reference_time: datetime
+    records: int
+    record_offsets_sha256: str
+    days: Mapping[str, int] = field(default_factory=dict)  # lake rows per UTC day
+    dlq: tuple[DlqEntry, ...] = ()
+    filtered: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    committed_at: datetime | None = None
+    version: int | None = None  # the Delta version, once read back from the log
+
+    @property
+    def app_id(self) -> str:
+        return app_id(self.range.topic, self.range.partition)
+
+    @property
+    def written(self) -> int:
+        return sum(self.days.values())
+
+    def filtered_count(self) -> int:
+        return sum(len(offsets) for offsets in self.filtered.values())
+
+    def balanced(self) -> bool:
+        """The accounting identity: consumed = rows written + records to DLQ + rows filtered."""
+        return self.records == self.written + len(self.dlq) + self.filtered_count()
+
+    def to_metadata(self, committed_at: datetime) -> dict[str, Any]:
+        """The JSON object stored in the commit (offsets as plain lists: readable by any engine)."""
+        return {
+            "record_version": RECORD_VERSION,
+            "kind": self.kind,
+            "token": self.token,
+            "range": self.range.to_dict(),
+            "run_id": self.run_id,
+            "ingested_at": _iso(self.ingested_at),
+            "reference_time": _iso(self.reference_time),
+            "committed_at": _iso(committed_at),
+            "records": self.records,
+            "record_offsets_sha256": self.record_offsets_sha256,
+            "written": self.written,
+            "days": dict(sorted(self.days.items())),
+            "dlq": [[d.source_offset, d.category, d.dlq_partition, d.dlq_offset] for d in self.dlq],
+            "filtered": {reason: list(offs) for reason, offs in sorted(self.filtered.items())},
+        }
+
+    @classmethod
+    def from_metadata(cls, data: Mapping[str, Any], version: int | None = None) -> RangeRecord:
+        """Parses a commit's `pipeline` object (ValueError/KeyError/TypeError when malformed)."""
+        if data.get("record_version") != RECORD_VERSION or data.get("kind") not in KINDS:
+            raise ValueError(f"unknown range record {data.get('record_version')!r}")
+        return cls(
+            range=Range.from_dict(data["range"]),
+            kind=str(data["kind"]),
+            run_id=str(data["run_id"]),
+            ingested_at=_time(data["ingested_at"]),
+            reference_time=_time(data["reference_time"]),
+            records=int(data["records"]),
+            record_offsets_sha256=str(data["record_offsets_sha256"]),
+            days={str(day): int(rows) for day, rows in data["days"].items()},
+            dlq=tuple(DlqEntry(int(o), str(c), int(p), int(d)) for o, c, p, d in data["dlq"]),
+            filtered={str(r): tuple(int(o) for o in offs) for r, offs in data["filtered"].items()},
+            token=str(data["token"]),
+            committed_at=_time(data["committed_at"]),
+            version=version,
+        )

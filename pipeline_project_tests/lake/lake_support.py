@@ -1,0 +1,59 @@
+"""Ranges processed in memory and turned into commits, for the lake tests (no broker needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import polars as pl
+
+from pipeline_project.batch.ledger import DlqEntry, offsets_digest
+from pipeline_project.batch.ranges import Range
+from pipeline_project.lake.location import Lake
+from pipeline_project.lake.record import RangeRecord
+from pipeline_project_tests.batch.batch_support import (
+    INGESTED_AT,
+    NOW,
+    TOPIC,
+    encode,
+    good_event,
+    raw_batch,
+    run,
+)
+
+
+def processed(start: int, count: int, *, bad_every: int = 0, partition: int = 0):
+    """A range [start, start+count) of generated events (every `bad_every`-th invalid)."""
+    values = []
+    for i in range(start, start + count):
+        event = good_event(i)
+        if bad_every and i % bad_every == 0:
+            event["event_type"] = "not-a-type"
+        values.append(encode(event))
+    raw = dataclasses.replace(raw_batch(values, first=start), partition=partition)
+    batch = run(raw)
+    rng = Range(TOPIC, partition, start, start + count)
+    return rng, batch
+
+
+def record_of(rng: Range, batch, run_id: str = "run-test", kind: str = "ingest") -> RangeRecord:
+    """The RangeRecord a run would commit for this processed batch (DLQ offsets made up)."""
+    days = Counter(d.isoformat() for d in batch.good.get_column("event_date").to_list())
+    dlq = tuple(DlqEntry(r.offset, r.category, 0, 10_000 + i) for i, r in enumerate(batch.rejects))
+    return RangeRecord(
+        range=rng,
+        kind=kind,
+        run_id=run_id,
+        ingested_at=INGESTED_AT,
+        reference_time=NOW,
+        records=rng.end - rng.start,
+        record_offsets_sha256=offsets_digest(range(rng.start, rng.end)),
+        days=dict(days),
+        dlq=dlq,
+        filtered={k: tuple(v) for k, v in batch.filtered.items()},
+    )
+
+
+def read_events(lake: Lake) -> pl.DataFrame:
+    """The committed events table as a reader sees it (through the Delta log)."""
+    return pl.read_delta(lake.table_uri("events"), storage_options=lake.options())

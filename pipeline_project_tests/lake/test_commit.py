@@ -1,0 +1,123 @@
+"""The commit protocol: one Delta commit per range, fenced by the app transaction version."""
+
+from __future__ import annotations
+
+import threading
+
+import polars as pl
+import pytest
+
+from pipeline_project.errors import AccountingError, ContiguityError, FencingError, LakeError
+from pipeline_project.lake.commit import commit_range
+from pipeline_project.lake.location import Lake
+from pipeline_project.lake.record import RangeRecord
+from pipeline_project.lake.table import open_table
+from pipeline_project_tests.lake.lake_support import processed, read_events, record_of
+
+
+def test_a_range_lands_as_one_commit_with_its_offsets_and_accounting(lake: Lake) -> None:
+    rng, batch = processed(0, 500, bad_every=50)
+    record = record_of(rng, batch)
+    result = commit_range(lake, record, batch.good)
+    assert result.status == "committed"
+    table = open_table(lake)
+    assert table is not None
+    assert table.transaction_version("raw-events-0") == 500
+    rows = read_events(lake)
+    assert rows.height == batch.good.height == 490
+    assert sorted(rows.get_column("kafka_offset").to_list()) == sorted(
+        batch.good.get_column("kafka_offset").to_list()
+    )
+    assert (rows.get_column("date") == rows.get_column("event_date")).all()
+    meta = table.history(1)[0]["pipeline"]
+    back = RangeRecord.from_metadata(meta)
+    assert (back.range, back.records, back.written, len(back.dlq)) == (rng, 500, 490, 10)
+    assert table.metadata().partition_columns == ["date"]
+
+
+def test_the_next_range_appends_and_a_committed_range_changes_nothing(lake: Lake) -> None:
+    first, batch1 = processed(0, 100)
+    second, batch2 = processed(100, 100)
+    commit_range(lake, record_of(first, batch1), batch1.good)
+    commit_range(lake, record_of(second, batch2), batch2.good)
+    table = open_table(lake)
+    version = table.version()
+    again = commit_range(lake, record_of(first, batch1, run_id="rerun"), batch1.good)
+    assert again.status == "already_committed"
+    assert open_table(lake).version() == version
+    assert read_events(lake).height == 200
+
+
+def test_a_gap_or_an_overlap_is_refused_and_commits_nothing(lake: Lake) -> None:
+    first, batch1 = processed(0, 100)
+    commit_range(lake, record_of(first, batch1), batch1.good)
+    version = open_table(lake).version()
+    gap, batch_gap = processed(150, 50)
+    with pytest.raises(ContiguityError, match=r"\[100, 150\) would be skipped"):
+        commit_range(lake, record_of(gap, batch_gap), batch_gap.good)
+    overlap, batch_overlap = processed(50, 100)
+    with pytest.raises(FencingError, match="committed up to offset 100"):
+        commit_range(lake, record_of(overlap, batch_overlap), batch_overlap.good)
+    assert open_table(lake).version() == version
+    assert read_events(lake).height == 100
+
+
+def test_unbalanced_accounting_is_refused(lake: Lake) -> None:
+    rng, batch = processed(0, 100)
+    record = record_of(rng, batch)
+    with pytest.raises(AccountingError, match="refusing to commit"):
+        commit_range(lake, record, batch.good.head(90))
+    assert open_table(lake) is None
+
+
+def test_a_range_with_no_lake_rows_still_commits_its_offsets(lake: Lake) -> None:
+    rng, batch = processed(0, 20, bad_every=1)
+    assert batch.good.height == 0
+    commit_range(lake, record_of(rng, batch), batch.good)
+    table = open_table(lake)
+    assert table.transaction_version("raw-events-0") == 20
+    assert read_events(lake).height == 0
+
+
+def test_racing_writers_of_one_range_commit_it_exactly_once(lake: Lake) -> None:
+    """Two writers (threads) race for each range: one commits, the other changes nothing."""
+    outcomes: list[list[str]] = []
+    start = 0
+    for trial in range(20):
+        rng, batch = processed(start, 40)
+        results: list[str] = []
+        barrier = threading.Barrier(2)
+
+        def writer(name: str, rng=rng, batch=batch, results=results, barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                result = commit_range(lake, record_of(rng, batch, run_id=name), batch.good)
+                results.append(result.status)
+            except FencingError:
+                results.append("fenced")
+
+        threads = [threading.Thread(target=writer, args=(f"w{trial}-{i}",)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        outcomes.append(sorted(results))
+        start += 40
+    assert all(o.count("committed") == 1 for o in outcomes), outcomes
+    assert all(set(o) - {"committed"} <= {"fenced", "already_committed"} for o in outcomes)
+    rows = read_events(lake)
+    assert rows.height == rows.get_column("kafka_offset").n_unique() == start
+    assert open_table(lake).transaction_version("raw-events-0") == start
+
+
+def test_a_table_that_is_not_ours_is_refused_in_one_line(lake: Lake) -> None:
+    from deltalake import write_deltalake
+
+    write_deltalake(
+        lake.table_uri("events"),
+        pl.DataFrame({"x": [1]}).to_arrow(),
+        storage_options=lake.options(),
+    )
+    rng, batch = processed(0, 10)
+    with pytest.raises(LakeError, match="did not write"):
+        commit_range(lake, record_of(rng, batch), batch.good)
