@@ -1,0 +1,366 @@
+"""Proof of exactly-once from the Delta log and the files (what `pipeline-project reconcile` runs).
+
+Read-only. Checks, for the events table:
+- contiguity: each topic-partition's committed ranges follow each other without gap or overlap,
+  and the last one ends at the partition's app transaction version;
+- files: every file the snapshot lists exists and its Parquet footer holds the rows the log says;
+- conservation: every consumed offset of a range is in exactly one of lake rows, the range's DLQ
+  entries or its filtered offsets, and the counts per day match the range's record;
+- no row twice (source coordinates), no event id twice in a day, and every row recovered from the
+  DLQ names a source record that its range sent to the DLQ, recovered once.
+Files under the table that no commit references are invisible to every Delta reader; they are
+counted (vacuum removes them), not reported as problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as pads
+from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
+
+from pipeline_project.batch.ledger import offsets_digest
+from pipeline_project.lake.history import History, read_history
+from pipeline_project.lake.location import Lake
+from pipeline_project.lake.record import RangeRecord
+from pipeline_project.lake.table import error_line, lake_errors, open_table
+
+ROW_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "event_id", "date")
+RECOVERY_COLUMNS = ("dlq_partition", "dlq_offset")
+_SAMPLE = 5
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One violated invariant: a machine code and a sentence naming what is wrong."""
+
+    code: str
+    message: str
+    app_id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.app_id}: " if self.app_id else ""
+        return f"[{self.code}] {where}{self.message}"
+
+
+@dataclass
+class PartitionAudit:
+    """Totals of one topic-partition's committed ranges."""
+
+    app_id: str
+    ranges: int = 0
+    first_offset: int | None = None
+    end_offset: int | None = None
+    txn_version: int | None = None
+    records: int = 0
+    written: int = 0
+    dlq: int = 0
+    filtered: int = 0
+
+
+@dataclass
+class AuditReport:
+    """Everything the audit checked; `ok` only when no invariant is violated."""
+
+    lake: str
+    version: int | None = None
+    files: int = 0
+    rows: int = 0
+    unreferenced_files: int = 0
+    partitions: list[PartitionAudit] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["problems"] = [asdict(p) | {"text": str(p)} for p in self.problems]
+        return data
+
+
+def audit(lake: Lake) -> AuditReport:
+    """Audits the events table of `lake` (an absent table is an empty, consistent lake)."""
+    report = AuditReport(lake.describe())
+    table = open_table(lake)
+    if table is None:
+        return report
+    report.version = table.version()
+    history = read_history(lake, table)
+    for version, why in history.unreadable:
+        report.problems.append(Problem("unreadable_record", f"commit {version}: {why}"))
+    _check_contiguity(report, table, history)
+    rows = _read_rows(lake, table, report)
+    _check_rows(report, history.records, rows)
+    report.unreferenced_files = _unreferenced(lake, table)
+    return report
+
+
+# ------------------------------------------------------------------------------------ contiguity
+
+
+def _check_contiguity(report: AuditReport, table: DeltaTable, history: History) -> None:
+    for app_id, records in sorted(history.by_app_id().items()):
+        summary = PartitionAudit(app_id, txn_version=table.transaction_version(app_id))
+        report.partitions.append(summary)
+        previous: RangeRecord | None = None
+        for record in records:
+            rng = record.range
+            if previous is not None and rng.start != previous.range.end:
+                kind = "gap" if rng.start > previous.range.end else "overlap"
+                report.problems.append(
+                    Problem(
+                        kind,
+                        f"{rng.range_id} (commit {record.version}) starts at {rng.start}, the "
+                        f"previous range ended at {previous.range.end}",
+                        app_id,
+                    )
+                )
+            previous = record
+            _add_totals(summary, record)
+        if summary.end_offset != summary.txn_version:
+            report.problems.append(
+                Problem(
+                    "txn_mismatch",
+                    f"committed ranges end at {summary.end_offset}, the table's app transaction "
+                    f"says {summary.txn_version}",
+                    app_id,
+                )
+            )
+
+
+def _add_totals(summary: PartitionAudit, record: RangeRecord) -> None:
+    summary.ranges += 1
+    if summary.first_offset is None:
+        summary.first_offset = record.range.start
+    summary.end_offset = record.range.end
+    summary.records += record.records
+    summary.written += record.written
+    summary.dlq += len(record.dlq)
+    summary.filtered += record.filtered_count()
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def _read_rows(lake: Lake, table: DeltaTable, report: AuditReport) -> pl.DataFrame:
+    """The lineage columns of every row, after checking each file against the log's row count."""
+    with lake_errors(lake, "reading the events table"):
+        dataset = table.to_pyarrow_dataset()
+        dataset = _readable(dataset, _check_files(report, table, dataset))
+        names = set(dataset.schema.names)
+        columns = [c for c in (*ROW_COLUMNS, *RECOVERY_COLUMNS) if c in names]
+        frame = pl.DataFrame(dataset.to_table(columns=columns))
+    for column in RECOVERY_COLUMNS:
+        if column not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, pl.Int64).alias(column))
+    report.rows = frame.height
+    return frame
+
+
+def _check_files(report: AuditReport, table: DeltaTable, dataset: pads.Dataset) -> set[str]:
+    """Every listed file opens and its footer's row count equals the log's numRecords.
+
+    Returns the files that could not be opened (reported), so the rest can still be read.
+    """
+    adds = pa.table(table.get_add_actions(flatten=True))
+    paths, counts = adds.column("path").to_pylist(), adds.column("num_records").to_pylist()
+    logged = dict(zip(paths, counts, strict=True))
+    missing: set[str] = set()
+    for fragment in dataset.get_fragments():
+        report.files += 1
+        try:
+            rows = fragment.metadata.num_rows
+        except (OSError, pa.ArrowException, DeltaError) as exc:
+            report.problems.append(Problem("missing_file", f"{fragment.path}: {error_line(exc)}"))
+            missing.add(fragment.path)
+            continue
+        if logged.get(fragment.path) not in (None, rows):
+            report.problems.append(
+                Problem(
+                    "row_count",
+                    f"{fragment.path} holds {rows} rows, the log says {logged[fragment.path]}",
+                )
+            )
+    return missing
+
+
+def _readable(dataset: pads.FileSystemDataset, missing: set[str]) -> pads.FileSystemDataset:
+    """The dataset without the files that could not be opened."""
+    if not missing:
+        return dataset
+    fragments = [f for f in dataset.get_fragments() if f.path not in missing]
+    return pads.FileSystemDataset(fragments, dataset.schema, dataset.format, dataset.filesystem)
+
+
+def _unreferenced(lake: Lake, table: DeltaTable) -> int:
+    """Files under the table no commit references (crashed writers, compacted-away files)."""
+    with lake_errors(lake, "listing unreferenced files"):
+        return len(table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False))
+
+
+# ------------------------------------------------------------------------------------ conservation
+
+
+def _check_rows(report: AuditReport, records: Sequence[RangeRecord], rows: pl.DataFrame) -> None:
+    ingested = rows.filter(pl.col("dlq_offset").is_null())
+    recovered = rows.filter(pl.col("dlq_offset").is_not_null())
+    _check_duplicates(report, rows)
+    raw_ranges = [r for r in records if r.kind != "reprocess"]
+    dlq_ranges = [r for r in records if r.kind == "reprocess"]
+    placed = _place(ingested, raw_ranges, "kafka_topic", "kafka_partition", "kafka_offset")
+    _check_ranges(report, raw_ranges, placed)
+    recovered_by = recovered.with_columns(pl.lit(_dlq_topic(dlq_ranges)).alias("dlq_topic"))
+    placed_dlq = _place(recovered_by, dlq_ranges, "dlq_topic", "dlq_partition", "dlq_offset")
+    _check_ranges(report, dlq_ranges, placed_dlq)
+    _check_recovered(report, raw_ranges, recovered)
+
+
+def _check_duplicates(report: AuditReport, rows: pl.DataFrame) -> None:
+    coords = ["kafka_topic", "kafka_partition", "kafka_offset"]
+    twice = rows.filter(pl.struct(coords).is_duplicated() & pl.col("dlq_offset").is_null())
+    if twice.height:
+        sample = twice.select(coords).unique().head(_SAMPLE).rows()
+        report.problems.append(
+            Problem("duplicate_row", f"{twice.height} rows share source coordinates, e.g. {sample}")
+        )
+    ids = rows.filter(pl.struct(["date", "event_id"]).is_duplicated())
+    if ids.height:
+        sample = ids.select("date", "event_id").unique().head(_SAMPLE).rows()
+        report.problems.append(
+            Problem(
+                "duplicate_event_id", f"{ids.height} rows repeat an event id in a day: {sample}"
+            )
+        )
+
+
+def _ranges_frame(records: Sequence[RangeRecord]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "topic": [r.range.topic for r in records],
+            "partition": [r.range.partition for r in records],
+            "start": [r.range.start for r in records],
+            "end": [r.range.end for r in records],
+            "index": list(range(len(records))),
+        },
+        schema={
+            "topic": pl.String,
+            "partition": pl.Int64,
+            "start": pl.Int64,
+            "end": pl.Int64,
+            "index": pl.Int64,
+        },
+    ).sort("start")
+
+
+def _place(
+    rows: pl.DataFrame, records: Sequence[RangeRecord], topic: str, partition: str, offset: str
+) -> pl.DataFrame:
+    """Each row with the index of the committed range holding its offset (null when none does)."""
+    keyed = rows.select(
+        pl.col(topic).cast(pl.String).alias("topic"),
+        pl.col(partition).cast(pl.Int64).alias("partition"),
+        pl.col(offset).cast(pl.Int64).alias("offset"),
+        pl.col("date"),
+    ).sort("offset")
+    joined = keyed.join_asof(
+        _ranges_frame(records),
+        left_on="offset",
+        right_on="start",
+        by=["topic", "partition"],
+        strategy="backward",
+        check_sortedness=False,
+    )
+    inside = pl.col("offset") < pl.col("end")
+    return joined.with_columns(pl.when(inside).then(pl.col("index")).alias("index"))
+
+
+def _check_ranges(
+    report: AuditReport, records: Sequence[RangeRecord], placed: pl.DataFrame
+) -> None:
+    outside = placed.filter(pl.col("index").is_null())
+    if outside.height:
+        sample = outside.select("topic", "partition", "offset").head(_SAMPLE).rows()
+        report.problems.append(
+            Problem("uncommitted_row", f"{outside.height} rows in no committed range: {sample}")
+        )
+    per_day = placed.filter(pl.col("index").is_not_null()).group_by("index", "date").len().rows()
+    days: dict[int, dict[str, int]] = {}
+    for index, day, count in per_day:
+        days.setdefault(int(index), {})[day.isoformat()] = count
+    for index, record in enumerate(records):
+        _check_range(report, record, days.get(index, {}), placed_offsets(placed, index))
+
+
+def placed_offsets(placed: pl.DataFrame, index: int) -> Iterable[int]:
+    return placed.filter(pl.col("index") == index).get_column("offset").to_list()
+
+
+def _check_range(
+    report: AuditReport, record: RangeRecord, days: dict[str, int], lake: Iterable[int]
+) -> None:
+    rng, app_id = record.range, record.app_id
+    lake_offsets = list(lake)
+    dlq = [d.source_offset for d in record.dlq]
+    filtered = [o for offsets in record.filtered.values() for o in offsets]
+    everywhere = lake_offsets + dlq + filtered
+    if len(set(everywhere)) != len(everywhere):
+        report.problems.append(
+            Problem("offset_twice", f"{rng.range_id}: an offset is in two places", app_id)
+        )
+    if any(not rng.start <= o < rng.end for o in dlq + filtered):
+        report.problems.append(
+            Problem("offset_outside", f"{rng.range_id}: DLQ/filtered offset outside", app_id)
+        )
+    if len(everywhere) != record.records:
+        report.problems.append(
+            Problem(
+                "conservation",
+                f"{rng.range_id}: {record.records} records consumed, {len(lake_offsets)} lake "
+                f"rows + {len(dlq)} DLQ + {len(filtered)} filtered found",
+                app_id,
+            )
+        )
+    elif offsets_digest(everywhere) != record.record_offsets_sha256:
+        report.problems.append(
+            Problem(
+                "conservation",
+                f"{rng.range_id}: the offsets found are not the offsets consumed (digest differs)",
+                app_id,
+            )
+        )
+    if days != {d: n for d, n in record.days.items() if n}:
+        report.problems.append(
+            Problem(
+                "day_rows", f"{rng.range_id}: rows per day {days}, record {record.days}", app_id
+            )
+        )
+
+
+def _dlq_topic(dlq_ranges: Sequence[RangeRecord]) -> str:
+    topics = {r.range.topic for r in dlq_ranges}
+    return topics.pop() if len(topics) == 1 else ""
+
+
+def _check_recovered(
+    report: AuditReport, raw_ranges: Sequence[RangeRecord], recovered: pl.DataFrame
+) -> None:
+    """A recovered row's source record was sent to the DLQ by its range, and recovered once."""
+    if recovered.height == 0:
+        return
+    sent = {(r.range.topic, r.range.partition, d.source_offset) for r in raw_ranges for d in r.dlq}
+    coords = recovered.select("kafka_topic", "kafka_partition", "kafka_offset").rows()
+    unknown = [c for c in coords if c not in sent]
+    if unknown:
+        report.problems.append(
+            Problem("recovered_unknown", f"rows recovered from no DLQ entry: {unknown[:_SAMPLE]}")
+        )
+    if len(set(coords)) != len(coords):
+        report.problems.append(Problem("recovered_twice", "a source record was recovered twice"))
