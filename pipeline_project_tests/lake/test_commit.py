@@ -121,3 +121,21 @@ def test_a_table_that_is_not_ours_is_refused_in_one_line(lake: Lake) -> None:
     rng, batch = processed(0, 10)
     with pytest.raises(LakeError, match="did not write"):
         commit_range(lake, record_of(rng, batch), batch.good)
+
+
+def test_days_and_ids_are_read_through_the_log(lake: Lake) -> None:
+    from datetime import date
+
+    from pipeline_project.lake.read import committed_ids, read_days, replace_day
+
+    rng, batch = processed(0, 200)
+    commit_range(lake, record_of(rng, batch), batch.good)
+    day = date(2025, 3, 1)
+    assert read_days(lake, [day], ["event_id"]).height == 200
+    assert read_days(lake, [date(2025, 3, 2)], ["event_id"]).height == 0
+    among = batch.good.get_column("event_id").head(3)
+    ids = committed_ids(lake, [day], among)
+    assert sorted(ids.get_column("event_id").to_list()) == sorted(among.to_list())
+    replace_day(lake, "sessions", day, pl.DataFrame({"session_id": ["a", "b"]}))
+    replace_day(lake, "sessions", day, pl.DataFrame({"session_id": ["c"]}))
+    assert read_days(lake, [day], ["session_id"], table="sessions").to_series().to_list() == ["c"]

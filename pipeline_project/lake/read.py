@@ -1,0 +1,92 @@
+"""Reading the lake's tables through the Delta log, and replacing derived tables' days.
+
+Readers never list directories: a Delta snapshot names exactly the committed files, so files of a
+crashed writer or of a compaction in progress are never read, and a reader's snapshot stays valid
+while commits go on. Derived tables (sessions, the DLQ report) are rewritten a day (or whole) at a
+time as one overwrite commit, so a reader sees the old day or the new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import date
+
+import polars as pl
+from deltalake import write_deltalake
+
+from pipeline_project.lake.location import TABLE_EVENTS, Lake
+from pipeline_project.lake.table import PARTITION_COLUMN, lake_errors, open_table
+
+ID_COLUMNS = ("event_date", "event_id")
+
+
+def scan_table(lake: Lake, table: str = TABLE_EVENTS) -> pl.LazyFrame | None:
+    """A lazy scan of the table's latest snapshot, or None when the table does not exist yet."""
+    if open_table(lake, table) is None:
+        return None
+    with lake_errors(lake, f"reading {table}"):
+        return pl.scan_delta(lake.table_uri(table), storage_options=lake.options())
+
+
+def read_days(
+    lake: Lake,
+    days: Iterable[date],
+    columns: Sequence[str] | None = None,
+    table: str = TABLE_EVENTS,
+) -> pl.DataFrame | None:
+    """Rows of the given UTC days (partition pruning: other days' files are never opened)."""
+    scan = scan_table(lake, table)
+    if scan is None:
+        return None
+    wanted = sorted(set(days))
+    query = scan.filter(pl.col(PARTITION_COLUMN).is_in(wanted))
+    if columns is not None:
+        query = query.select(list(columns))
+    with lake_errors(lake, f"reading {table}"):
+        return query.collect()
+
+
+def committed_ids(lake: Lake, days: Iterable[date], among: pl.Series | None = None) -> pl.DataFrame:
+    """Distinct (event_date, event_id) already committed on these days, for the duplicate filter.
+
+    With `among` (a batch's ids) only those ids are kept while reading, so a lookup holds the
+    batch's matches, not the day's millions of ids.
+    """
+    schema = {"event_date": pl.Date, "event_id": pl.String}
+    scan = scan_table(lake)
+    wanted = sorted(set(days))
+    if scan is None or not wanted:
+        return pl.DataFrame(schema=schema)
+    query = scan.filter(pl.col(PARTITION_COLUMN).is_in(wanted))
+    if among is not None:
+        query = query.filter(pl.col("event_id").is_in(among.cast(pl.String).implode()))
+    with lake_errors(lake, "reading committed event ids"):
+        found = query.select(list(ID_COLUMNS)).unique().collect()
+    return found.cast(schema).sort(list(schema))  # type: ignore[arg-type]
+
+
+def replace_day(lake: Lake, table: str, day: date, rows: pl.DataFrame) -> None:
+    """Replaces one day of a derived table (partitioned by `date`) in one overwrite commit."""
+    data = rows.with_columns(pl.lit(day, pl.Date).alias(PARTITION_COLUMN))
+    with lake_errors(lake, f"writing {table} {day.isoformat()}"):
+        write_deltalake(
+            lake.table_uri(table),
+            data.to_arrow(compat_level=pl.CompatLevel.newest()),
+            partition_by=[PARTITION_COLUMN],
+            mode="overwrite",
+            predicate=f"{PARTITION_COLUMN} = '{day.isoformat()}'",
+            schema_mode="merge",
+            storage_options=lake.options(),
+        )
+
+
+def replace_table(lake: Lake, table: str, rows: pl.DataFrame) -> None:
+    """Replaces a small derived table whole (the DLQ report's tables) in one overwrite commit."""
+    with lake_errors(lake, f"writing {table}"):
+        write_deltalake(
+            lake.table_uri(table),
+            rows.to_arrow(compat_level=pl.CompatLevel.newest()),
+            mode="overwrite",
+            schema_mode="overwrite",
+            storage_options=lake.options(),
+        )
