@@ -53,6 +53,9 @@ class RangeRecord:
     days: Mapping[str, int] = field(default_factory=dict)  # lake rows per UTC day
     dlq: tuple[DlqEntry, ...] = ()
     filtered: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # What a kind of range adds to its record, e.g. reprocessing's resolutions of the records it
+    # handled: committed with the range, so it is exactly as durable as the range.
+    extra: Mapping[str, Any] = field(default_factory=dict)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     committed_at: datetime | None = None
     version: int | None = None  # the Delta version, once read back from the log
@@ -89,6 +92,7 @@ class RangeRecord:
             "days": dict(sorted(self.days.items())),
             "dlq": [[d.source_offset, d.category, d.dlq_partition, d.dlq_offset] for d in self.dlq],
             "filtered": {reason: list(offs) for reason, offs in sorted(self.filtered.items())},
+            "extra": dict(self.extra),
         }
 
     @classmethod
@@ -107,6 +111,7 @@ class RangeRecord:
             days={str(day): int(rows) for day, rows in data["days"].items()},
             dlq=tuple(DlqEntry(int(o), str(c), int(p), int(d)) for o, c, p, d in data["dlq"]),
             filtered={str(r): tuple(int(o) for o in offs) for r, offs in data["filtered"].items()},
+            extra=dict(data.get("extra") or {}),
             token=str(data["token"]),
             committed_at=_time(data["committed_at"]),
             version=version,
