@@ -73,9 +73,10 @@ def _produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
-    from pipeline_project.batch import reconcile
+    from pipeline_project.lake import audit
+    from pipeline_project.lake.location import lake_of
 
-    return reconcile.main(settings, as_json=args.json)
+    return audit.main(lake_of(settings), as_json=args.json)
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
@@ -160,7 +161,7 @@ def _loss_acknowledge(args: argparse.Namespace, settings: Settings) -> int:
 def _loss_list(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline_project.batch import loss
 
-    notes = loss.acknowledged(settings.state_dir)
+    notes = loss.acknowledged(settings)
     for note in notes:
         print(f"{note['range_id']}  {note['at']}  {note['run_id']}  {note['reason']}")
     if not notes:

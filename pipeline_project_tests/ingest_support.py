@@ -13,6 +13,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline_project.dlq.records import decode_headers
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.table import open_table
 from pipeline_project.settings import Settings
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, unique
 
@@ -46,13 +48,11 @@ def produce(settings: Settings, truth: Path, count: int, *extra: str, seed: int 
 
 
 def lake_frame(settings: Settings) -> pl.DataFrame:
-    """Every row of the lake's events table, read the way a user would (hive-partitioned)."""
-    files = sorted((settings.lake_dir / "events").glob("date=*/*.parquet"))
-    if not files:
+    """Every row of the lake's events table, read the way a user would (through the Delta log)."""
+    lake = lake_of(settings)
+    if open_table(lake) is None:
         return pl.DataFrame()
-    return pl.read_parquet(
-        settings.lake_dir / "events" / "**" / "*.parquet", hive_partitioning=True
-    )
+    return pl.read_delta(lake.table_uri("events"), storage_options=lake.options())
 
 
 def dlq_records(settings: Settings) -> list[dict]:

@@ -1,16 +1,19 @@
-"""What each partition still owes the lake: committed end (from the ledger) against the watermarks.
+"""What each partition still owes the lake: committed end (from the table) against the watermarks.
 
-Metadata and watermark calls only, so the sensor can call it every tick without reading a record.
+Metadata and watermark calls, and one read of the events table's latest snapshot (its app
+transaction versions are the committed ends), so the sensor can call it every tick.
 """
 
 from __future__ import annotations
 
 from confluent_kafka import KafkaException
 
-from pipeline_project.batch.ledger import committed_end
 from pipeline_project.batch.plan import PartitionState
 from pipeline_project.errors import KafkaUnavailableError
 from pipeline_project.kafka.drain import METADATA_TIMEOUT_S, make_consumer, watermarks
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.record import app_id
+from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.settings import Settings
 
 
@@ -38,10 +41,11 @@ def partition_states(
     own = consumer is None
     consumer = consumer or make_consumer(settings)
     try:
+        table = open_table(lake_of(settings))
         states = []
         for partition in topic_partitions(consumer, topic):
             low, high = watermarks(consumer, topic, partition)
-            end = committed_end(settings.state_dir, topic, partition)
+            end = txn_version(table, app_id(topic, partition))
             states.append(PartitionState(partition, end, low, high))
         return states
     finally:

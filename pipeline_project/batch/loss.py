@@ -3,9 +3,9 @@
 When retention deletes offsets before they reach the lake, every run of that partition stops with
 DataLossError and the sensor says DATA LOSS: nothing skips offsets silently. Once someone has looked
 (could the data be recovered from elsewhere?), `pipeline-project loss acknowledge` lets the
-partition go on. The acknowledgment is an ordinary committed range with no records, written through
-the run protocol (lock, recovery, intent, prepare, manifest), so contiguity, recovery and reconcile
-keep holding; its run id says what it is, and a note under `<state>/losses/` keeps when and why.
+partition go on. The acknowledgment is an ordinary range commit with no records (kind "loss"),
+through the same commit protocol as ingestion, so contiguity and reconcile keep holding; the reason
+is part of the commit, and `loss list` reads every such decision back from the table's log.
 """
 
 from __future__ import annotations
@@ -13,16 +13,20 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-from pipeline_project.batch import ledger
+from pipeline_project.batch.ledger import offsets_digest
 from pipeline_project.batch.ranges import Range
-from pipeline_project.batch.recover import recover
+from pipeline_project.batch.transform import empty_lake_frame
 from pipeline_project.kafka.drain import make_consumer, watermarks
+from pipeline_project.lake.commit import commit_range
+from pipeline_project.lake.history import read_history
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.record import RangeRecord, app_id
+from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.settings import Settings
 
 RUN_ID_PREFIX = "acknowledged-loss"
-LOSSES_DIR = "losses"
+LOSS_KIND = "loss"
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class Acknowledged:
 def acknowledge(settings: Settings, partition: int, reason: str) -> Acknowledged:
     """Commits the deleted gap [committed end, low watermark) of a partition as a recordless range.
 
-    Takes the partition lock, so it waits for no run: LockBusyError if one is ingesting.
+    The commit is fenced like any range: if a run commits the partition meanwhile, this one fails.
     """
     topic = settings.raw_topic
     consumer = make_consumer(settings)
@@ -59,25 +63,36 @@ def acknowledge(settings: Settings, partition: int, reason: str) -> Acknowledged
         low, _high = watermarks(consumer, topic, partition)
     finally:
         consumer.close()
-    state, lake_dir = settings.state_dir, settings.lake_dir
-    with ledger.partition_lock(state, topic, partition):
-        recover(lake_dir, state, topic, partition)
-        end = ledger.committed_end(state, topic, partition)
-        if end is None or low <= end:
-            return Acknowledged(topic, partition, None, end, low)
-        gap = Range(topic, partition, end, low)
-        moment = datetime.now(UTC)
-        run_id = f"{RUN_ID_PREFIX}-{uuid.uuid4().hex[:12]}"
-        intent = ledger.write_intent(state, gap, run_id, ingested_at=moment, now=moment)
-        intent = ledger.prepare_intent(state, intent, [], [], {}, [])
-        ledger.commit_manifest(state, lake_dir, intent, committed_at=moment)
-        ledger.finish_range(state, gap)
-        note = {"range_id": gap.range_id, "run_id": run_id, "reason": reason, "at": str(moment)}
-        ledger.atomic_write_json(Path(state) / LOSSES_DIR / f"{gap.range_id}.json", note)
-        return Acknowledged(topic, partition, gap, end, low)
+    lake = lake_of(settings)
+    end = txn_version(open_table(lake), app_id(topic, partition))
+    if end is None or low <= end:
+        return Acknowledged(topic, partition, None, end, low)
+    gap = Range(topic, partition, end, low)
+    moment = datetime.now(UTC)
+    record = RangeRecord(
+        range=gap,
+        kind=LOSS_KIND,
+        run_id=f"{RUN_ID_PREFIX}-{uuid.uuid4().hex[:12]}",
+        ingested_at=moment,
+        reference_time=moment,
+        records=0,
+        record_offsets_sha256=offsets_digest([]),
+        extra={"reason": reason},
+    )
+    commit_range(lake, record, empty_lake_frame())
+    return Acknowledged(topic, partition, gap, end, low)
 
 
-def acknowledged(state_dir: Path) -> list[dict[str, str]]:
-    """Every acknowledgment note, oldest range first (what `loss list` prints)."""
-    notes = [ledger.read_json(p) for p in sorted((Path(state_dir) / LOSSES_DIR).glob("*.json"))]
-    return [n for n in notes if n]
+def acknowledged(settings: Settings) -> list[dict[str, str]]:
+    """Every acknowledgment, oldest first (what `loss list` prints)."""
+    history = read_history(lake_of(settings))
+    return [
+        {
+            "range_id": r.range.range_id,
+            "run_id": r.run_id,
+            "reason": str(r.extra.get("reason", "")),
+            "at": str(r.committed_at),
+        }
+        for r in history.records
+        if r.kind == LOSS_KIND
+    ]

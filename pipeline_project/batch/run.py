@@ -1,43 +1,44 @@
-"""The run protocol (DESIGN.md §2): lock, recover, intent, drain, process, stage, publish, commit.
+"""The run protocol: check, drain, process, DLQ confirmed, one Delta commit per range.
 
-Each range commits on its own, so a run that fails half-way keeps the ranges it finished. The intent
-fixes a range's run_id, ingested_at and reference time on its first attempt; a retry adopts them, so
-a range always produces byte-identical files however often it is re-run. Kill points K1-K8
-(test-only, see faults.py) sit between the steps.
+Each range commits on its own, so a run that fails half-way keeps the ranges it finished. The commit
+(lake/commit.py) is the fence and the commit point at once: it carries the range's rows, its end
+offset as the partition's app transaction and its accounting, or nothing at all. A crash anywhere
+before it leaves no trace a reader can see; the next run drains the range again. Kill points (test
+only, see faults.py): K1 after the drain, K6 after the DLQ is confirmed, KC after the commit's
+fence check, K7 after the commit.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
 import polars as pl
-import pyarrow as pa
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline_project.batch import id_index, lake, ledger
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
+from pipeline_project.batch.ledger import DlqEntry, offsets_digest
 from pipeline_project.batch.plan import plan_ranges
 from pipeline_project.batch.process import CommittedIds, Identity, finish_batch, map_rows
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
-from pipeline_project.batch.recover import recover
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
-from pipeline_project.errors import DataLossError, PipelineError, StorageError
+from pipeline_project.errors import DataLossError, PipelineError
 from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.kafka.drain import drain_range, make_consumer
-from pipeline_project.perf import StepClock, paused_gc, quick_gil_handoff
+from pipeline_project.lake import read
+from pipeline_project.lake.commit import check_start, commit_range
+from pipeline_project.lake.location import Lake, lake_of
+from pipeline_project.lake.record import RangeRecord, app_id
+from pipeline_project.lake.table import open_table, txn_version
+from pipeline_project.perf import StepClock, paused_gc
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,34 +52,37 @@ class RangeOutcome:
 
     range: Range
     status: str  # "committed" | "already_committed"
-    manifest: ledger.Manifest
+    record: RangeRecord | None = None  # None when already committed: this run changed nothing
     seconds: float = 0.0
     latency_ms: list[float] = field(
         default_factory=list
     )  # p50, p99 of ingested_at - kafka_timestamp
     steps: dict[str, float] = field(default_factory=dict)  # seconds per protocol step
+    version: int | None = None  # the Delta table version of the commit
 
     @property
     def records(self) -> int:
-        return self.manifest.records
+        return self.record.records if self.record else 0
 
     @property
     def written(self) -> int:
-        return self.manifest.written
+        return self.record.written if self.record else 0
 
     @property
     def dlq(self) -> int:
-        return len(self.manifest.dlq)
+        return len(self.record.dlq) if self.record else 0
 
     @property
     def filtered(self) -> dict[str, int]:
-        return {reason: len(offs) for reason, offs in self.manifest.filtered.items()}
+        if self.record is None:
+            return {}
+        return {reason: len(offs) for reason, offs in self.record.filtered.items()}
 
 
 @dataclass
 class DayStats:
     rows: int = 0
-    files: list[str] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
     ranges: list[str] = field(default_factory=list)
 
 
@@ -113,17 +117,20 @@ class IngestResult:
         return dict(sorted(total.items()))
 
     def dlq_by_category(self) -> dict[str, int]:
-        return dict(
-            sorted(Counter(d.category for o in self.committed for d in o.manifest.dlq).items())
+        categories = Counter(
+            d.category for o in self.committed if o.record is not None for d in o.record.dlq
         )
+        return dict(sorted(categories.items()))
 
     def days(self) -> dict[date, DayStats]:
+        """Rows, commit versions and ranges per UTC day the run wrote."""
         days: dict[date, DayStats] = {}
         for outcome in self.committed:
-            for item in outcome.manifest.files:
-                stats = days.setdefault(item.day, DayStats())
-                stats.rows += item.rows
-                stats.files.append(item.path)
+            for day, rows in (outcome.record.days if outcome.record else {}).items():
+                stats = days.setdefault(date.fromisoformat(day), DayStats())
+                stats.rows += rows
+                if outcome.version is not None:
+                    stats.versions.append(outcome.version)
                 stats.ranges.append(outcome.range.range_id)
         return days
 
@@ -185,7 +192,7 @@ def ingest(
     if result is None:
         result = IngestResult(run_id=run_id or f"cli-{uuid.uuid4()}")
     started = time.perf_counter()
-    preflight(settings)
+    lake = preflight(settings)
     consumer = make_consumer(settings)
     dlq = DlqPublisher(settings, settings.dlq_topic)
     try:
@@ -195,13 +202,7 @@ def ingest(
                 raise PipelineError(
                     f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
                 )
-            try:
-                outcome = run_range(settings, consumer, dlq, rng, result.run_id, clock)
-            except OSError as exc:
-                error = storage_error(exc, rng, settings)
-                if error is exc:
-                    raise
-                raise error from exc
+            outcome = run_range(settings, lake, consumer, dlq, rng, result.run_id, clock)
             logger.info(
                 "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
                 rng.range_id,
@@ -219,56 +220,15 @@ def ingest(
     return result
 
 
-# Write failures an operator fixes on the machine (free space, remount, quota), not in the code.
-STORAGE_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
-)
+def preflight(settings: Settings) -> Lake:
+    """The lake of these settings, reachable and ours, before anything is consumed.
 
-
-def storage_error(exc: OSError, rng: Range, settings: Settings) -> OSError:
-    """A storage failure of a range as one StorageError line; any other OSError as it was.
-
-    Nothing of the range is committed then (the manifest is the last write), and the next run
-    recovers whatever the failure left in staging.
+    Opening the events table proves the URI, the bucket and the credentials (one clear LakeError
+    line otherwise) and refuses a table this pipeline did not write.
     """
-    code = _errno_of(exc)
-    if isinstance(exc, PipelineError) or code not in STORAGE_ERRNOS:
-        return exc
-    where = f" ({exc.filename})" if exc.filename else ""
-    return StorageError(
-        code,
-        f"{rng.range_id}: {os.strerror(code)}{where} under {settings.data_dir}; nothing of "
-        "this range was committed: fix the disk (space, mount, permissions) and run again",
-    )
-
-
-def _errno_of(exc: OSError) -> int | None:
-    """The errno, also from Arrow's IO errors, which carry it only in their text."""
-    if exc.errno is not None:
-        return exc.errno
-    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
-    return int(found.group(1)) if found else None
-
-
-def preflight(settings: Settings) -> None:
-    """Fails before consuming anything when the lake or state directory is not writable (F4).
-
-    access(2) reports EROFS on a read-only mount even for root; the state dir also gets a real probe
-    write (it is ours, readers never look there), the lake root none (readers do).
-    """
-    for directory in (settings.lake_dir, settings.state_dir):
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            if not os.access(directory, os.W_OK):
-                raise PermissionError(13, "not writable")
-            if directory == settings.state_dir:
-                probe = directory / f".write-probe-{uuid.uuid4().hex}"
-                probe.write_bytes(b"")
-                probe.unlink()
-        except OSError as exc:
-            raise PipelineError(
-                f"{directory} is not writable ({exc.strerror}); nothing was consumed"
-            ) from None
+    lake = lake_of(settings)
+    open_table(lake)
+    return lake
 
 
 def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:
@@ -285,129 +245,109 @@ def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:
     return plan.ranges
 
 
+def committed_end(lake: Lake, rng: Range) -> int | None:
+    """The partition's committed end (its app transaction version) in the table's latest state."""
+    return txn_version(open_table(lake), app_id(rng.topic, rng.partition))
+
+
 def run_range(
     settings: Settings,
+    lake: Lake,
     consumer: Consumer,
     dlq: DlqPublisher,
     rng: Range,
     run_id: str,
     clock: Callable[[], datetime],
 ) -> RangeOutcome:
-    """The protocol for one range, under the partition's lock."""
-    state, lake_dir = settings.state_dir, settings.lake_dir
-    with ledger.partition_lock(state, rng.topic, rng.partition), paused_gc():
-        recover(lake_dir, state, rng.topic, rng.partition)
-        existing = ledger.read_manifest(state, rng)
-        if existing is not None:
-            return RangeOutcome(rng, "already_committed", existing)
+    """The protocol for one range; the commit is its only write to the lake."""
+    with paused_gc():
+        done = committed_end(lake, rng)
+        if done is not None and done >= rng.end and done > rng.start:
+            return RangeOutcome(rng, "already_committed")
         started = time.perf_counter()
         steps = StepClock()
         moment = clock()
-        intent = ledger.write_intent(state, rng, run_id, ingested_at=moment, now=moment)
+        identity = Identity(
+            run_id, moment, moment, settings.max_lateness_days, settings.max_clock_skew_seconds
+        )
+        check_start(_probe(rng, run_id, moment), done)  # fail before draining a doomed range
         raw = drain_range(consumer, rng, settings.drain_timeout_seconds)
         steps.lap("drain")
         fault_point("K1")
-        batch = process(settings, raw, intent)
+        batch = process(settings, raw, identity, committed_ids_of(lake))
         steps.lap("process")
         offsets, sources = raw.offsets, raw.sources(r.offset for r in batch.rejects)
         del raw  # the values are parsed, and the rejects' kept in `sources`: free ~100 MB
-        staged, deliveries = stage_and_send(settings, dlq, rng, sources, batch, intent)
-        steps.lap("stage_and_dlq")
+        deliveries = send_rejects(dlq, rng, sources, batch, run_id, moment)
+        steps.lap("dlq")
         fault_point("K6")
-        intent = ledger.prepare_intent(state, intent, staged, deliveries, batch.filtered, offsets)
-        steps.lap("prepare")
-        fault_point("K3")
-        ledger.assert_locked(state, rng.topic, rng.partition)  # fence: a zombie must not publish
-        lake.publish_all(intent.files, lake_dir)
-        steps.lap("publish")
-        fault_point("K5")
-        ids = ids_by_file(batch.good, staged)
-        manifest = ledger.commit_manifest(state, lake_dir, intent, committed_at=clock(), ids=ids)
+        record = range_record(rng, "ingest", identity, offsets, batch, deliveries)
+        committed = commit_range(lake, record, batch.good)
         steps.lap("commit")
-        ledger.finish_range(state, rng)
         fault_point("K7")
         commit_group_offset(consumer, rng)
         steps.lap("after_commit")
+        if committed.status == "already_committed":
+            return RangeOutcome(rng, "already_committed")
         return RangeOutcome(
             rng,
             "committed",
-            manifest,
+            record,
             time.perf_counter() - started,
             latency_ms(batch.good),
             steps.steps,
+            committed.version,
         )
 
 
-def ids_by_file(good: pl.DataFrame, staged: list[lake.StagedFile]) -> dict[str, pa.Table]:
-    """Each staged events file's (event_date, event_id): the rows of its day, as written."""
-    if not staged:
-        return {}
-    ids = good.select(id_index.ID_COLUMNS).partition_by(lake.DATE_COLUMN, as_dict=True)
-    return {
-        s.path: ids[(s.day,)].to_arrow(compat_level=pl.CompatLevel.oldest())
-        for s in staged
-        if s.table == lake.TABLE_EVENTS and (s.day,) in ids
-    }
+def _probe(rng: Range, run_id: str, moment: datetime) -> RangeRecord:
+    """A record with just the range, for the start check before anything is drained."""
+    return RangeRecord(rng, "ingest", run_id, moment, moment, 0, "")
 
 
-def stage_and_send(
-    settings: Settings,
-    dlq: DlqPublisher,
+def range_record(
     rng: Range,
-    sources: dict[int, SourceRecord],
+    kind: str,
+    identity: Identity,
+    offsets: Sequence[int],
     batch: BatchResult,
-    intent: ledger.Intent,
-) -> tuple[list[lake.StagedFile], list[ledger.DlqEntry]]:
-    """Stages the day files while the DLQ records are produced and confirmed, in parallel.
-
-    Parquet encoding releases the GIL, so the two overlap on two cores (measured: ~0.1 s of a
-    200k-record range). Both must finish before the intent is prepared; if staging fails after
-    the DLQ send, a re-run re-sends the same records, which readers recognise by their source
-    coordinates (the same outcome as a crash at K6).
-    """
-    with (
-        quick_gil_handoff(),
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlq-send") as pool,
-    ):
-        sending = pool.submit(send_rejects, dlq, rng, sources, batch, intent)
-        staged = lake.stage_days(lake.staging_dir(settings.state_dir, rng), rng, batch.good)
-        return staged, sending.result()
+    deliveries: Sequence[DlqEntry],
+    extra: dict | None = None,
+) -> RangeRecord:
+    """The range's accounting: every consumed offset in the lake, the DLQ or filtered."""
+    days = batch.good.get_column("event_date").value_counts() if batch.good.height else None
+    rows_by_day = {d.isoformat(): int(n) for d, n in days.iter_rows()} if days is not None else {}
+    return RangeRecord(
+        range=rng,
+        kind=kind,
+        run_id=identity.run_id,
+        ingested_at=identity.ingested_at,
+        reference_time=identity.now,
+        records=len(offsets),
+        record_offsets_sha256=offsets_digest(offsets),
+        days=rows_by_day,
+        dlq=tuple(sorted(deliveries)),
+        filtered={reason: tuple(offs) for reason, offs in batch.filtered.items() if offs},
+        extra=extra or {},
+    )
 
 
 def process(
     settings: Settings,
     raw: RawBatch,
-    intent: ledger.Intent,
-    known_ids: CommittedIds | None = None,
+    identity: Identity,
+    known_ids: CommittedIds,
 ) -> BatchResult:
-    """Parse, validate, transform with the intent's identity, so a retry is byte-identical.
-
-    `known_ids` defaults to the day's committed ids from every source (raw partitions and DLQ
-    recoveries): an event id already in the lake for that day is a duplicate wherever its first
-    copy came from.
-    """
-    mapped = map_rows(raw, identity_of(settings, intent), native=settings.native_parse)
-    return finish_batch(mapped, known_ids or committed_ids_of(settings))
+    """Parse, validate, transform, then filter duplicates against the lake's committed ids."""
+    mapped = map_rows(raw, identity, native=settings.native_parse)
+    return finish_batch(mapped, known_ids)
 
 
-def identity_of(settings: Settings, intent: ledger.Intent) -> Identity:
-    """The intent's identity and the window settings every part of its range is judged with."""
-    return Identity(
-        intent.run_id,
-        intent.ingested_at,
-        intent.now,
-        settings.max_lateness_days,
-        settings.max_clock_skew_seconds,
-    )
-
-
-def committed_ids_of(settings: Settings) -> CommittedIds:
+def committed_ids_of(lake: Lake) -> CommittedIds:
     """The day's committed event ids from every source (raw partitions and DLQ recoveries)."""
 
     def committed(days: list[date], ids: pl.Series) -> pl.DataFrame:
-        return ledger.committed_ids(
-            settings.lake_dir, days, state_dir=settings.state_dir, among=ids
-        )
+        return read.committed_ids(lake, days, among=ids)
 
     return committed
 
@@ -417,12 +357,13 @@ def send_rejects(
     rng: Range,
     sources: dict[int, SourceRecord],
     batch: BatchResult,
-    intent: ledger.Intent,
-) -> list[ledger.DlqEntry]:
+    run_id: str,
+    failed: datetime,
+) -> list[DlqEntry]:
     """Every rejected record to the DLQ with its reason; returns only confirmed deliveries."""
     if not batch.rejects:
         return []
-    failed_at = intent.now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    failed_at = failed.astimezone(UTC).isoformat().replace("+00:00", "Z")
     records = []
     for reject in batch.rejects:
         source = sources[reject.offset]
@@ -440,14 +381,13 @@ def send_rejects(
                 field=reject.field,
                 message=reject.message,
                 attempt=1,
-                run_id=intent.run_id,
+                run_id=run_id,
                 failed_at=failed_at,
             )
         )
     deliveries = dlq.publish(records)
     return [
-        ledger.DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset)
-        for d in deliveries
+        DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset) for d in deliveries
     ]
 
 

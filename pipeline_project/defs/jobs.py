@@ -83,8 +83,8 @@ def materializations(result: IngestResult) -> list[AssetMaterialization]:
                 partition=day.isoformat(),
                 metadata={
                     "rows": MetadataValue.int(stats.rows),
-                    "files": MetadataValue.int(len(stats.files)),
-                    "file_paths": MetadataValue.json(stats.files),
+                    "commits": MetadataValue.int(len(stats.ranges)),
+                    "delta_versions": MetadataValue.json(stats.versions),
                     "offset_ranges": MetadataValue.json(stats.ranges),
                     **result.run_metadata(),
                 },

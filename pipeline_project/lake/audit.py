@@ -14,10 +14,12 @@ counted (vacuum removes them), not reported as problems.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -364,3 +366,53 @@ def _check_recovered(
         )
     if len(set(coords)) != len(coords):
         report.problems.append(Problem("recovered_twice", "a source record was recovered twice"))
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def render(report: AuditReport) -> str:
+    """Human-readable report: partitions, problems, and a last line with the verdict."""
+    header = ("partition", "ranges", "offsets", "records", "written", "dlq", "filtered")
+    rows = [
+        (
+            p.app_id,
+            p.ranges,
+            f"[{p.first_offset}, {p.end_offset})",
+            p.records,
+            p.written,
+            p.dlq,
+            p.filtered,
+        )
+        for p in report.partitions
+    ]
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        f"lake {report.lake}  version {report.version}  files {report.files}  rows {report.rows}"
+        f"  unreferenced files {report.unreferenced_files}",
+        "",
+        *(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in cells
+        ),
+    ]
+    if report.problems:
+        lines += ["", f"Problems ({len(report.problems)})"] + [f"  {p}" for p in report.problems]
+    verdict = (
+        "OK: every consumed offset is accounted for exactly once"
+        if report.ok
+        else f"FAILED: {len(report.problems)} problems"
+    )
+    return "\n".join([*lines, "", verdict])
+
+
+def main(lake: Lake, as_json: bool) -> int:
+    """`pipeline-project reconcile`: prints the report; exit 0 only if the lake reconciles."""
+    report = audit(lake)
+    if as_json:
+        text = orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode()
+    else:
+        text = render(report)
+    sys.stdout.write(text + "\n")
+    return 0 if report.ok else 1
