@@ -22,7 +22,7 @@ class LakePathError(PipelineError, ValueError):
 
 
 class FencingError(PipelineError):
-    """Another writer owns this range: a lake file with other content, or a Delta commit that won."""
+    """Another writer committed this range (or an overlapping one) first: commit nothing."""
 
 
 class LakeError(PipelineError):

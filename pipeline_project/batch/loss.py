@@ -14,14 +14,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pipeline_project.batch.ledger import offsets_digest
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.transform import empty_lake_frame
 from pipeline_project.kafka.drain import make_consumer, watermarks
 from pipeline_project.lake.commit import commit_range
 from pipeline_project.lake.history import read_history
 from pipeline_project.lake.location import lake_of
-from pipeline_project.lake.record import RangeRecord, app_id
+from pipeline_project.lake.record import RangeRecord, app_id, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.settings import Settings
 

@@ -23,7 +23,6 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
-from pipeline_project.batch.ledger import DlqEntry, offsets_digest
 from pipeline_project.batch.plan import plan_ranges
 from pipeline_project.batch.process import CommittedIds, Identity, finish_batch, map_rows
 from pipeline_project.batch.ranges import Range
@@ -36,7 +35,7 @@ from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
 from pipeline_project.lake.commit import check_start, commit_range
 from pipeline_project.lake.location import Lake, lake_of
-from pipeline_project.lake.record import RangeRecord, app_id
+from pipeline_project.lake.record import DlqEntry, RangeRecord, app_id, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.perf import StepClock, paused_gc
 from pipeline_project.settings import Settings

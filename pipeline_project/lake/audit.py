@@ -26,10 +26,9 @@ import pyarrow.dataset as pads
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-from pipeline_project.batch.ledger import offsets_digest
 from pipeline_project.lake.history import History, read_history
 from pipeline_project.lake.location import Lake
-from pipeline_project.lake.record import RangeRecord
+from pipeline_project.lake.record import RangeRecord, offsets_digest
 from pipeline_project.lake.table import error_line, lake_errors, open_table
 
 ROW_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "event_id", "date")

@@ -7,10 +7,9 @@ from collections import Counter
 
 import polars as pl
 
-from pipeline_project.batch.ledger import DlqEntry, offsets_digest
 from pipeline_project.batch.ranges import Range
 from pipeline_project.lake.location import Lake
-from pipeline_project.lake.record import RangeRecord
+from pipeline_project.lake.record import DlqEntry, RangeRecord, offsets_digest
 from pipeline_project_tests.batch.batch_support import (
     INGESTED_AT,
     NOW,
