@@ -26,11 +26,13 @@ from typing import Literal
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.errors import AccountingError, ContiguityError, FencingError, LakeError
+from pipeline_project.lake.files import storage, sync_log, write_range_files
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import METADATA_KEY, RangeRecord
 from pipeline_project.lake.table import (
@@ -41,7 +43,6 @@ from pipeline_project.lake.table import (
     lake_errors,
     open_table,
     txn_version,
-    writer_properties,
 )
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def commit_range(
         check_start(record, done)
         fault_point("KC")  # checked, not yet written: where a zombie freezes in the tests
         try:
-            version = _write(table, record, data, clock.now(UTC))
+            version = _write(lake, table_name, table, record, data, clock.now(UTC))
         except (CommitFailedError, DeltaError, OSError) as exc:
             landed = _after_error(lake, table_name, record, done, exc)
             if landed is not None:
@@ -156,27 +157,57 @@ def create_table(lake: Lake, table_name: str, schema: pa.Schema) -> DeltaTable:
 
 
 def _write(
+    lake: Lake,
+    table_name: str,
     table: DeltaTable,
     record: RangeRecord,
     data: pa.Table,
     committed_at: datetime,
-) -> int:
-    """One append commit with the app transaction and the record; the new version if known."""
+) -> int | None:
+    """Our files, durable, then one append commit with the app transaction and the record."""
+    evolve_schema(lake, table, data.schema)
+    where = storage(lake, table_name)
+    actions = write_range_files(where, record, data)
+    fault_point("K5")  # files written and synced, not committed: invisible to every reader
     properties = CommitProperties(
         custom_metadata={METADATA_KEY: record.to_metadata(committed_at)},
         app_transactions=[Transaction(app_id=record.app_id, version=record.range.end)],
     )
-    write_deltalake(
-        table,
-        data,
-        partition_by=[PARTITION_COLUMN],
+    table.create_write_transaction(
+        actions,
         mode="append",
-        schema_mode="merge",
-        writer_properties=writer_properties(data.column_names),
+        schema=table.schema(),
+        partition_by=[PARTITION_COLUMN],
         commit_properties=properties,
     )
     table.update_incremental()
-    return table.version()
+    version = own_commit(table, record.token)
+    if version is not None:
+        sync_log(where, version)
+    return version
+
+
+def evolve_schema(lake: Lake, table: DeltaTable, schema: pa.Schema) -> None:
+    """Adds the columns `schema` has and the table lacks (a schema-merge commit of its own).
+
+    Rows of earlier commits read as null there; no file is rewritten. A column whose type differs
+    from the table's is refused: readers could not combine the two.
+    """
+    known = {f.name: f for f in table.schema().fields}
+    incoming = DeltaSchema.from_arrow(schema)
+    new = [f for f in incoming.fields if f.name not in known]
+    clash = [
+        f"{f.name} ({known[f.name].type} in the table, {f.type} now)"
+        for f in incoming.fields
+        if f.name in known and str(known[f.name].type) != str(f.type)
+    ]
+    if clash:
+        raise LakeError(f"lake {lake.describe()}: column types changed: {', '.join(clash)}")
+    if not new:
+        return
+    with lake_errors(lake, "adding columns " + ", ".join(f.name for f in new)):
+        table.alter.add_columns(new)
+    table.update_incremental()
 
 
 def _after_error(

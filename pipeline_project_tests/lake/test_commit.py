@@ -139,3 +139,19 @@ def test_days_and_ids_are_read_through_the_log(lake: Lake) -> None:
     replace_day(lake, "sessions", day, pl.DataFrame({"session_id": ["a", "b"]}))
     replace_day(lake, "sessions", day, pl.DataFrame({"session_id": ["c"]}))
     assert read_days(lake, [day], ["session_id"], table="sessions").to_series().to_list() == ["c"]
+
+
+def test_a_new_column_is_merged_into_the_table_and_old_rows_read_null(lake: Lake) -> None:
+    first, batch1 = processed(0, 50)
+    commit_range(lake, record_of(first, batch1), batch1.good)
+    second, batch2 = processed(50, 50)
+    newer = batch2.good.with_columns(pl.lit("2.1.0").alias("app_version"))
+    commit_range(lake, record_of(second, batch2), newer)
+    rows = read_events(lake).sort("kafka_offset")
+    versions = rows.get_column("app_version")
+    assert versions.head(50).null_count() == 50
+    assert versions.tail(50).to_list() == ["2.1.0"] * 50
+    changed, batch3 = processed(100, 10)
+    clash = batch3.good.with_columns(pl.lit(1).alias("app_version"))
+    with pytest.raises(LakeError, match="column types changed: app_version"):
+        commit_range(lake, record_of(changed, batch3), clash)
