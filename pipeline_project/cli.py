@@ -179,7 +179,7 @@ def _add_loss_commands(commands: argparse._SubParsersAction) -> None:
         help="record a partition's deleted offsets as lost so ingestion resumes after them",
         description="Commits [committed end, low watermark) of each partition as a range with no "
         "records, after which runs resume at the low watermark. Nothing happens for a partition "
-        "that lost nothing. The reason is kept under <state>/losses/.",
+        "that lost nothing. The reason is kept in that commit of the table's log.",
     )
     ack.add_argument(
         "--partition", type=int, action="append", required=True, metavar="P", help="repeat"
@@ -187,6 +187,37 @@ def _add_loss_commands(commands: argparse._SubParsersAction) -> None:
     ack.add_argument("--reason", required=True, help="why it is acceptable (kept with the record)")
     ack.set_defaults(handler=_loss_acknowledge)
     loss_cmds.add_parser("list", help="every acknowledged loss").set_defaults(handler=_loss_list)
+
+
+def _lake_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.migrate import migrate
+
+    print(migrate(settings).summary())
+    return 0
+
+
+def _lake_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.location import lake_of
+    from pipeline_project.lake.stats import table_stats
+
+    stats = table_stats(lake_of(settings), args.table)
+    print(json.dumps(stats.to_json(), indent=2) if args.json else stats.render())
+    return 0
+
+
+def _add_lake_commands(commands: argparse._SubParsersAction) -> None:
+    lake = commands.add_parser("lake", help="the Delta tables: migrate, stats")
+    lake_cmds = lake.add_subparsers(dest="lake_command", required=True, metavar="ACTION")
+    lake_cmds.add_parser(
+        "migrate",
+        help="turn a lake of the earlier file-and-manifest layout into the Delta table, in place",
+        description="Adopts every manifest-listed file (no rewrite) and commits each range's "
+        "record with its end offset, so ingestion goes on from there. Safe to re-run.",
+    ).set_defaults(handler=_lake_migrate)
+    stats = lake_cmds.add_parser("stats", help="files, rows and bytes per day of a table")
+    stats.add_argument("--table", default="events", help="events (default) or sessions")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(handler=_lake_stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(handler=_health)
     _add_dlq_commands(commands)
     _add_loss_commands(commands)
+    _add_lake_commands(commands)
     return parser
 
 

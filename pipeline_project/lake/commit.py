@@ -67,16 +67,27 @@ class CommitResult:
 def commit_range(
     lake: Lake,
     record: RangeRecord,
-    rows: pl.DataFrame,
+    rows: pl.DataFrame | None,
     *,
     table_name: str = TABLE_EVENTS,
     clock: type[datetime] = datetime,
 ) -> CommitResult:
-    """Commits `rows` (the range's lake rows, any number of days) and `record` exactly once."""
-    check_balanced(record, rows)
-    data = to_delta_rows(rows)
+    """Commits `rows` (the range's lake rows, any number of days) and `record` exactly once.
+
+    `rows` None commits the record alone: its rows are already in the table (a migrated range,
+    whose files an earlier commit adopted).
+    """
+    if rows is not None:
+        check_balanced(record, rows)
+    elif not record.balanced():
+        raise AccountingError(f"{record.range.range_id}: its record does not add up")
+    data = to_delta_rows(rows) if rows is not None else None
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        table = open_table(lake, table_name) or create_table(lake, table_name, data.schema)
+        table = open_table(lake, table_name)
+        if table is None:
+            if data is None:
+                raise LakeError(f"lake {lake.describe()}: no {table_name} table to commit into")
+            table = create_table(lake, table_name, data.schema)
         done = txn_version(table, record.app_id)
         if done is not None and done >= record.range.end and done > record.range.start:
             return CommitResult("already_committed", record, _version(table), attempt)
@@ -161,13 +172,15 @@ def _write(
     table_name: str,
     table: DeltaTable,
     record: RangeRecord,
-    data: pa.Table,
+    data: pa.Table | None,
     committed_at: datetime,
 ) -> int | None:
     """Our files, durable, then one append commit with the app transaction and the record."""
-    evolve_schema(lake, table, data.schema)
     where = storage(lake, table_name)
-    actions = write_range_files(where, record, data)
+    actions = []
+    if data is not None:
+        evolve_schema(lake, table, data.schema)
+        actions = write_range_files(where, record, data)
     fault_point("K5")  # files written and synced, not committed: invisible to every reader
     properties = CommitProperties(
         custom_metadata={METADATA_KEY: record.to_metadata(committed_at)},

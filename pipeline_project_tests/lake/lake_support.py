@@ -25,7 +25,7 @@ def processed(start: int, count: int, *, bad_every: int = 0, partition: int = 0)
     """A range [start, start+count) of generated events (every `bad_every`-th invalid)."""
     values = []
     for i in range(start, start + count):
-        event = good_event(i)
+        event = good_event(i + partition * 1_000_000)  # ids unique across partitions
         if bad_every and i % bad_every == 0:
             event["event_type"] = "not-a-type"
         values.append(encode(event))
