@@ -25,6 +25,10 @@ from confluent_kafka import KafkaError, Message, Producer
 from pipeline_project.batch.ranges import Range
 from pipeline_project.events.generator import EventGenerator, Record
 from pipeline_project.kafka.topics import ensure_topics
+from pipeline_project.lake.history import read_history
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.record import RangeRecord
+from pipeline_project.lake.table import open_table
 from pipeline_project.settings import Settings
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, unique
 
@@ -244,16 +248,20 @@ def tree_digest(root: Path) -> dict[str, str]:
     }
 
 
-def committed_state(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    """(lake files, manifests) by sha256: equal snapshots mean nothing was committed between."""
-    return tree_digest(settings.lake_dir), tree_digest(settings.state_dir / "manifests")
+NOTHING_COMMITTED: tuple[int | None, tuple[str, ...]] = (None, ())
 
 
-def manifests(settings: Settings) -> list[dict]:
-    root = settings.state_dir / "manifests"
-    return (
-        [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.exists() else []
-    )
+def committed_state(settings: Settings) -> tuple[int | None, tuple[str, ...]]:
+    """(table version, referenced files): equal snapshots mean nothing was committed between."""
+    table = open_table(lake_of(settings))
+    if table is None:
+        return None, ()
+    return table.version(), tuple(sorted(table.file_uris()))
+
+
+def records(settings: Settings) -> list[RangeRecord]:
+    """Every committed range record, oldest first (what the manifests were)."""
+    return read_history(lake_of(settings)).records
 
 
 # --------------------------------------------------------------------------------------- mounts

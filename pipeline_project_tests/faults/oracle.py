@@ -1,19 +1,20 @@
-"""The oracle every fault test ends with (RELIABILITY.md §8.1, I1-I6).
+"""The oracle every fault test ends with (the invariants I1-I6 of docs/ARCHITECTURE.md).
 
 Given the ground truth (what the broker acknowledged, with the verdict a correct pipeline reaches),
-it reads the lake, the ledger and the DLQ topic and reports every violated invariant:
+it reads the lake (through the Delta log), the range records of its commits and the DLQ topic and
+reports every violated invariant:
 
 * I1 conservation: every truth record inside a committed range is in exactly one of lake rows, DLQ
   entries or filtered offsets, in the right one (good → lake, bad:<c> → DLQ with category c, filter
   reason → filtered); lake row count == distinct (partition, offset) count; nothing that was never
   produced (an aborted transaction's record) appears anywhere.
-* I2-I4 through `reconcile` (complete files listed once, counts, sha256, contiguity), plus: the
-  first committed range of a partition starts at or before its first truth offset.
-* I5: `assert_rerun_is_noop` re-runs the planner and compares lake, manifests and DLQ.
+* I2-I4 through `reconcile` (files the log lists are whole, counts, contiguity), plus: the first
+  committed range of a partition starts at or before its first truth offset.
+* I5: `assert_rerun_is_noop` re-runs the planner and compares the table's state and the DLQ.
 * I6: each DLQ record carries the original key and value bytes, the contract headers, bounded.
 
 It is deliberately independent of the pipeline's own bookkeeping where it can be: lake offsets are
-read from the Parquet files and DLQ records from the topic, not from the manifests alone.
+read from the table's files and DLQ records from the topic, not from the commit records alone.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
+import polars as pl
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from pipeline_project.batch import lake, ledger
-from pipeline_project.batch.reconcile import reconcile
 from pipeline_project.dlq import records as dlq_contract
+from pipeline_project.lake.audit import audit
+from pipeline_project.lake.history import read_history
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.read import scan_table
+from pipeline_project.lake.record import RangeRecord
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults.fault_support import Sent, committed_state, run_driver
 from pipeline_project_tests.support import unique
@@ -137,19 +141,19 @@ def _read_partitions(
     return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
-def lake_rows(settings: Settings, manifests: Sequence[ledger.Manifest]) -> list[tuple[int, int]]:
-    """(partition, offset) of every row of every manifest-listed events file, read from Parquet."""
-    rows: list[tuple[int, int]] = []
-    for manifest in manifests:
-        for item in manifest.files:
-            path = lake.resolve(settings.lake_dir, item.path)
-            if not path.is_file():
-                continue  # reconcile reports it
-            table = pq.read_table(path, columns=[lake.PARTITION_COLUMN, lake.OFFSET_COLUMN])
-            parts = table.column(lake.PARTITION_COLUMN).to_pylist()
-            offs = table.column(lake.OFFSET_COLUMN).to_pylist()
-            rows.extend(zip(parts, offs, strict=True))
-    return rows
+def lake_rows(settings: Settings) -> list[tuple[int, int]]:
+    """(partition, offset) of every ingested row of the events table, read through the log."""
+    scan = scan_table(lake_of(settings))
+    if scan is None:
+        return []
+    rows = scan.filter(pl.col("dlq_offset").is_null()).select("kafka_partition", "kafka_offset")
+    return [(int(p), int(o)) for p, o in rows.collect().iter_rows()]
+
+
+def raw_records(settings: Settings) -> list[RangeRecord]:
+    """The committed range records of the raw topic, from the table's log."""
+    history = read_history(lake_of(settings))
+    return [r for r in history.records if r.range.topic == settings.raw_topic]
 
 
 # --------------------------------------------------------------------------------------- checks
@@ -168,23 +172,23 @@ def check(
     inside committed ranges are checked. `allow`: reconcile problem codes to tolerate.
     """
     report = OracleReport()
-    scan = ledger.scan_manifests(settings.state_dir, settings.raw_topic)
+    records = raw_records(settings)
     _check_reconcile(report, settings, set(allow))
-    where = _destinations(report, scan.manifests)
-    _check_lake_rows(report, lake_rows(settings, scan.manifests), where)
-    _check_truth(report, truth, where, scan.manifests, complete)
-    _check_dlq(report, settings, truth, scan.manifests)
+    where = _destinations(report, records)
+    _check_lake_rows(report, lake_rows(settings), where)
+    _check_truth(report, truth, where, records, complete)
+    _check_dlq(report, settings, truth, records)
     return report
 
 
 def _check_reconcile(report: OracleReport, settings: Settings, allow: set[str]) -> None:
-    for problem in reconcile(settings).problems:
+    for problem in audit(lake_of(settings)).problems:
         if problem.code not in allow:
             report.add("I2-I4", str(problem))
 
 
 def _destinations(
-    report: OracleReport, manifests: Sequence[ledger.Manifest]
+    report: OracleReport, manifests: Sequence[RangeRecord]
 ) -> dict[tuple[int, int], list[str]]:
     """(partition, offset) → where the manifests put it ("lake", "dlq:<c>", "filtered:<r>")."""
     where: dict[tuple[int, int], list[str]] = defaultdict(list)
@@ -195,7 +199,7 @@ def _destinations(
         for reason, offsets in m.filtered.items():
             for o in offsets:
                 where[(p, o)].append(f"filtered:{reason}")
-        report.counts["manifests"] += 1
+        report.counts["ranges"] += 1
         report.counts["records"] += m.records
     return where
 
@@ -214,7 +218,7 @@ def _check_lake_rows(
         where[coord].append("lake")
 
 
-def _committed_spans(manifests: Sequence[ledger.Manifest]) -> dict[int, list[tuple[int, int]]]:
+def _committed_spans(manifests: Sequence[RangeRecord]) -> dict[int, list[tuple[int, int]]]:
     spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for m in manifests:
         spans[m.range.partition].append((m.range.start, m.range.end))
@@ -233,7 +237,7 @@ def _check_truth(
     report: OracleReport,
     truth: Sequence[Sent],
     where: dict[tuple[int, int], list[str]],
-    manifests: Sequence[ledger.Manifest],
+    manifests: Sequence[RangeRecord],
     complete: bool,
 ) -> None:
     """I1 against the truth: right destination exactly once; nothing unproduced; I4 first start."""
@@ -274,7 +278,7 @@ def _check_dlq(
     report: OracleReport,
     settings: Settings,
     truth: Sequence[Sent],
-    manifests: Sequence[ledger.Manifest],
+    manifests: Sequence[RangeRecord],
 ) -> None:
     """I6 on every DLQ record; I1/I5: each manifest DLQ entry is in the topic where it says."""
     dlq = read_topic(settings.bootstrap, settings.dlq_topic)
@@ -290,7 +294,7 @@ def _check_dlq(
             rec = at.get((d.dlq_partition, d.dlq_offset))
             head = dlq_contract.decode_headers(rec.headers) if rec else {}
             if rec is None or head.get(dlq_contract.SOURCE_OFFSET) != str(d.source_offset):
-                report.add("I1", f"manifest DLQ entry {d} is not in {settings.dlq_topic}")
+                report.add("I1", f"committed DLQ entry {d} is not in {settings.dlq_topic}")
     for rec in dlq:
         _check_dlq_record(report, settings, rec, originals, listed)
 
@@ -363,5 +367,5 @@ def assert_rerun_is_noop(settings: Settings, **extra: str) -> None:
     dlq_before = len(read_topic(settings.bootstrap, settings.dlq_topic))
     again = run_driver(settings, **extra)
     assert again.ok and again.result["committed"] == [], str(again)
-    assert committed_state(settings) == before, "a re-run changed the lake or the ledger"
+    assert committed_state(settings) == before, "a re-run changed the table"
     assert len(read_topic(settings.bootstrap, settings.dlq_topic)) == dlq_before

@@ -25,6 +25,7 @@ from pipeline_project.errors import StorageError
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults import oracle
 from pipeline_project_tests.faults.fault_support import (
+    NOTHING_COMMITTED,
     committed_state,
     fill,
     generated,
@@ -90,7 +91,7 @@ def _injected_enospc(settings: Settings, truth: list, monkeypatch: pytest.Monkey
     monkeypatch.setattr(lake, "_write_parquet", full)
     with pytest.raises(StorageError, match="No space left on device"):
         ingest(settings)
-    assert committed_state(settings) == ({}, {})
+    assert committed_state(settings) == NOTHING_COMMITTED
     done = run_driver(settings)
     assert done.ok, str(done)
     oracle.check(settings, truth).assert_ok()

@@ -21,6 +21,7 @@ from pipeline_project.kafka.topics import list_topics as topic_names
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults import oracle
 from pipeline_project_tests.faults.fault_support import (
+    NOTHING_COMMITTED,
     committed_state,
     generated,
     produce,
@@ -79,7 +80,7 @@ def test_an_unreachable_dlq_fails_the_run_without_commit(
     quick = dataclasses.replace(settings, dlq_timeout_seconds=2.0)
     with pytest.raises(DlqDeliveryError, match="not confirmed"):
         ingest(quick)
-    assert committed_state(settings) == ({}, {})
+    assert committed_state(settings) == NOTHING_COMMITTED
     assert not [r for r in oracle.read_topic(settings.bootstrap, settings.dlq_topic)]
 
     monkeypatch.setattr(publish, "producer_config", real_config)

@@ -21,12 +21,13 @@ from pipeline_project.kafka.topics import admin_client
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults import oracle
 from pipeline_project_tests.faults.fault_support import (
+    NOTHING_COMMITTED,
     Sent,
     committed_state,
     ends,
     generated,
-    manifests,
     produce,
+    records,
     run_driver,
     start_driver,
 )
@@ -44,8 +45,8 @@ def admin(settings: Settings, method: str, *args: object, **kwargs: object) -> N
 def spans(settings: Settings) -> dict[int, list[tuple[int, int]]]:
     """Partition → committed (start, end) ranges, sorted."""
     out: dict[int, list[tuple[int, int]]] = {}
-    for m in manifests(settings):
-        out.setdefault(m["range"]["partition"], []).append((m["range"]["start"], m["range"]["end"]))
+    for r in records(settings):
+        out.setdefault(r.range.partition, []).append((r.range.start, r.range.end))
     return {p: sorted(r) for p, r in out.items()}
 
 
@@ -129,7 +130,7 @@ def test_a_range_past_the_high_watermark_times_out_without_commit(settings: Sett
     assert time.monotonic() - started < 20, "the wait for offsets past the log end is unbounded"
     assert beyond.code == 1 and beyond.result["error"] == "DrainError", str(beyond)
     assert "before the time bound" in beyond.result["message"]
-    assert committed_state(settings) == ({}, {})
+    assert committed_state(settings) == NOTHING_COMMITTED
     caught_up = run_driver(settings)
     assert caught_up.ok, str(caught_up)
     oracle.check(settings, truth).assert_ok()
@@ -290,6 +291,6 @@ def test_partitions_added_while_a_run_is_in_flight_start_at_zero(settings: Setti
     assert second.ok, str(second)
     got = spans(settings)
     assert got[3] == [(0, 200)] and got[4] == [(0, 200)], got
-    assert (settings.state_dir / "manifests" / settings.raw_topic / "4").is_dir()
+    assert committed_state(settings)[0] is not None
     oracle.check(settings, truth).assert_ok()
     oracle.assert_rerun_is_noop(settings)
