@@ -261,8 +261,8 @@ def run_range(
     """The protocol for one range; the commit is its only write to the lake."""
     with paused_gc():
         done = committed_end(lake, rng)
-        if done is not None and done >= rng.end and done > rng.start:
-            return RangeOutcome(rng, "already_committed")
+        if done is not None and done >= rng.end and (done > rng.start or rng.size == 0):
+            return RangeOutcome(rng, "already_committed")  # an empty range at the end included
         started = time.perf_counter()
         steps = StepClock()
         moment = clock()

@@ -204,7 +204,11 @@ def _readable(dataset: pads.FileSystemDataset, missing: set[str]) -> pads.FileSy
 def _unreferenced(lake: Lake, table: DeltaTable) -> int:
     """Files under the table no commit references (crashed writers, compacted-away files)."""
     with lake_errors(lake, "listing unreferenced files"):
-        return len(table.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False))
+        return len(
+            table.vacuum(
+                retention_hours=0, dry_run=True, enforce_retention_duration=False, full=True
+            )
+        )
 
 
 # ------------------------------------------------------------------------------------ conservation
