@@ -1,0 +1,1 @@
+"""The lake's storage: a local S3 server (versitygw) for development and tests."""
