@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline_project.kafka.broker import free_port_pair  # noqa: F401 - re-exported for tests
@@ -31,3 +32,11 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@dataclass(frozen=True)
+class S3Lake:
+    """A fresh table location on the session's S3 server and the delta-rs options to reach it."""
+
+    uri: str
+    storage_options: dict[str, str] = field(repr=False)

@@ -1,8 +1,8 @@
 """Just enough AWS Signature V4 to talk to a local S3 server without boto3.
 
-The local server only needs three body-less calls (list buckets, head and create a bucket) to
-prove it is up, that our credentials work and that the lake's bucket exists; a signer of forty
-lines is cheaper than a dependency.
+The local server only needs a few small calls (list buckets, head and create a bucket, and in
+tests a conditional PUT) to prove it is up, that our credentials work and that the lake's bucket
+exists; a signer of forty lines is cheaper than a dependency.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import http.client
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
-
-EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -30,14 +28,24 @@ def _hmac(key: bytes, text: str) -> bytes:
     return hmac.new(key, text.encode(), hashlib.sha256).digest()
 
 
-def sign(method: str, host: str, path: str, creds: Credentials, now: datetime) -> dict[str, str]:
-    """The headers of a signed, body-less S3 request (path-style, no query string)."""
+def sign(
+    method: str,
+    host: str,
+    path: str,
+    creds: Credentials,
+    now: datetime,
+    body: bytes = b"",
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The headers of a signed S3 request (path-style, no query string); `extra` is signed too."""
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
     day = amz_date[:8]
-    headers = {"host": host, "x-amz-content-sha256": EMPTY_SHA256, "x-amz-date": amz_date}
+    payload = hashlib.sha256(body).hexdigest()
+    headers = {k.lower(): v for k, v in (extra or {}).items()}
+    headers.update({"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date})
     names = ";".join(sorted(headers))
     canonical = "\n".join(
-        [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, EMPTY_SHA256]
+        [method, path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", names, payload]
     )
     scope = f"{day}/{creds.region}/s3/aws4_request"
     to_sign = "\n".join(
@@ -55,15 +63,20 @@ def sign(method: str, host: str, path: str, creds: Credentials, now: datetime) -
 
 
 def request(
-    method: str, endpoint: str, path: str, creds: Credentials, timeout: float = 5.0
+    method: str,
+    endpoint: str,
+    path: str,
+    creds: Credentials,
+    timeout: float = 5.0,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """(status, body) of one signed request; OSError when nothing answers."""
     parts = urlsplit(endpoint)
+    signed = sign(method, parts.netloc, path, creds, datetime.now(UTC), body, headers)
     conn = http.client.HTTPConnection(parts.netloc, timeout=timeout)
     try:
-        conn.request(
-            method, path, headers=sign(method, parts.netloc, path, creds, datetime.now(UTC))
-        )
+        conn.request(method, path, body=body or None, headers=signed)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
