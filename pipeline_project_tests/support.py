@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline_project.kafka.broker import free_port_pair  # noqa: F401 - re-exported for tests
 from pipeline_project.settings import Settings
@@ -34,9 +34,11 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-@dataclass(frozen=True)
-class S3Lake:
-    """A fresh table location on the session's S3 server and the delta-rs options to reach it."""
+class S3Lake(NamedTuple):
+    """A fresh table location on the session's S3 server and the delta-rs options to reach it.
+
+    A tuple, so `uri, options = s3_lake` works as well as the attribute names.
+    """
 
     uri: str
-    storage_options: dict[str, str] = field(repr=False)
+    storage_options: dict[str, str]
