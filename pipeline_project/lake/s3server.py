@@ -62,8 +62,8 @@ def build_versitygw() -> str:
     go = shutil.which("go")
     if not go:
         raise S3ServerError(
-            "versitygw not found and go is not installed: install Go 1.25+ and run `make install` "
-            f"(or `go install {VERSITYGW_MODULE}@{VERSITYGW_VERSION}`; PIPELINE_VERSITYGW=<binary>)"
+            "go not found, so versitygw cannot be built: install Go 1.25+ and run `make install`, "
+            "or set PIPELINE_VERSITYGW to a versitygw binary"
         )
     target = local_bin()
     target.mkdir(parents=True, exist_ok=True)

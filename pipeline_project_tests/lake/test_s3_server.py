@@ -22,7 +22,12 @@ from deltalake.exceptions import CommitFailedError
 
 from pipeline_project.errors import S3ServerError
 from pipeline_project.lake import sigv4
-from pipeline_project.lake.s3server import LocalS3, lake_storage_options
+from pipeline_project.lake.s3server import (
+    LocalS3,
+    build_versitygw,
+    find_versitygw,
+    lake_storage_options,
+)
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, S3Lake, free_port_pair, unique
 
 APP_ID = "raw-0"
@@ -96,6 +101,21 @@ def test_cli_start_status_stop_round_trip(s3_server: LocalS3, tmp_path: Path) ->
 def test_start_on_a_busy_port_is_one_line(s3_server: LocalS3, tmp_path: Path) -> None:
     with pytest.raises(S3ServerError, match=f"port {s3_server.port} is already in use"):
         LocalS3(home=tmp_path, port=s3_server.port).start()
+
+
+def test_binary_from_the_environment_or_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, s3_server: LocalS3, tmp_path: Path
+) -> None:
+    binary = find_versitygw()
+    assert binary
+    monkeypatch.setenv("PIPELINE_VERSITYGW", binary)
+    assert find_versitygw() == binary
+    monkeypatch.setenv("PIPELINE_VERSITYGW", str(tmp_path / "missing"))
+    with pytest.raises(S3ServerError, match="is not an executable file"):
+        find_versitygw()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(S3ServerError, match="^go not found, so versitygw cannot be built: "):
+        build_versitygw()
 
 
 def test_put_if_absent_is_enforced_by_the_server(s3_server: LocalS3) -> None:
