@@ -8,6 +8,7 @@ active exception"), which would turn a green pytest run into exit code 134.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -248,3 +249,69 @@ def test_hung_endpoint_is_bounded_by_timeout(silent_listener: int) -> None:
     error, took = timed_load(f"s3://lake/{unique('t')}", options)
     assert "timed out" in str(error).lower() or "timeout" in str(error).lower(), error
     assert took < 15
+
+
+COMMIT_PUT = re.compile(rb"PUT \S*/_delta_log/0*[1-9][0-9]*\.json ")
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    except OSError:
+        pass
+
+
+class LossyProxy:
+    """TCP to the S3 server, except that the answer to the first commit PUT never comes back.
+
+    versitygw closes every connection after one response (no keep-alive), so each accepted
+    connection carries one request and its first bytes hold the request line.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.swallowed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(client,), daemon=True).start()
+
+    def _handle(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        head = client.recv(65536)
+        upstream.sendall(head)
+        threading.Thread(target=_pump, args=(client, upstream), daemon=True).start()
+        if COMMIT_PUT.match(head) and not self.swallowed.is_set():
+            upstream.recv(65536)  # the server's 200, never passed on: the client times out
+            self.swallowed.set()
+            return
+        _pump(upstream, client)
+        client.close()
+
+
+def test_lost_commit_response_is_an_error_yet_committed(s3_server: LocalS3) -> None:
+    """A commit whose 200 is lost raises OSError (no retry: a conditional PUT is not idempotent),
+    yet the commit is in the log: after any commit error, the txn version says what happened."""
+    direct = s3_server.storage_options()
+    uri = f"s3://{s3_server.bucket}/{unique('lost')}"
+    append(uri, "seed", 5, direct)
+    proxy = LossyProxy(s3_server.port)
+    try:
+        proxied = {**direct, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "timeout": "2s"}
+        table = DeltaTable(uri, storage_options=proxied)
+        with pytest.raises(OSError, match=r"(?s)Error performing PUT .*00001\.json.*timed out"):
+            append(table, "mine", 9, None)
+    finally:
+        proxy.listener.close()
+    assert proxy.swallowed.is_set()
+    after = DeltaTable(uri, storage_options=direct)
+    assert (after.version(), after.transaction_version(APP_ID)) == (1, 9)
+    assert rows(uri, direct) == ["mine"] * 3 + ["seed"] * 3
