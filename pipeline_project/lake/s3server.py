@@ -270,13 +270,15 @@ class LocalS3:
 def lake_storage_options(
     endpoint: str, access_key: str, secret_key: str, region: str = "us-east-1"
 ) -> dict[str, str]:
-    """delta-rs (deltalake 1.6) storage options for an S3-compatible endpoint.
+    """delta-rs (deltalake 1.6) storage options for an S3-compatible endpoint such as versitygw.
 
-    Commits are safe without extra keys: delta-rs writes `_delta_log/N.json` with
-    `PutMode::Create`, which object_store sends as `If-None-Match: *` (conditional_put=etag is its
-    default), and the loser of a race gets 412 -> CommitFailedError. AWS_S3_ALLOW_UNSAFE_RENAME
-    must stay unset: it swaps in a rename-based log store that can overwrite a commit. The
-    timeout and retry keys bound a dead endpoint to seconds instead of object_store's 3 minutes.
+    Commit safety needs no extra key: delta-rs writes `_delta_log/N.json` with `PutMode::Create`,
+    which object_store sends as `If-None-Match: *`, and a 412 makes the loser's commit fail with
+    CommitFailedError. `conditional_put=etag` is object_store's default, set here so a stray
+    AWS_CONDITIONAL_PUT=disabled in the environment cannot turn every commit into an error.
+    The last four bound a bad endpoint (object_store alone retries 10 times for up to 3 minutes):
+    refused in under a second, no TCP answer in about 3 x connect_timeout, a server that accepts
+    but never answers in one `timeout`, which must still cover the largest single GET or PUT.
     """
     return {
         "AWS_ENDPOINT_URL": endpoint,
@@ -286,7 +288,7 @@ def lake_storage_options(
         "AWS_ALLOW_HTTP": "true" if endpoint.startswith("http://") else "false",
         "conditional_put": "etag",
         "connect_timeout": "2s",
-        "timeout": "30s",
+        "timeout": "10s",
         "max_retries": "2",
-        "retry_timeout": "10s",
+        "retry_timeout": "5s",
     }

@@ -227,11 +227,12 @@ def test_unknown_access_key(s3_server: LocalS3) -> None:
 
 
 def test_refused_endpoint_is_bounded() -> None:
-    """Connection refused is retried (max_retries) with backoff, within retry_timeout."""
+    """Connection refused is retried max_retries (2) times with backoff: well under a second."""
     port = free_port_pair()
     options = lake_storage_options(f"http://127.0.0.1:{port}", "pipeline", "pipeline-secret")
     error, took = timed_load(f"s3://lake/{unique('t')}", options)
-    assert "Connection refused" in str(error) and took < 10
+    assert "Connection refused (os error 111)" in str(error) and "after 2 retries" in str(error)
+    assert took < 5
 
 
 @pytest.fixture
@@ -247,8 +248,8 @@ def test_hung_endpoint_is_bounded_by_timeout(silent_listener: int) -> None:
     endpoint = f"http://127.0.0.1:{silent_listener}"
     options = {**lake_storage_options(endpoint, "pipeline", "x"), "timeout": "1s"}
     error, took = timed_load(f"s3://lake/{unique('t')}", options)
-    assert "timed out" in str(error).lower() or "timeout" in str(error).lower(), error
-    assert took < 15
+    assert "operation timed out" in str(error)
+    assert took < 10  # one 1 s attempt, retried while under retry_timeout (5 s)
 
 
 COMMIT_PUT = re.compile(rb"PUT \S*/_delta_log/0*[1-9][0-9]*\.json ")
