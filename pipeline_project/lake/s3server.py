@@ -185,10 +185,14 @@ class LocalS3:
         )
 
     def _spawn(self, binary: str) -> subprocess.Popen:
-        """The gateway in its own session; credentials by environment, not on the command line."""
+        """The gateway in its own session; credentials by environment, not on the command line.
+
+        The caller's VGW_* variables are dropped: each is a versitygw option (read-only mode,
+        another region...) that would silently change the server the tests and exports describe.
+        """
         cmd = [binary, "--port", f"127.0.0.1:{self.port}", "--quiet", "posix", str(self.data_dir)]
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if not k.startswith("VGW_")},
             "ROOT_ACCESS_KEY_ID": DEV_ACCESS_KEY,
             "ROOT_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
             "VGW_REGION": self.region,
