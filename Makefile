@@ -1,10 +1,12 @@
-# The README's commands. Everything installs itself: the venv from PyPI, the broker jars from Maven Central.
+# The README's commands. Everything installs itself: the venv from PyPI, the broker jars from Maven Central,
+# the local S3 server (versitygw) from the Go module proxy.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NATIVE_STAMP := $(VENV)/.native
+VERSITYGW_STAMP := $(VENV)/.versitygw
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
 .PHONY: help install demo test test-fast lint bench clean kafka-start kafka-stop browser screenshots chaos soak
@@ -17,7 +19,7 @@ help:
 	@echo "make chaos  - seeded random-kill loop, CHAOS_ITERATIONS (50) CHAOS_SEED (7); JSON summary"
 	@echo "make soak   - dagster-daemon + producer at SOAK_RATE (5000/s) for SOAK_SECONDS (600); JSON"
 	@echo "make screenshots - refresh docs/images/ from the browser test (headless Chromium)"
-	@echo "make clean  - remove the venv, local broker data, the lake and .dagster/"
+	@echo "make clean  - remove the venv, local broker and S3 data, the lake and .dagster/"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -31,7 +33,16 @@ $(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.t
 	bash scripts/build-native.sh $(BIN)/python
 	touch $(NATIVE_STAMP)
 
-install: $(STAMP) $(NATIVE_STAMP)
+# The local S3 server for the lake (versitygw, Go) into .local/bin: built when go is found, else a
+# warning (the S3 tests then skip). s3server.py pins the version, so editing it rebuilds.
+$(VERSITYGW_STAMP): $(STAMP) pipeline_project/lake/s3server.py
+	@if command -v go >/dev/null 2>&1; then \
+	  $(BIN)/pipeline-project s3 build && touch $(VERSITYGW_STAMP); \
+	else \
+	  echo "warning: go not found: no local S3 server (the S3 tests are skipped); install Go 1.25+ and run make install again"; \
+	fi
+
+install: $(STAMP) $(NATIVE_STAMP) $(VERSITYGW_STAMP)
 
 demo: install
 	bash scripts/demo.sh
@@ -77,4 +88,5 @@ kafka-stop: install
 
 clean:
 	-test -x $(BIN)/pipeline-project && $(BIN)/pipeline-project kafka stop
+	-test -x $(BIN)/pipeline-project && $(BIN)/pipeline-project s3 stop
 	rm -rf $(VENV) .local data .dagster .pytest_cache .ruff_cache *.egg-info native/target

@@ -1,4 +1,4 @@
-"""The `pipeline-project` command: the local broker, topics, the producer and audits.
+"""The `pipeline-project` command: the local broker and S3 server, topics, producer and audits.
 
 Errors the pipeline raises on purpose (PipelineError) print as one line on stderr with a non-zero
 exit, never as a traceback.
@@ -56,6 +56,66 @@ def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
     names = ", ".join(f"{name} ({n} partitions)" for name, n in sorted(topics.items())) or "none"
     print(f"topics:   {names}")
     return 0
+
+
+def _s3_start(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.s3server import LocalS3
+
+    server = LocalS3.from_env()
+    print(f"# {server.start()}")  # a comment, so `eval "$(pipeline-project s3 start)"` works
+    for line in server.exports():
+        print(line)
+    return 0
+
+
+def _s3_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.s3server import LocalS3
+
+    print(LocalS3.from_env().stop())
+    return 0
+
+
+def _s3_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.s3server import VERSITYGW_VERSION, LocalS3
+
+    server = LocalS3.from_env()
+    pid = server.pid()
+    reachable = server.answers()
+    owner = f"local, pid {pid}" if pid else "not started by this project" if reachable else "local"
+    print(f"s3:       {'running' if reachable else 'stopped'} ({owner})")
+    print(f"version:  versitygw {VERSITYGW_VERSION}")
+    print(f"endpoint: {server.endpoint}")
+    print(f"data:     {server.data_dir}")
+    if not reachable:
+        return 1
+    print(f"bucket:   {server.bucket} ({'exists' if server.bucket_exists() else 'missing'})")
+    return 0
+
+
+def _s3_build(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.s3server import build_versitygw
+
+    print(build_versitygw())
+    return 0
+
+
+def _add_s3_commands(commands: argparse._SubParsersAction) -> None:
+    s3 = commands.add_parser(
+        "s3", help="the local S3 server for the lake (versitygw, data in .local/s3/)"
+    )
+    s3_cmds = s3.add_subparsers(dest="s3_command", required=True, metavar="ACTION")
+    s3_cmds.add_parser(
+        "start", help="start the server (idempotent), create the bucket, print the exports"
+    ).set_defaults(handler=_s3_start)
+    s3_cmds.add_parser("stop", help="stop the server (SIGTERM, then SIGKILL)").set_defaults(
+        handler=_s3_stop
+    )
+    s3_cmds.add_parser("status", help="running/stopped, endpoint, bucket").set_defaults(
+        handler=_s3_status
+    )
+    s3_cmds.add_parser("build", help="(re)build versitygw into .local/bin with go").set_defaults(
+        handler=_s3_build
+    )
 
 
 def _topics_ensure(args: argparse.Namespace, settings: Settings) -> int:
@@ -279,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dlq_commands(commands)
     _add_loss_commands(commands)
     _add_lake_commands(commands)
+    _add_s3_commands(commands)
     return parser
 
 

@@ -13,6 +13,10 @@ class BrokerError(PipelineError):
     """The local broker could not be set up, started, stopped or reached."""
 
 
+class S3ServerError(PipelineError):
+    """The local S3 server (versitygw) could not be built, started, stopped or reached."""
+
+
 class KafkaUnavailableError(PipelineError):
     """The configured Kafka cluster did not answer within the bound."""
 

@@ -1,5 +1,5 @@
 """Test fixtures: one real Kafka broker per test session, fresh topics and a fresh data dir per
-test.
+test; one real S3 server (versitygw) per session that needs it, a fresh table location per test.
 
 Tests start their own broker (on free ports, data under .local/test-kafka) unless
 PIPELINE_KAFKA_BOOTSTRAP points at a reachable cluster, in which case they use that one.
@@ -17,8 +17,9 @@ import pytest
 
 from pipeline_project.kafka.broker import LocalBroker, metadata_ok
 from pipeline_project.kafka.topics import ensure_topics
+from pipeline_project.lake.s3server import LocalS3, find_versitygw
 from pipeline_project.settings import Settings
-from pipeline_project_tests.support import REPO_ROOT, free_port_pair, unique
+from pipeline_project_tests.support import REPO_ROOT, S3Lake, free_port_pair, unique
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +63,32 @@ def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     )
     ensure_topics(settings, raw_partitions=3)
     return settings
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[LocalS3]:
+    """A versitygw this session starts on a free port (data under .local/test-s3-<pid>) and stops.
+
+    Skipped only when versitygw cannot be had at all (no binary and no go to build one); a failed
+    build or start is an error, not a skip.
+    """
+    if find_versitygw() is None and shutil.which("go") is None:
+        pytest.skip("versitygw not found and go is not installed to build it (make install)")
+    home = REPO_ROOT / ".local" / f"test-s3-{os.getpid()}"
+    shutil.rmtree(home, ignore_errors=True)
+    server = LocalS3(home=home, port=free_port_pair())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def s3_lake(s3_server: LocalS3) -> S3Lake:
+    """A fresh s3://<bucket>/<unique prefix> table location and its delta-rs storage options."""
+    return S3Lake(
+        uri=f"s3://{s3_server.bucket}/{unique('table')}",
+        storage_options=s3_server.storage_options(),
+    )

@@ -6,6 +6,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline_project.kafka.broker import free_port_pair  # noqa: F401 - re-exported for tests
 from pipeline_project.settings import Settings
@@ -31,3 +32,13 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class S3Lake(NamedTuple):
+    """A fresh table location on the session's S3 server and the delta-rs options to reach it.
+
+    A tuple, so `uri, options = s3_lake` works as well as the attribute names.
+    """
+
+    uri: str
+    storage_options: dict[str, str]
