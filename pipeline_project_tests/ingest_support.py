@@ -52,7 +52,7 @@ def lake_frame(settings: Settings) -> pl.DataFrame:
     lake = lake_of(settings)
     if open_table(lake) is None:
         return pl.DataFrame()
-    return pl.read_delta(lake.table_uri("events"), storage_options=lake.options())
+    return pl.read_delta(lake.table_uri("events"), storage_options=lake.polars_options())
 
 
 def dlq_records(settings: Settings) -> list[dict]:

@@ -25,7 +25,7 @@ def scan_table(lake: Lake, table: str = TABLE_EVENTS) -> pl.LazyFrame | None:
     if open_table(lake, table) is None:
         return None
     with lake_errors(lake, f"reading {table}"):
-        return pl.scan_delta(lake.table_uri(table), storage_options=lake.options())
+        return pl.scan_delta(lake.table_uri(table), storage_options=lake.polars_options())
 
 
 def read_days(

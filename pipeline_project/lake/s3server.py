@@ -22,6 +22,7 @@ from pathlib import Path
 from pipeline_project.errors import S3ServerError
 from pipeline_project.kafka.broker import _alive, _is_zombie, port_in_use
 from pipeline_project.lake import sigv4
+from pipeline_project.lake.location import S3_CLIENT_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -278,11 +279,7 @@ def lake_storage_options(
 
     Commit safety needs no extra key: delta-rs writes `_delta_log/N.json` with `PutMode::Create`,
     which object_store sends as `If-None-Match: *`, and a 412 makes the loser's commit fail with
-    CommitFailedError. `conditional_put=etag` is object_store's default, set here so a stray
-    AWS_CONDITIONAL_PUT=disabled in the environment cannot turn every commit into an error.
-    The last four bound a bad endpoint (object_store alone retries 10 times for up to 3 minutes):
-    refused in under a second, no TCP answer in about 3 x connect_timeout, a server that accepts
-    but never answers in one `timeout`, which must still cover the largest single GET or PUT.
+    CommitFailedError. The client bounds are the lake's own (location.S3_CLIENT_DEFAULTS).
     """
     return {
         "AWS_ENDPOINT_URL": endpoint,
@@ -290,9 +287,5 @@ def lake_storage_options(
         "AWS_SECRET_ACCESS_KEY": secret_key,
         "AWS_REGION": region,
         "AWS_ALLOW_HTTP": "true" if endpoint.startswith("http://") else "false",
-        "conditional_put": "etag",
-        "connect_timeout": "2s",
-        "timeout": "10s",
-        "max_retries": "2",
-        "retry_timeout": "5s",
+        **S3_CLIENT_DEFAULTS,
     }

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline_project.lake.location import Lake, parse_lake_uri
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "s3"]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -55,4 +55,4 @@ def record_of(rng: Range, batch, run_id: str = "run-test", kind: str = "ingest")
 
 def read_events(lake: Lake) -> pl.DataFrame:
     """The committed events table as a reader sees it (through the Delta log)."""
-    return pl.read_delta(lake.table_uri("events"), storage_options=lake.options())
+    return pl.read_delta(lake.table_uri("events"), storage_options=lake.polars_options())
