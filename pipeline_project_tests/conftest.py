@@ -17,6 +17,7 @@ import pytest
 
 from pipeline_project.kafka.broker import LocalBroker, metadata_ok
 from pipeline_project.kafka.topics import ensure_topics
+from pipeline_project.lake.location import AWS_VARIABLES
 from pipeline_project.lake.s3server import LocalS3, find_versitygw
 from pipeline_project.settings import Settings
 from pipeline_project_tests.support import REPO_ROOT, S3Lake, free_port_pair, unique
@@ -92,3 +93,23 @@ def s3_lake(s3_server: LocalS3) -> S3Lake:
         uri=f"s3://{s3_server.bucket}/{unique('table')}",
         storage_options=s3_server.storage_options(),
     )
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The lake of a test that must hold on every backend: "" (local disk under the data dir) or
+    a fresh s3:// location on the session's versitygw, whose AWS_* variables are then set for
+    in-process calls and subprocesses alike."""
+    if request.param == "local":
+        return ""
+    uri, options = request.getfixturevalue("s3_lake")
+    for name in AWS_VARIABLES:
+        if name in options:
+            monkeypatch.setenv(name, options[name])
+    return uri
+
+
+@pytest.fixture
+def lake_settings(kafka_settings: Settings, backend: str) -> Settings:
+    """kafka_settings with the lake on the parametrised backend."""
+    return dataclasses.replace(kafka_settings, lake_uri=backend)

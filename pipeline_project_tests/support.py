@@ -24,6 +24,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
             "PIPELINE_RAW_TOPIC": settings.raw_topic,
             "PIPELINE_DLQ_TOPIC": settings.dlq_topic,
             "PIPELINE_DATA_DIR": str(settings.data_dir),
+            "PIPELINE_LAKE_URI": settings.lake_uri,
         }
     )
     env.update(extra)

@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 
 from pipeline_project.lake.history import read_history
 from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.table import open_table
 from pipeline_project.settings import Settings
 from pipeline_project_tests.ingest_support import assert_reconciles
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
@@ -57,8 +58,14 @@ def load_range(settings: Settings, n: int = 3_000, bad_every: int = 40) -> int:
     return n
 
 
+def at(settings: Settings, data: Path) -> Settings:
+    """The settings of one data dir: its own lake (on S3, its own prefix of the backend's)."""
+    uri = f"{settings.lake_uri}/{data.name}" if settings.lake_uri else ""
+    return dataclasses.replace(settings, data_dir=data, lake_uri=uri)
+
+
 def _drive_args(settings: Settings, data: Path, end: int, fault: str | None, start: int):
-    extra = {"PIPELINE_DATA_DIR": str(data)}
+    extra = {"PIPELINE_DATA_DIR": str(data), "PIPELINE_LAKE_URI": at(settings, data).lake_uri}
     if fault:
         extra["PIPELINE_FAULT_POINT"] = fault
     args = [PYTHON, "-m", "pipeline_project_tests.range_driver", "0", str(start), str(end)]
@@ -81,27 +88,27 @@ def start_drive(settings: Settings, data: Path, end: int) -> subprocess.Popen[st
 
 def lake_rows(settings: Settings, data: Path) -> pl.DataFrame:
     """The events table as a reader sees it (through the Delta log), in offset order."""
-    lake = lake_of(dataclasses.replace(settings, data_dir=data))
-    table = lake.table_uri("events")
-    if not (Path(table) / "_delta_log").is_dir():
+    lake = lake_of(at(settings, data))
+    if open_table(lake) is None:
         return pl.DataFrame()
-    return pl.read_delta(table).sort("kafka_partition", "kafka_offset")
+    rows = pl.read_delta(lake.table_uri("events"), storage_options=lake.polars_options())
+    return rows.sort("kafka_partition", "kafka_offset")
 
 
 def reconcile_ok(settings: Settings, data: Path) -> dict:
-    return assert_reconciles(env_for(settings, PIPELINE_DATA_DIR=str(data)))
+    return assert_reconciles(env_for(at(settings, data)))
 
 
 @pytest.fixture
-def loaded(kafka_settings: Settings, tmp_path: Path) -> tuple[Settings, int, pl.DataFrame]:
-    """A loaded partition and the reference lake from one clean run."""
-    end = load_range(kafka_settings)
+def loaded(lake_settings: Settings, tmp_path: Path) -> tuple[Settings, int, pl.DataFrame]:
+    """A loaded partition and the reference lake from one clean run (on each backend)."""
+    end = load_range(lake_settings)
     ref = tmp_path / "reference"
-    done = drive(kafka_settings, ref, end)
+    done = drive(lake_settings, ref, end)
     assert done.returncode == 0, done.stderr
-    reference = lake_rows(kafka_settings, ref)
+    reference = lake_rows(lake_settings, ref)
     assert reference.get_column("date").n_unique() == 2, "expected rows on two days"
-    return kafka_settings, end, reference
+    return lake_settings, end, reference
 
 
 @pytest.mark.parametrize("fault", ["K1", "K2", "K4", "K5", "K6", "KC", "K7"])
@@ -156,7 +163,7 @@ def test_all_bad_range_and_empty_range_commit_offsets_and_no_file(
     empty = drive(kafka_settings, data, 100, start=100)
     assert empty.returncode == 0, empty.stderr
     assert not list((data / "output").rglob("*.parquet"))
-    lake = lake_of(dataclasses.replace(kafka_settings, data_dir=data))
+    lake = lake_of(at(kafka_settings, data))
     (record,) = read_history(lake).records
     assert (record.records, record.written, len(record.dlq)) == (100, 0, 100)
     reconcile_ok(kafka_settings, data)

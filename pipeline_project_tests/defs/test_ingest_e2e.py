@@ -52,8 +52,9 @@ def tick_until_caught_up(instance: DagsterInstance, max_ticks: int = 40) -> list
 
 
 def test_fifty_thousand_events_land_exactly_once(
-    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lake_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    kafka_settings = lake_settings  # on each backend: local disk, then versitygw
     truth = produce(
         kafka_settings,
         tmp_path / "truth.jsonl",
@@ -146,7 +147,8 @@ def test_fifty_thousand_events_land_exactly_once(
     assert_reconciles(env_for(kafka_settings))
 
 
-def test_dagster_job_execute_drains_from_a_shell(kafka_settings: Settings, tmp_path: Path) -> None:
+def test_dagster_job_execute_drains_from_a_shell(lake_settings: Settings, tmp_path: Path) -> None:
+    kafka_settings = lake_settings
     truth = produce(kafka_settings, tmp_path / "truth.jsonl", 3_000, "--bad-ratio", "0.05")
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -6,6 +6,7 @@ never the session's, so every other test keeps its broker.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     """Fresh topics (raw: 3 partitions) on the session broker, a fresh data dir, own group."""
     return fresh_settings(kafka_bootstrap, tmp_path / "data")
+
+
+@pytest.fixture
+def any_settings(settings: Settings, backend: str) -> Settings:
+    """`settings` with the lake on the parametrised backend (local disk, then versitygw)."""
+    return dataclasses.replace(settings, lake_uri=backend)
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,9 @@ from pipeline_project_tests.faults.fault_support import (
     ],
 )
 def test_a_zombie_run_never_commits_over_a_newer_run(
-    settings: Settings, point: str, more: int, fenced: bool
+    any_settings: Settings, point: str, more: int, fenced: bool
 ) -> None:
+    settings = any_settings
     truth = produce(settings, generated(1500, seed=3), partition=0)
     zombie = start_driver(settings, [Range(settings.raw_topic, 0, 0, 1500)], fault=point, stop=True)
     zombie.wait_stopped()
