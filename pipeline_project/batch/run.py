@@ -260,7 +260,8 @@ def run_range(
 ) -> RangeOutcome:
     """The protocol for one range; the commit is its only write to the lake."""
     with paused_gc():
-        done = committed_end(lake, rng)
+        table = open_table(lake)
+        done = txn_version(table, app_id(rng.topic, rng.partition))
         if done is not None and done >= rng.end and (done > rng.start or rng.size == 0):
             return RangeOutcome(rng, "already_committed")  # an empty range at the end included
         started = time.perf_counter()
@@ -281,7 +282,7 @@ def run_range(
         steps.lap("dlq")
         fault_point("K6")
         record = range_record(rng, "ingest", identity, offsets, batch, deliveries)
-        committed = commit_range(lake, record, batch.good)
+        committed = commit_range(lake, record, batch.good, table=table)
         steps.lap("commit")
         fault_point("K7")
         commit_group_offset(consumer, rng)

@@ -32,7 +32,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.errors import AccountingError, ContiguityError, FencingError, LakeError
-from pipeline_project.lake.files import storage, sync_log, write_range_files
+from pipeline_project.lake.files import find_commit, storage, sync_log, write_range_files
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import METADATA_KEY, RangeRecord
 from pipeline_project.lake.table import (
@@ -69,21 +69,25 @@ def commit_range(
     record: RangeRecord,
     rows: pl.DataFrame | None,
     *,
+    table: DeltaTable | None = None,
     table_name: str = TABLE_EVENTS,
     clock: type[datetime] = datetime,
+    last_error: list[str] | None = None,
 ) -> CommitResult:
     """Commits `rows` (the range's lake rows, any number of days) and `record` exactly once.
 
     `rows` None commits the record alone: its rows are already in the table (a migrated range,
-    whose files an earlier commit adopted).
+    whose files an earlier commit adopted). `table`: the caller's snapshot, if it has just read
+    one (a run checked the start with it), used for the first attempt instead of a second load.
     """
     if rows is not None:
         check_balanced(record, rows)
     elif not record.balanced():
         raise AccountingError(f"{record.range.range_id}: its record does not add up")
     data = to_delta_rows(rows) if rows is not None else None
+    errors = last_error if last_error is not None else []
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        table = open_table(lake, table_name)
+        table = table if table is not None else open_table(lake, table_name)
         if table is None:
             if data is None:
                 raise LakeError(f"lake {lake.describe()}: no {table_name} table to commit into")
@@ -99,12 +103,15 @@ def commit_range(
             landed = _after_error(lake, table_name, record, done, exc)
             if landed is not None:
                 return CommitResult("committed", record, landed, attempt)
+            errors.append(error_line(exc))
+            table = None  # the next attempt reads the table afresh
             time.sleep(RETRY_PAUSE_SECONDS * attempt)
             continue
         return CommitResult("committed", record, version, attempt)
     raise LakeError(
         f"lake {lake.describe()}: {record.range.range_id} could not be committed after "
-        f"{MAX_ATTEMPTS} attempts; nothing of it was committed, the next run tries again"
+        f"{MAX_ATTEMPTS} attempts ({errors[-1] if errors else 'no error text'}); nothing of it "
+        "was committed, the next run tries again"
     )
 
 
@@ -177,6 +184,7 @@ def _write(
 ) -> int | None:
     """Our files, durable, then one append commit with the app transaction and the record."""
     where = storage(lake, table_name)
+    read_version = table.version()
     actions = []
     if data is not None:
         evolve_schema(lake, table, data.schema)
@@ -193,8 +201,7 @@ def _write(
         partition_by=[PARTITION_COLUMN],
         commit_properties=properties,
     )
-    table.update_incremental()
-    version = own_commit(table, record.token)
+    version = find_commit(where, read_version, record.token)
     if version is not None:
         sync_log(where, version)
     return version

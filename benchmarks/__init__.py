@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): figures printed as JSON, never asserted by tests."""
