@@ -85,7 +85,8 @@ def timed_start_and_commit(root: str, start: int) -> dict:
     record = RangeRecord(rng, "ingest", "bench", moment, moment, 10,
                          offsets_digest(range(rng.start, rng.end)),
                          filtered={"duplicate": tuple(range(rng.start, rng.end))})
-    result = commit_range(lake, record, pl.DataFrame(schema={"event_id": pl.String}).clear())
+    rows = pl.DataFrame(schema={"event_id": pl.String})
+    result = commit_range(lake, record, rows, table=table)  # as a run does: its start's snapshot
     ended = time.perf_counter()
     return {"txn_version": done, "status": result.status, "open_s": round(opened - began, 3),
             "commit_s": round(ended - opened, 3), "total_s": round(ended - began, 3)}
