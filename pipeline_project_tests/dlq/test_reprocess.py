@@ -1,7 +1,7 @@
-"""DLQ reprocessing on the real broker: recovered once, parked after N attempts, safe at R1 (D4-D6).
+"""DLQ reprocessing on the real broker: recovered once, parked after N attempts, crash-safe (D4-D6).
 
-Every test ends with `reconcile` passing: a source offset counted as DLQ by its range is also in
-the lake exactly when the resolution ledger says it was recovered, and then exactly once.
+Every test ends with `pipeline-project reconcile` passing and the recovered rows in the lake being
+exactly the records the resolution ledger (the table's log) says were recovered, once each.
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ import subprocess
 from pathlib import Path
 
 import polars as pl
+import pytest
 from confluent_kafka import Producer
 
-from pipeline_project.batch.reconcile import reconcile
-from pipeline_project.dlq import report, resolution
+from pipeline_project.dlq import report
 from pipeline_project.dlq.records import ATTEMPT, HEADER_NAMES, SOURCE_OFFSET
 from pipeline_project.dlq.repair import RepairContext, derive_event_id
 from pipeline_project.dlq.reprocess import reprocess
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.table import open_table
 from pipeline_project.settings import Settings
 from pipeline_project_tests.dlq.dlq_support import (
     HOPELESS,
     REPAIRABLE,
     YESTERDAY_NOON,
+    assert_reconciles,
     by_source,
     cli,
     dlq_records,
@@ -33,20 +36,28 @@ from pipeline_project_tests.dlq.dlq_support import (
     ingest_partition,
     parked_records,
     produce_raw,
+    recovered_rows,
 )
 from pipeline_project_tests.ingest_support import lake_frame
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 
-def lake_files(settings: Settings) -> dict[str, bytes]:
-    root = settings.lake_dir / "events"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+def table_version(settings: Settings) -> int | None:
+    table = open_table(lake_of(settings))
+    return None if table is None else table.version()
 
 
-def assert_reconciles(settings: Settings, **dlq: int) -> None:
-    report = reconcile(settings)
-    assert report.ok, [str(p) for p in report.problems]
-    assert {k: report.dlq[k] for k in dlq} == dlq
+def resend(settings: Settings, copy: dict, **headers: str) -> None:
+    """Produces a DLQ record again (headers changed as given), as a tool or a crashed run would."""
+    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    producer.produce(
+        settings.dlq_topic,
+        key=copy["key"],
+        value=copy["value"],
+        headers=list({**copy["headers"], **headers}.items()),
+        partition=copy["partition"],
+    )
+    assert producer.flush(10) == 0
 
 
 def test_repairable_records_land_once_in_the_right_day(kafka_settings: Settings) -> None:
@@ -80,22 +91,19 @@ def test_repairable_records_land_once_in_the_right_day(kafka_settings: Settings)
     assert_reconciles(settings, failed=4, recovered=4, failing=0)
 
     # A second run, and a re-sent copy of an already recovered DLQ record, change nothing (D6).
-    files = lake_files(settings)
+    version, rows = table_version(settings), lake_frame(settings)
     assert reprocess(settings).outcomes == []
+    assert table_version(settings) == version
     copy = dlq_records(settings)[0]
-    producer = Producer({"bootstrap.servers": settings.bootstrap})
-    producer.produce(
-        settings.dlq_topic,
-        key=copy["key"],
-        value=copy["value"],
-        headers=list(copy["headers"].items()),
-        partition=copy["partition"],
-    )
-    assert producer.flush(10) == 0
+    resend(settings, copy)
+    # A copy naming a source record its range committed as a lake row is never recovered.
+    good_offset = offsets[0]
+    resend(settings, copy, **{SOURCE_OFFSET: str(good_offset)})
     again = reprocess(settings)
-    assert again.counts()["already_resolved"] == 1 and again.counts()["recovered"] == 0
-    assert lake_files(settings) == files
-    assert_reconciles(settings, failed=4, recovered=4, failing=0)
+    counts = again.counts()
+    assert (counts["already_resolved"], counts["foreign"], counts["recovered"]) == (1, 1, 0)
+    assert lake_frame(settings).equals(rows)
+    assert_reconciles(settings, failed=5, recovered=4, failing=1)
 
 
 def test_hopeless_records_are_parked_after_n_attempts(kafka_settings: Settings) -> None:
@@ -120,26 +128,8 @@ def test_hopeless_records_are_parked_after_n_attempts(kafka_settings: Settings) 
     assert_reconciles(settings, failed=2, parked=2, failing=0)
 
 
-def test_crash_at_r1_then_rerun_writes_no_duplicate(
-    kafka_settings: Settings, tmp_path: Path
-) -> None:
-    settings = kafka_settings
-    values = [encode(event(300 + i)) for i in range(10)] + list(REPAIRABLE.values())
-    produce_raw(settings, values)
-    ingest_partition(settings, len(values))
-
-    crashed = cli(settings, "dlq", "replay", PIPELINE_FAULT_POINT="R1")
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-800:]
-    pending = list((settings.state_dir / resolution.DLQ_STATE_DIR / "pending").glob("*.json"))
-    assert len(pending) == 1
-    # The first DLQ range committed, its resolutions not yet moved: they count already, and the
-    # only finding is the intent the next run finishes.
-    report = reconcile(settings)
-    assert {p.code for p in report.problems} == {"unfinished_range"}
-    committed = lake_frame(settings).filter(pl.col("dlq_offset").is_not_null()).height
-    assert committed >= 1 and report.dlq["recovered"] == committed
-
-    # The re-run is the Dagster job, as the schedule launches it.
+def dagster_reprocess(settings: Settings, home: Path) -> None:
+    """The `reprocess_dlq` job run as the schedule launches it."""
     rerun = subprocess.run(
         [
             str(Path(PYTHON).parent / "dagster"),
@@ -149,19 +139,46 @@ def test_crash_at_r1_then_rerun_writes_no_duplicate(
             "pipeline_project.definitions",
         ]
         + ["-j", "reprocess_dlq"],
-        env=env_for(settings, DAGSTER_HOME=str(tmp_path)),
+        env=env_for(settings, DAGSTER_HOME=str(home)),
         capture_output=True,
         text=True,
         timeout=300,
         cwd=REPO_ROOT,
     )
-    assert rerun.returncode == 0 and "RUN_SUCCESS" in rerun.stdout + rerun.stderr, rerun.stderr[
-        -2000:
-    ]
-    assert not list(pending[0].parent.glob("*.json"))
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0 and "RUN_SUCCESS" in output, output[-2000:]
+
+
+@pytest.mark.parametrize("point", ["K1", "K6", "KC", "K7"])
+def test_a_crash_anywhere_then_reruns_recover_each_record_once(
+    kafka_settings: Settings, tmp_path: Path, point: str
+) -> None:
+    settings = kafka_settings
+    values = [encode(event(300 + i)) for i in range(10)] + list(REPAIRABLE.values())
+    values += list(HOPELESS.values())
+    produce_raw(settings, values)
+    ingest_partition(settings, len(values))
+    ingested = lake_frame(settings)
+
+    crashed = cli(settings, "dlq", "replay", PIPELINE_FAULT_POINT=point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-800:]
+    # Whatever the point, the lake is consistent: before the commit nothing of the range shows
+    # (K6 left re-sent copies in the DLQ that no commit names), after it the range is complete.
+    recovered = recovered_rows(settings).height
+    assert recovered == 0 if point != "K7" else recovered <= 4
+    assert lake_frame(settings).filter(pl.col("dlq_offset").is_null()).equals(ingested)
+    assert_reconciles(settings, failed=6, recovered=recovered)
+
+    if point == "K7":
+        dagster_reprocess(settings, tmp_path)  # the re-run as the schedule launches it
+    for _ in range(3):  # retried records are parked at attempt 3 (PIPELINE_DLQ_MAX_ATTEMPTS)
+        reprocess(settings)
+    assert reprocess(settings).outcomes == []
     lake = lake_frame(settings)
     assert lake.height == 14 and lake.select("kafka_offset").n_unique() == 14
-    assert_reconciles(settings, failed=4, recovered=4, failing=0)
+    parked = by_source(parked_records(settings))
+    assert sorted(len(copies) for copies in parked.values()) == [1, 1]
+    assert_reconciles(settings, failed=6, recovered=4, parked=2, failing=0)
 
 
 def test_replay_a_slice_and_the_report_names_new_failures(kafka_settings: Settings) -> None:
@@ -207,3 +224,4 @@ def test_replay_a_slice_and_the_report_names_new_failures(kafka_settings: Settin
     inspect = cli(settings, "dlq", "inspect")
     assert inspect.stdout.splitlines()[-1] == "2 failing: invalid_json 1, invalid_value 1"
     assert_reconciles(settings, failed=3, recovered=1, failing=2)
+    assert report.build(settings).counts("status") == {"recovered": 1, "failing": 2}
