@@ -67,8 +67,13 @@ HOPELESS: dict[str, bytes] = {
 }
 
 
-def produce_raw(settings: Settings, values: list[bytes], partition: int = 0) -> list[int]:
-    """Produces `values` to one raw partition in order; returns their offsets."""
+def produce_raw(
+    settings: Settings, values: list[bytes], partition: int = 0, key: bytes | None = None
+) -> list[int]:
+    """Produces `values` to one raw partition in order; returns their offsets.
+
+    One `key` for all puts every DLQ copy of them in one DLQ partition (the DLQ is keyed).
+    """
     producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
     offsets: dict[int, int] = {}
 
@@ -79,7 +84,7 @@ def produce_raw(settings: Settings, values: list[bytes], partition: int = 0) -> 
     for index, value in enumerate(values):
         producer.produce(
             settings.raw_topic,
-            key=f"user_{index % 7}".encode(),
+            key=key or f"user_{index % 7}".encode(),
             value=value,
             partition=partition,
             on_delivery=lambda err, msg, i=index: delivered(err, msg, i),
