@@ -17,9 +17,12 @@ import pytest
 from confluent_kafka import Producer
 
 from pipeline_project.dlq import report
-from pipeline_project.dlq.records import ATTEMPT, HEADER_NAMES, SOURCE_OFFSET
+from pipeline_project.dlq import reprocess as reprocess_module
+from pipeline_project.dlq.records import ATTEMPT, HEADER_NAMES, SOURCE_OFFSET, DlqRecord
 from pipeline_project.dlq.repair import RepairContext, derive_event_id
-from pipeline_project.dlq.reprocess import reprocess
+from pipeline_project.dlq.reprocess import DlqMessage, Sources, classify, read_ledger, reprocess
+from pipeline_project.dlq.resolution import RETRIED, Book, Resolution
+from pipeline_project.errors import FencingError
 from pipeline_project.lake.location import lake_of
 from pipeline_project.lake.table import open_table
 from pipeline_project.settings import Settings
@@ -231,3 +234,43 @@ def test_replay_a_slice_and_the_report_names_new_failures(kafka_settings: Settin
     assert inspect.stdout.splitlines()[-1] == "2 failing: invalid_json 1, invalid_value 1"
     assert_reconciles(settings, failed=3, recovered=1, failing=2)
     assert report.build(settings).counts("status") == {"recovered": 1, "failing": 2}
+
+
+def copy_of(offset: int, at: int, partition: int = 0) -> DlqMessage:
+    """A DLQ copy at `partition`@`at` of raw record `offset`."""
+    record = DlqRecord("raw", 0, offset, 0, None, b"{}", "validate", "c", "r", "", "m", 1, "", "")
+    return DlqMessage(partition, at, record)
+
+
+def test_only_the_head_copy_of_a_record_acts() -> None:
+    """Before any resolution the head is the copy the committed raw range names; after one, the
+    copy that resolution produced. Every other copy is skipped, whatever its partition."""
+    sources = Sources(heads={("raw", 0, 1): (0, 5), ("raw", 0, 2): (1, 0)}, ends={("raw", 0): 10})
+    book = Book()
+    book.latest[("raw", 0, 2)] = Resolution(("raw", 0, 2), RETRIED, (1, 0), 2, to=(2, 7))
+    messages = [copy_of(1, 4), copy_of(1, 5), copy_of(1, 6), copy_of(2, 0, partition=1)]
+    messages += [copy_of(2, 7, partition=2), copy_of(20, 8), copy_of(20, 9)]
+    skips = [v.skip for v in classify(messages, book, sources)]
+    # A source offset beyond the committed end has no head yet: its first copy waits (deferred).
+    assert skips == ["superseded", "", "superseded", "superseded", "", "", "repeat"]
+
+
+def test_a_run_on_a_stale_ledger_commits_nothing(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs at once: the one that read the ledger before the other committed must not judge
+    the new heads by it (it would skip them as superseded, and they would never be tried)."""
+    settings = kafka_settings
+    produce_raw(settings, list(HOPELESS.values()), key=b"one-dlq-partition")
+    ingest_partition(settings, len(HOPELESS))
+    stale = read_ledger(lake_of(settings))
+    assert reprocess(settings).counts()["retried"] == 2  # the other run: new heads at attempt 2
+    version = table_version(settings)
+
+    monkeypatch.setattr(reprocess_module, "read_ledger", lambda lake: stale)
+    with pytest.raises(FencingError, match="another reprocess run committed"):
+        reprocess(settings)
+    assert table_version(settings) == version
+    monkeypatch.undo()
+    assert reprocess(settings).counts()["parked"] == 2  # the heads were tried after all
+    assert_reconciles(settings, failed=2, parked=2, failing=0)
