@@ -433,7 +433,7 @@ def _validate_group(
 def _arrival_window(good: pl.DataFrame, settings: Settings) -> tuple[pl.DataFrame, list[Reject]]:
     """Rows outside the event-time window around their source record's arrival become rejects.
 
-    process_batch judges the window at reprocess time; this keeps an event whose clock ran ahead
+    `process` judges the window at reprocess time; this keeps an event whose clock ran ahead
     from passing just because time went by since ingestion rejected it.
     """
     ts, arrived = pl.col("timestamp"), pl.col("kafka_timestamp")
