@@ -90,6 +90,9 @@ SKIPPED_REASONS = (ALREADY_RESOLVED, SUPERSEDED, REPEAT, MALFORMED, FOREIGN)
 # Why a live record is re-sent unchanged instead of tried now.
 NOT_SELECTED = "not_selected"
 SOURCE_UNCOMMITTED = "source_uncommitted"
+# At most this many DLQ records per range: a range's resolutions ride in its commit's metadata
+# (~150 bytes each), which every reader of the log parses; 20k keeps one commit near 3 MB.
+MAX_DLQ_RANGE_EVENTS = 20_000
 # The event-time window judged at the source record's arrival, as ingestion judged it then.
 ARRIVAL_RULE = "timestamp_in_window_at_arrival"
 ARRIVAL_CATEGORY = "timestamp_out_of_range"
@@ -689,9 +692,8 @@ def plan_dlq_ranges(
         for s in partition_states(settings, consumer, settings.dlq_topic)
         if selection.dlq_partition in (None, s.partition)
     ]
-    plan = plan_ranges(
-        settings.dlq_topic, states, settings.max_range_events, max_ranges_per_partition=UNBOUNDED
-    )
+    size = min(settings.max_range_events, MAX_DLQ_RANGE_EVENTS)
+    plan = plan_ranges(settings.dlq_topic, states, size, max_ranges_per_partition=UNBOUNDED)
     if plan.lost:
         lost = ", ".join(r.range_id for r in plan.lost)
         raise DataLossError(f"DLQ records deleted by retention before reprocessing: {lost}")
