@@ -10,11 +10,12 @@ import dataclasses
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from pipeline_project.dlq import report
 from pipeline_project.dlq import reprocess as reprocess_module
@@ -274,3 +275,30 @@ def test_a_run_on_a_stale_ledger_commits_nothing(
     monkeypatch.undo()
     assert reprocess(settings).counts()["parked"] == 2  # the heads were tried after all
     assert_reconciles(settings, failed=2, parked=2, failing=0)
+
+
+def wait_for_leaders(settings: Settings, topic: str, timeout: float = 30.0) -> None:
+    """Until every partition of a just-created topic answers watermark requests."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "leaders"})
+    deadline = time.monotonic() + timeout
+    try:
+        for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+            while True:
+                try:
+                    consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                    break
+                except KafkaException:
+                    assert time.monotonic() < deadline, f"{topic}[{partition}] has no leader"
+                    time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
+def test_an_empty_lake_and_dlq_leave_nothing_to_do(kafka_settings: Settings) -> None:
+    settings = kafka_settings
+    wait_for_leaders(settings, settings.dlq_topic)  # topics made a moment ago
+    assert reprocess(settings).outcomes == []
+    assert table_version(settings) is None  # reprocessing nothing creates nothing
+    inspect = cli(settings, "dlq", "inspect")
+    assert inspect.returncode == 0, inspect.stderr[-800:]
+    assert inspect.stdout.splitlines()[-1] == "0 failing: nothing"
