@@ -131,8 +131,8 @@ def reprocess_events(result: ReprocessResult) -> list[AssetMaterialization | Ass
             partition=day.isoformat(),
             metadata={
                 "rows_recovered": MetadataValue.int(stats.rows),
-                "files": MetadataValue.int(len(stats.files)),
-                "file_paths": MetadataValue.json(stats.files),
+                "commits": MetadataValue.int(len(stats.ranges)),
+                "delta_versions": MetadataValue.json(stats.versions),
                 "dlq_ranges": MetadataValue.json(stats.ranges),
             },
         )

@@ -32,6 +32,7 @@ from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
 from pipeline_project.events.contract import ERROR_CATEGORIES
 from pipeline_project.health import OK, check_dlq_rate
 from pipeline_project.kafka.drain import drain_range, make_consumer
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ def build(settings: Settings, now: datetime | None = None) -> Report:
     _write_parquet(state_dir(settings) / LOG_FILE, merged)
     previous = (set(state.categories), set(state.rules))
     state.offsets.update(ends)
-    book = resolution.load_book(settings.state_dir)
+    book = resolution.load_book(lake_of(settings))  # the resolution ledger is the table's log
     records = per_source(merged, book)
     categories = set(records.get_column("category").to_list()) | set(
         records.get_column("last_category").to_list()

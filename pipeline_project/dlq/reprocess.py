@@ -1,21 +1,27 @@
-"""DLQ reprocessing: ranges of the DLQ topic through the same lake protocol as ingestion.
+"""DLQ reprocessing: ranges of the DLQ topic through the same commit protocol as ingestion.
 
-A run holds every DLQ partition's lock, recovers them, then per range [start, end) of DLQ offsets:
-intent → drain (with headers) → classify each record against the resolution ledger → repair and
-re-validate the live ones with the same `process_batch` → stage → re-send the ones still failing
-(attempt + 1, fresh headers, original bytes) or park them after PIPELINE_DLQ_MAX_ATTEMPTS → pending
-resolutions → prepare → publish → manifest (the commit point) → R1 → resolutions applied. Every DLQ
-offset lands in exactly one of: a lake row, a re-sent DLQ copy, or a filtered reason — the ledger's
-accounting identity, checked before the commit like any range.
+Per range [start, end) of DLQ partition p (app id `<dlq topic>-<p>`): start check → drain (with
+headers) → K1 → classify each copy against the resolution ledger and the raw ranges' DLQ entries →
+repair and re-validate the live ones with the ingest path's `process` → re-send the ones still
+failing (attempt + 1, fresh headers, original bytes) or park them after PIPELINE_DLQ_MAX_ATTEMPTS
+→ K6 → one `commit_range` (KC inside, K7 after). The commit carries the recovered rows, the
+re-sent copies as DLQ entries, the skipped and parked offsets as filtered reasons and the range's
+resolutions in its record's `extra`: every DLQ offset lands in exactly one of a lake row, a re-sent
+copy or a filtered reason, and the resolution ledger is the table's log (resolution.py). A crash
+anywhere before the commit leaves only re-sent copies that no committed record names: the next run
+drains the range again and those copies are superseded.
 
 Recovered rows keep their source coordinates in kafka_topic/partition/offset (and the source
 record's timestamp); `dlq_partition`/`dlq_offset` name the DLQ record, `repair_rules` the rules
 that fired.
 
-Liveness: the ledger knows each source record's *head*, the one DLQ copy allowed to act. Older
-copies (re-sent by a crashed attempt, or a DLQ re-send of the ingest protocol) are "superseded",
-copies of a resolved record "already_resolved", a second copy in one range a "repeat": so a source
-record is recovered at most once however many copies the DLQ holds.
+Liveness: each failed source record has one *head*, the one DLQ copy allowed to act: the copy its
+latest resolution produced or, before any resolution, the copy its committed raw range names. Other
+copies (re-sent by a crashed attempt of ingestion or reprocessing) are "superseded", copies of a
+resolved record "already_resolved", a second copy in one range a "repeat": so a source record is
+recovered at most once however many copies the DLQ holds. Heads live in one DLQ partition at a
+time, and a run refuses to commit when another reprocess run committed after it read the ledger,
+so two runs never act on one record (the Dagster job runs one at a time anyway).
 """
 
 from __future__ import annotations
@@ -32,36 +38,48 @@ from datetime import UTC, date, datetime
 import polars as pl
 from confluent_kafka import Consumer
 
-from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
-from pipeline_project.batch.lake import (
+from pipeline_project.batch.parse import OFFSET_COLUMN
+from pipeline_project.batch.plan import plan_ranges
+from pipeline_project.batch.process import CommittedIds, Identity
+from pipeline_project.batch.ranges import Range
+from pipeline_project.batch.records import BatchResult, RawBatch, Reject
+from pipeline_project.batch.run import (
+    UNBOUNDED,
+    IngestResult,
+    RangeOutcome,
+    committed_end,
+    committed_ids_of,
+    preflight,
+    process,
+    range_record,
+)
+from pipeline_project.batch.transform import (
+    DATE_COLUMN,
     DLQ_OFFSET_COLUMN,
     DLQ_PARTITION_COLUMN,
-    OFFSET_COLUMN,
     REPAIR_RULES_COLUMN,
+    empty_lake_frame,
 )
-from pipeline_project.batch.ledger import DlqEntry
-from pipeline_project.batch.plan import plan_ranges
-from pipeline_project.batch.process import CommittedIds
-from pipeline_project.batch.ranges import Range
-from pipeline_project.batch.records import RawBatch, Reject
-from pipeline_project.batch.recover import recover
-from pipeline_project.batch.run import UNBOUNDED, IngestResult, RangeOutcome, preflight, process
-from pipeline_project.batch.transform import DATE_COLUMN, empty_lake_frame
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.publish import DlqDelivery, DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.dlq.repair import RepairContext, repair
 from pipeline_project.dlq.resolution import Book, Coords, Resolution, Segment
-from pipeline_project.errors import DataLossError
+from pipeline_project.errors import DataLossError, FencingError, LedgerError
 from pipeline_project.kafka.drain import drain_range, make_consumer
+from pipeline_project.lake.commit import check_start, commit_range
+from pipeline_project.lake.history import History, read_history
+from pipeline_project.lake.location import Lake
+from pipeline_project.lake.record import METADATA_KEY, DlqEntry, RangeRecord
+from pipeline_project.lake.table import lake_errors, open_table
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Filter reasons of DLQ offsets whose record is not acted on (DLQ-range manifests).
+# Filter reasons of DLQ offsets whose record is not acted on (in DLQ ranges' records).
 ALREADY_RESOLVED = "already_resolved"
 SUPERSEDED = "superseded"
 REPEAT = "repeat"
@@ -72,6 +90,9 @@ SKIPPED_REASONS = (ALREADY_RESOLVED, SUPERSEDED, REPEAT, MALFORMED, FOREIGN)
 # Why a live record is re-sent unchanged instead of tried now.
 NOT_SELECTED = "not_selected"
 SOURCE_UNCOMMITTED = "source_uncommitted"
+# At most this many DLQ records per range: a range's resolutions ride in its commit's metadata
+# (~150 bytes each), which every reader of the log parses; 20k keeps one commit near 3 MB.
+MAX_DLQ_RANGE_EVENTS = 20_000
 # The event-time window judged at the source record's arrival, as ingestion judged it then.
 ARRIVAL_RULE = "timestamp_in_window_at_arrival"
 ARRIVAL_CATEGORY = "timestamp_out_of_range"
@@ -102,6 +123,43 @@ def decode_batch(raw: RawBatch) -> list[DlqMessage]:
     return messages
 
 
+@dataclass
+class Sources:
+    """What committed raw ranges say: which DLQ copy each sent, and how far each is committed.
+
+    Only a source record its committed range counts as DLQ may be recovered; otherwise the lake
+    could hold it twice (reconcile checks the same). The copy that range names is the record's
+    first head.
+    """
+
+    heads: dict[Coords, tuple[int, int]] = field(default_factory=dict)
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, history: History) -> Sources:
+        sources = cls()
+        for record in history.records:
+            rng = record.range
+            if record.kind == resolution.KIND:
+                continue
+            key = (rng.topic, rng.partition)
+            sources.ends[key] = max(sources.ends.get(key, 0), rng.end)
+            for d in record.dlq:
+                sources.heads[(rng.topic, rng.partition, d.source_offset)] = (
+                    d.dlq_partition,
+                    d.dlq_offset,
+                )
+        return sources
+
+    def status(self, source: Coords) -> str:
+        """Empty if recoverable; SOURCE_UNCOMMITTED (wait) or FOREIGN (never) otherwise."""
+        if source in self.heads:
+            return ""
+        if source[2] >= self.ends.get((source[0], source[1]), 0):
+            return SOURCE_UNCOMMITTED
+        return FOREIGN
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A DLQ message and why it is skipped ("" when it is live: this copy acts for its record)."""
@@ -110,8 +168,8 @@ class Verdict:
     skip: str = ""
 
 
-def classify(messages: Sequence[DlqMessage], book: Book) -> list[Verdict]:
-    """Decides, per copy, whether it acts for its source record (see the module docstring)."""
+def classify(messages: Sequence[DlqMessage], book: Book, sources: Sources) -> list[Verdict]:
+    """Decides, per copy, whether it is its record's head (see the module docstring)."""
     seen: set[Coords] = set()
     verdicts = []
     for message in messages:
@@ -119,10 +177,12 @@ def classify(messages: Sequence[DlqMessage], book: Book) -> list[Verdict]:
         if record is None:
             verdicts.append(Verdict(message, MALFORMED))
             continue
+        here = (message.partition, message.offset)
         known = book.get(record.coordinates)
+        head = known.to if known is not None else sources.heads.get(record.coordinates, here)
         if known is not None and known.terminal:
             skip = ALREADY_RESOLVED
-        elif known is not None and known.to != (message.partition, message.offset):
+        elif head != here:
             skip = SUPERSEDED
         elif record.coordinates in seen:
             skip = REPEAT
@@ -131,38 +191,6 @@ def classify(messages: Sequence[DlqMessage], book: Book) -> list[Verdict]:
             seen.add(record.coordinates)
         verdicts.append(Verdict(message, skip))
     return verdicts
-
-
-@dataclass
-class Sources:
-    """What committed source ranges say: which offsets went to the DLQ, how far each is committed.
-
-    Only a source record its committed range counts as DLQ may be recovered; otherwise the lake
-    could hold it twice (reconcile checks the same).
-    """
-
-    dlq: set[Coords] = field(default_factory=set)
-    ends: dict[tuple[str, int], int] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, settings: Settings, dlq_topics: set[str]) -> Sources:
-        sources = cls()
-        for manifest in ledger.load_manifests(settings.state_dir):
-            rng = manifest.range
-            if rng.topic in dlq_topics:
-                continue
-            key = (rng.topic, rng.partition)
-            sources.ends[key] = max(sources.ends.get(key, 0), rng.end)
-            sources.dlq.update((rng.topic, rng.partition, d.source_offset) for d in manifest.dlq)
-        return sources
-
-    def status(self, source: Coords) -> str:
-        """Empty if recoverable; SOURCE_UNCOMMITTED (wait) or FOREIGN (never) otherwise."""
-        if source in self.dlq:
-            return ""
-        if source[2] >= self.ends.get((source[0], source[1]), 0):
-            return SOURCE_UNCOMMITTED
-        return FOREIGN
 
 
 @dataclass(frozen=True)
@@ -203,14 +231,17 @@ class _Run:
     """What every range of one reprocess run shares."""
 
     settings: Settings
+    lake: Lake
     consumer: Consumer
     dlq_out: DlqPublisher
     parked_out: DlqPublisher
     book: Book
     sources: Sources
+    seen_version: int  # the table version the book and sources were read at (-1: no table)
     selection: Selection
     run_id: str
     clock: Callable[[], datetime]
+    tokens: set[str] = field(default_factory=set)  # this run's own commits
 
 
 @dataclass
@@ -240,33 +271,70 @@ class _Plan:
 
 
 def reprocess_range(run: _Run, rng: Range) -> tuple[RangeOutcome, Segment | None]:
-    """The protocol for one DLQ range; the caller holds the partition's lock."""
-    state, lake_dir, settings = run.settings.state_dir, run.settings.lake_dir, run.settings
-    existing = ledger.read_manifest(state, rng)
-    if existing is not None:
-        return RangeOutcome(rng, "already_committed", existing), None
+    """The protocol for one DLQ range; its commit is its only write to the lake."""
+    done = committed_end(run.lake, rng)
+    if done is not None and done >= rng.end and done > rng.start:
+        return RangeOutcome(rng, "already_committed"), None
     started = time.perf_counter()
-    moment = run.clock()
-    intent = ledger.write_intent(state, rng, run.run_id, ingested_at=moment, now=moment)
-    raw = drain_range(run.consumer, rng, settings.drain_timeout_seconds, with_headers=True)
-    plan = _Plan(rng)
-    tries = _sort_out(run, plan, classify(decode_batch(raw), run.book))
-    tried = _retry(run, rng, intent, tries)
-    _decide(run, plan, intent, tries, tried)
-    staged = lake.stage_days(lake.staging_dir(state, rng), rng, tried.good)
-    dlq_entries = _send(run, plan)
-    segment = Segment(
-        rng, run.book.next_seq, intent.run_id, tuple(sorted(dlq_entries)), tuple(plan.entries)
+    identity = _identity(run)
+    check_start(
+        RangeRecord(rng, resolution.KIND, run.run_id, identity.now, identity.now, 0, ""), done
     )
-    resolution.write_pending(state, segment)
-    intent = ledger.prepare_intent(state, intent, staged, dlq_entries, plan.filtered, raw.offsets)
-    lake.publish_all(intent.files, lake_dir)
-    manifest = ledger.commit_manifest(state, lake_dir, intent, committed_at=run.clock())
-    fault_point("R1")  # committed, resolutions still pending: readers count them already
-    resolution.apply_pending(state, rng)
-    ledger.finish_range(state, rng)
+    raw = drain_range(run.consumer, rng, run.settings.drain_timeout_seconds, with_headers=True)
+    fault_point("K1")
+    plan = _Plan(rng)
+    tries = _sort_out(run, plan, classify(decode_batch(raw), run.book, run.sources))
+    tried = _retry(run, rng, identity, tries)
+    _decide(run, plan, identity, tries, tried)
+    deliveries = _send(run, plan)
+    fault_point("K6")
+    segment = Segment(rng, run.run_id, tuple(plan.entries))
+    batch = BatchResult(good=tried.good, filtered=plan.filtered)
+    record = range_record(
+        rng, resolution.KIND, identity, raw.offsets, batch, deliveries, segment.to_extra()
+    )
+    _check_book_current(run, rng)
+    committed = commit_range(run.lake, record, tried.good)
+    fault_point("K7")
+    if committed.status == "already_committed":
+        return RangeOutcome(rng, "already_committed"), None
+    run.tokens.add(record.token)
     run.book.add(segment)
-    return RangeOutcome(rng, "committed", manifest, time.perf_counter() - started), segment
+    seconds = time.perf_counter() - started
+    return RangeOutcome(rng, "committed", record, seconds, version=committed.version), segment
+
+
+def _identity(run: _Run) -> Identity:
+    moment = run.clock()
+    settings = run.settings
+    return Identity(
+        run.run_id, moment, moment, settings.max_lateness_days, settings.max_clock_skew_seconds
+    )
+
+
+def _check_book_current(run: _Run, rng: Range) -> None:
+    """Refuses to commit on a stale ledger: another reprocess run committed since it was read.
+
+    Its resolutions may have moved a head this range judged (a record recovered twice, or its new
+    head skipped as superseded). Commits of other app ids do not conflict in Delta, so this check
+    is ours; nothing of the range is committed and its re-sent copies are superseded next time.
+    """
+    table = open_table(run.lake)
+    latest = -1 if table is None else table.version()
+    if table is None or latest <= run.seen_version:
+        return
+    with lake_errors(run.lake, "reading the events table's latest commits"):
+        entries = table.history(limit=latest - run.seen_version)
+    for entry in entries:
+        meta = entry.get(METADATA_KEY)
+        if not isinstance(meta, dict) or meta.get("kind") != resolution.KIND:
+            continue
+        if meta.get("token") not in run.tokens:
+            raise FencingError(
+                f"{rng.range_id}: another reprocess run committed DLQ ranges (version "
+                f"{entry.get('version')}) while this run was reprocessing; this range committed "
+                "nothing, run again"
+            )
 
 
 Live = tuple[DlqMessage, DlqRecord]
@@ -300,11 +368,11 @@ def _sort_out(run: _Run, plan: _Plan, verdicts: list[Verdict]) -> list[Live]:
 Group = list[tuple[DlqRecord, int, bytes | None]]  # record, its DLQ offset, repaired value
 
 
-def _retry(run: _Run, rng: Range, intent: ledger.Intent, tries: list[Live]) -> _Tried:
-    """Repairs, then re-validates with process_batch, one source partition at a time.
+def _retry(run: _Run, rng: Range, identity: Identity, tries: list[Live]) -> _Tried:
+    """Repairs, then re-validates with the ingest path's `process`, one source partition at a time.
 
     Source partitions are batched apart so lake rows get the source coordinates as lineage; the
-    duplicate check sees what earlier groups of this range accepted.
+    duplicate check sees the table's ids and what earlier groups of this range accepted.
     """
     settings = run.settings
     tried = _Tried(good=empty_lake_frame())
@@ -316,18 +384,15 @@ def _retry(run: _Run, rng: Range, intent: ledger.Intent, tries: list[Live]) -> _
         key = (record.source_topic, record.source_partition)
         groups.setdefault(key, []).append((record, message.offset, fixed.value))
     accepted: list[pl.DataFrame] = []
+    committed = committed_ids_of(run.lake)
 
     def known_ids(days: list[date], ids: pl.Series) -> pl.DataFrame:
-        committed = ledger.committed_ids(
-            settings.lake_dir, days, state_dir=settings.state_dir, among=ids
-        )
-        ours = [
-            f.select(committed.columns).filter(pl.col(DATE_COLUMN).is_in(days)) for f in accepted
-        ]
-        return pl.concat([committed, *ours])
+        found = committed(days, ids)
+        ours = [f.select(found.columns).filter(pl.col(DATE_COLUMN).is_in(days)) for f in accepted]
+        return pl.concat([found, *ours])
 
     for (topic, partition), group in sorted(groups.items()):
-        good = _validate_group(run, rng, intent, topic, partition, group, known_ids, tried)
+        good = _validate_group(run, rng, identity, topic, partition, group, known_ids, tried)
         accepted.append(good)
     if accepted:
         tried.good = pl.concat(accepted).sort(DLQ_OFFSET_COLUMN)
@@ -337,14 +402,14 @@ def _retry(run: _Run, rng: Range, intent: ledger.Intent, tries: list[Live]) -> _
 def _validate_group(
     run: _Run,
     rng: Range,
-    intent: ledger.Intent,
+    identity: Identity,
     topic: str,
     partition: int,
     group: Group,
     known_ids: CommittedIds,
     tried: _Tried,
 ) -> pl.DataFrame:
-    """One source partition's repaired records through process_batch; returns its lake rows."""
+    """One source partition's repaired records through `process`; returns its lake rows."""
     settings = run.settings
     group.sort(key=lambda item: item[0].source_offset)
     raw = RawBatch(
@@ -355,7 +420,7 @@ def _validate_group(
         [record.key for record, _, _ in group],
         [value for _, _, value in group],
     )
-    result = process(settings, raw, intent, known_ids)
+    result = process(settings, raw, identity, known_ids)
     good, late = _arrival_window(result.good, settings)
     dlq_offsets = {record.source_offset: offset for record, offset, _ in group}
     good = _with_dlq_lineage(good, rng.partition, dlq_offsets, tried.rules, topic, partition)
@@ -371,7 +436,7 @@ def _validate_group(
 def _arrival_window(good: pl.DataFrame, settings: Settings) -> tuple[pl.DataFrame, list[Reject]]:
     """Rows outside the event-time window around their source record's arrival become rejects.
 
-    process_batch judges the window at reprocess time; this keeps an event whose clock ran ahead
+    `process` judges the window at reprocess time; this keeps an event whose clock ran ahead
     from passing just because time went by since ingestion rejected it.
     """
     ts, arrived = pl.col("timestamp"), pl.col("kafka_timestamp")
@@ -413,11 +478,9 @@ def _with_dlq_lineage(
     )
 
 
-def _decide(
-    run: _Run, plan: _Plan, intent: ledger.Intent, tries: list[Live], tried: _Tried
-) -> None:
+def _decide(run: _Run, plan: _Plan, identity: Identity, tries: list[Live], tried: _Tried) -> None:
     """Outcome per tried record: recovered, filtered, re-sent with attempt + 1, or parked."""
-    failed_at = intent.now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    failed_at = identity.now.astimezone(UTC).isoformat().replace("+00:00", "Z")
     for message, record in tries:
         source, where = record.coordinates, (plan.rng.partition, message.offset)
         attempt = record.attempt + 1
@@ -442,7 +505,7 @@ def _decide(
                 field=reject.field,
                 message=reject.message,
                 attempt=attempt,
-                run_id=intent.run_id,
+                run_id=identity.run_id,
                 failed_at=failed_at,
             )
             if attempt >= run.settings.dlq_max_attempts:
@@ -507,15 +570,16 @@ class ReprocessResult:
 
     @property
     def lake(self) -> IngestResult:
-        """The lake side (days, files, rows written), in the ingest run's terms."""
+        """The lake side (days, versions, rows written), in the ingest run's terms."""
         return IngestResult(self.run_id, self.outcomes, self.seconds)
 
     def counts(self) -> dict[str, int]:
         """Handled records by outcome, plus skipped copies by reason; zeros included."""
         counts = Counter(r.outcome for r in self.resolutions)
         for outcome in self.lake.committed:
+            filtered = outcome.record.filtered if outcome.record else {}
             for reason in SKIPPED_REASONS:
-                counts[reason] += len(outcome.manifest.filtered.get(reason, ()))
+                counts[reason] += len(filtered.get(reason, ()))
         names = (*sorted(resolution.OUTCOMES), *SKIPPED_REASONS)
         return {name: counts.get(name, 0) for name in names}
 
@@ -540,10 +604,10 @@ def reprocess(
     logger = log or logging.getLogger(__name__)
     result = ReprocessResult(run_id or f"cli-{uuid.uuid4()}")
     started = time.perf_counter()
-    preflight(settings)
+    lake = preflight(settings)
     consumer = make_consumer(settings)
     try:
-        with _locked_run(settings, consumer, selection, result.run_id, now, logger) as run:
+        with _open_run(settings, lake, consumer, selection, result.run_id, now) as run:
             for rng in plan_dlq_ranges(settings, consumer, selection):
                 with paused_gc():
                     outcome, segment = reprocess_range(run, rng)
@@ -557,39 +621,62 @@ def reprocess(
     return result
 
 
+@dataclass(frozen=True)
+class Ledger:
+    """The resolution ledger and the raw ranges' DLQ entries, read from one snapshot of the log."""
+
+    book: Book
+    sources: Sources
+    version: int  # -1 when the table does not exist yet
+
+
+def read_ledger(lake: Lake) -> Ledger:
+    """One history scan of the events table: folded resolutions, sources, and its version.
+
+    A commit whose record cannot be read could hide resolutions (a record recovered twice), so
+    reprocessing stops until it is repaired.
+    """
+    table = open_table(lake)
+    history = read_history(lake, table)
+    if history.unreadable:
+        version, why = history.unreadable[0]
+        raise LedgerError(
+            f"lake {lake.describe()}: commit {version} has an unreadable range record ({why}); "
+            "reprocessing needs every resolution, fix the record first"
+        )
+    try:
+        segments = resolution.load_segments(lake, history)
+    except ValueError as exc:
+        raise LedgerError(f"lake {lake.describe()}: {exc}") from None
+    version = -1 if table is None else table.version()
+    return Ledger(resolution.load_book(lake, segments), Sources.of(history), version)
+
+
 @contextlib.contextmanager
-def _locked_run(
+def _open_run(
     settings: Settings,
+    lake: Lake,
     consumer: Consumer,
     selection: Selection,
     run_id: str,
     now: Callable[[], datetime] | None,
-    logger: logging.Logger | logging.LoggerAdapter,
 ) -> Iterator[_Run]:
-    """Every DLQ partition locked and recovered, the ledger loaded, producers open.
-
-    All partitions are locked because a source record's copies may sit in several of them and the
-    ledger's segment order must be one sequence: one reprocess at a time, fenced like ingestion.
-    """
-    state, topic = settings.state_dir, settings.dlq_topic
+    """The ledger read from the log, producers open; nothing to lock or recover first."""
+    ledger = read_ledger(lake)
     with contextlib.ExitStack() as stack:
-        partitions = [s.partition for s in partition_states(settings, consumer, topic)]
-        for partition in partitions:
-            stack.enter_context(ledger.partition_lock(state, topic, partition))
-        for partition in partitions:
-            recover(settings.lake_dir, state, topic, partition)
-            for line in resolution.recover_pending(state, topic, partition):
-                logger.warning(line)
-        book = resolution.load_book(state)
         yield _Run(
             settings=settings,
+            lake=lake,
             consumer=consumer,
-            dlq_out=stack.enter_context(contextlib.closing(DlqPublisher(settings, topic))),
+            dlq_out=stack.enter_context(
+                contextlib.closing(DlqPublisher(settings, settings.dlq_topic))
+            ),
             parked_out=stack.enter_context(
                 contextlib.closing(DlqPublisher(settings, settings.parked_topic))
             ),
-            book=book,
-            sources=Sources.load(settings, book.dlq_topics | {topic}),
+            book=ledger.book,
+            sources=ledger.sources,
+            seen_version=ledger.version,
             selection=selection,
             run_id=run_id,
             clock=now or (lambda: datetime.now(UTC)),
@@ -605,9 +692,8 @@ def plan_dlq_ranges(
         for s in partition_states(settings, consumer, settings.dlq_topic)
         if selection.dlq_partition in (None, s.partition)
     ]
-    plan = plan_ranges(
-        settings.dlq_topic, states, settings.max_range_events, max_ranges_per_partition=UNBOUNDED
-    )
+    size = min(settings.max_range_events, MAX_DLQ_RANGE_EVENTS)
+    plan = plan_ranges(settings.dlq_topic, states, size, max_ranges_per_partition=UNBOUNDED)
     if plan.lost:
         lost = ", ".join(r.range_id for r in plan.lost)
         raise DataLossError(f"DLQ records deleted by retention before reprocessing: {lost}")
@@ -615,8 +701,8 @@ def plan_dlq_ranges(
 
 
 def failing_now(settings: Settings) -> list[DlqMessage]:
-    """The live heads not reprocessed yet: what is failing right now (read-only, no locks)."""
-    book = resolution.load_book(settings.state_dir)
+    """The live heads not reprocessed yet: what is failing right now (read-only)."""
+    ledger = read_ledger(preflight(settings))
     consumer = make_consumer(settings)
     try:
         messages: list[DlqMessage] = []
@@ -625,4 +711,4 @@ def failing_now(settings: Settings) -> list[DlqMessage]:
             messages.extend(decode_batch(raw))
     finally:
         consumer.close()
-    return [v.message for v in classify(messages, book) if not v.skip]
+    return [v.message for v in classify(messages, ledger.book, ledger.sources) if not v.skip]

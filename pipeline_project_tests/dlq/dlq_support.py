@@ -1,19 +1,26 @@
-"""Hand-made raw events (good, repairable, hopeless) for the DLQ tests, and readers of topics."""
+"""Hand-made raw events (good, repairable, hopeless) for the DLQ tests, readers of topics, and the
+checks every reprocessing test ends with."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import polars as pl
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.run import ingest
+from pipeline_project.dlq import report, resolution
 from pipeline_project.dlq.records import decode_headers
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
+from pipeline_project_tests import ingest_support
+from pipeline_project_tests.ingest_support import lake_frame
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, unique
 
 UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0.0.0 Safari/537.36"
@@ -60,8 +67,13 @@ HOPELESS: dict[str, bytes] = {
 }
 
 
-def produce_raw(settings: Settings, values: list[bytes], partition: int = 0) -> list[int]:
-    """Produces `values` to one raw partition in order; returns their offsets."""
+def produce_raw(
+    settings: Settings, values: list[bytes], partition: int = 0, key: bytes | None = None
+) -> list[int]:
+    """Produces `values` to one raw partition in order; returns their offsets.
+
+    One `key` for all puts every DLQ copy of them in one DLQ partition (the DLQ is keyed).
+    """
     producer = Producer({"bootstrap.servers": settings.bootstrap, "enable.idempotence": True})
     offsets: dict[int, int] = {}
 
@@ -72,7 +84,7 @@ def produce_raw(settings: Settings, values: list[bytes], partition: int = 0) -> 
     for index, value in enumerate(values):
         producer.produce(
             settings.raw_topic,
-            key=f"user_{index % 7}".encode(),
+            key=key or f"user_{index % 7}".encode(),
             value=value,
             partition=partition,
             on_delivery=lambda err, msg, i=index: delivered(err, msg, i),
@@ -144,3 +156,34 @@ def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProce
         timeout=180,
         cwd=REPO_ROOT,
     )
+
+
+def statuses(settings: Settings) -> Counter[str]:
+    """Failed source records by status (recovered, filtered, parked, failing) as the report counts
+    them, read-only: every DLQ record folded per source, joined with the ledger in the table's log.
+    """
+    log, _ = report.read_new(settings, report.ReportState(settings.dlq_topic))
+    records = report.per_source(log, resolution.load_book(lake_of(settings)))
+    return Counter({"failed": records.height, **Counter(records.get_column("status").to_list())})
+
+
+def recovered_rows(settings: Settings) -> pl.DataFrame:
+    lake = lake_frame(settings)
+    return lake.filter(pl.col("dlq_offset").is_not_null()) if lake.height else lake
+
+
+def assert_reconciles(settings: Settings, **status: int) -> None:
+    """`pipeline-project reconcile` passes, each recovered record is one lake row named by exactly
+    the resolution that recovered it, and the failed records count `status` by status."""
+    ingest_support.assert_reconciles(env_for(settings))
+    rows = recovered_rows(settings)
+    coords = (
+        [tuple(r) for r in rows.select("kafka_topic", "kafka_partition", "kafka_offset").rows()]
+        if rows.height
+        else []
+    )
+    assert len(coords) == len(set(coords)), "a source record was recovered twice"
+    book = resolution.load_book(lake_of(settings))
+    assert {r.source for r in book.with_outcome(resolution.RECOVERED)} == set(coords)
+    counts = statuses(settings)
+    assert {k: counts.get(k, 0) for k in status} == status

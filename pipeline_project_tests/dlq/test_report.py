@@ -18,7 +18,6 @@ from dagster import (
     materialize,
 )
 
-from pipeline_project.batch.reconcile import reconcile
 from pipeline_project.batch.run import ingest
 from pipeline_project.definitions import defs
 from pipeline_project.defs.dlq import dlq_report
@@ -26,7 +25,8 @@ from pipeline_project.dlq.report import RECORDS_FILE, REPORT_DIR, SUMMARY_FILE
 from pipeline_project.dlq.reprocess import reprocess
 from pipeline_project.settings import Settings
 from pipeline_project_tests.dlq.dlq_support import cli
-from pipeline_project_tests.ingest_support import pipeline_env, produce
+from pipeline_project_tests.ingest_support import assert_reconciles, pipeline_env, produce
+from pipeline_project_tests.support import env_for
 
 BREAKDOWNS = ("by_category", "by_rule", "by_field", "by_stage", "by_source_partition", "by_hour")
 
@@ -75,9 +75,7 @@ def test_report_counts_match_the_truth_and_follow_reprocessing(
         == records.select("source_offset", "source_partition").n_unique()
     )
     assert (settings.lake_dir / REPORT_DIR / SUMMARY_FILE).is_file()
-    rec = reconcile(settings)
-    assert rec.ok, [str(p) for p in rec.problems]
-    assert rec.unchecked_tables == [REPORT_DIR]
+    assert_reconciles(env_for(settings))
 
     inspect = cli(settings, "dlq", "inspect", "--category", "invalid_json", "--limit", "3")
     assert inspect.returncode == 0, inspect.stderr

@@ -1,7 +1,7 @@
-"""DLQ reprocessing on the real broker: recovered once, parked after N attempts, safe at R1 (D4-D6).
+"""DLQ reprocessing on the real broker: recovered once, parked after N attempts, crash-safe (D4-D6).
 
-Every test ends with `reconcile` passing: a source offset counted as DLQ by its range is also in
-the lake exactly when the resolution ledger says it was recovered, and then exactly once.
+Every test ends with `pipeline-project reconcile` passing and the recovered rows in the lake being
+exactly the records the resolution ledger (the table's log) says were recovered, once each.
 """
 
 from __future__ import annotations
@@ -10,21 +10,28 @@ import dataclasses
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
-from confluent_kafka import Producer
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from pipeline_project.batch.reconcile import reconcile
-from pipeline_project.dlq import report, resolution
-from pipeline_project.dlq.records import ATTEMPT, HEADER_NAMES, SOURCE_OFFSET
+from pipeline_project.dlq import report
+from pipeline_project.dlq import reprocess as reprocess_module
+from pipeline_project.dlq.records import ATTEMPT, HEADER_NAMES, SOURCE_OFFSET, DlqRecord
 from pipeline_project.dlq.repair import RepairContext, derive_event_id
-from pipeline_project.dlq.reprocess import reprocess
+from pipeline_project.dlq.reprocess import DlqMessage, Sources, classify, read_ledger, reprocess
+from pipeline_project.dlq.resolution import RETRIED, Book, Resolution
+from pipeline_project.errors import FencingError
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.table import open_table
 from pipeline_project.settings import Settings
 from pipeline_project_tests.dlq.dlq_support import (
     HOPELESS,
     REPAIRABLE,
     YESTERDAY_NOON,
+    assert_reconciles,
     by_source,
     cli,
     dlq_records,
@@ -33,20 +40,28 @@ from pipeline_project_tests.dlq.dlq_support import (
     ingest_partition,
     parked_records,
     produce_raw,
+    recovered_rows,
 )
 from pipeline_project_tests.ingest_support import lake_frame
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 
-def lake_files(settings: Settings) -> dict[str, bytes]:
-    root = settings.lake_dir / "events"
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+def table_version(settings: Settings) -> int | None:
+    table = open_table(lake_of(settings))
+    return None if table is None else table.version()
 
 
-def assert_reconciles(settings: Settings, **dlq: int) -> None:
-    report = reconcile(settings)
-    assert report.ok, [str(p) for p in report.problems]
-    assert {k: report.dlq[k] for k in dlq} == dlq
+def resend(settings: Settings, copy: dict, **headers: str) -> None:
+    """Produces a DLQ record again (headers changed as given), as a tool or a crashed run would."""
+    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    producer.produce(
+        settings.dlq_topic,
+        key=copy["key"],
+        value=copy["value"],
+        headers=list({**copy["headers"], **headers}.items()),
+        partition=copy["partition"],
+    )
+    assert producer.flush(10) == 0
 
 
 def test_repairable_records_land_once_in_the_right_day(kafka_settings: Settings) -> None:
@@ -80,22 +95,19 @@ def test_repairable_records_land_once_in_the_right_day(kafka_settings: Settings)
     assert_reconciles(settings, failed=4, recovered=4, failing=0)
 
     # A second run, and a re-sent copy of an already recovered DLQ record, change nothing (D6).
-    files = lake_files(settings)
+    version, rows = table_version(settings), lake_frame(settings)
     assert reprocess(settings).outcomes == []
+    assert table_version(settings) == version
     copy = dlq_records(settings)[0]
-    producer = Producer({"bootstrap.servers": settings.bootstrap})
-    producer.produce(
-        settings.dlq_topic,
-        key=copy["key"],
-        value=copy["value"],
-        headers=list(copy["headers"].items()),
-        partition=copy["partition"],
-    )
-    assert producer.flush(10) == 0
+    resend(settings, copy)
+    # A copy naming a source record its range committed as a lake row is never recovered.
+    good_offset = offsets[0]
+    resend(settings, copy, **{SOURCE_OFFSET: str(good_offset)})
     again = reprocess(settings)
-    assert again.counts()["already_resolved"] == 1 and again.counts()["recovered"] == 0
-    assert lake_files(settings) == files
-    assert_reconciles(settings, failed=4, recovered=4, failing=0)
+    counts = again.counts()
+    assert (counts["already_resolved"], counts["foreign"], counts["recovered"]) == (1, 1, 0)
+    assert lake_frame(settings).equals(rows)
+    assert_reconciles(settings, failed=5, recovered=4, failing=1)
 
 
 def test_hopeless_records_are_parked_after_n_attempts(kafka_settings: Settings) -> None:
@@ -120,26 +132,8 @@ def test_hopeless_records_are_parked_after_n_attempts(kafka_settings: Settings) 
     assert_reconciles(settings, failed=2, parked=2, failing=0)
 
 
-def test_crash_at_r1_then_rerun_writes_no_duplicate(
-    kafka_settings: Settings, tmp_path: Path
-) -> None:
-    settings = kafka_settings
-    values = [encode(event(300 + i)) for i in range(10)] + list(REPAIRABLE.values())
-    produce_raw(settings, values)
-    ingest_partition(settings, len(values))
-
-    crashed = cli(settings, "dlq", "replay", PIPELINE_FAULT_POINT="R1")
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-800:]
-    pending = list((settings.state_dir / resolution.DLQ_STATE_DIR / "pending").glob("*.json"))
-    assert len(pending) == 1
-    # The first DLQ range committed, its resolutions not yet moved: they count already, and the
-    # only finding is the intent the next run finishes.
-    report = reconcile(settings)
-    assert {p.code for p in report.problems} == {"unfinished_range"}
-    committed = lake_frame(settings).filter(pl.col("dlq_offset").is_not_null()).height
-    assert committed >= 1 and report.dlq["recovered"] == committed
-
-    # The re-run is the Dagster job, as the schedule launches it.
+def dagster_reprocess(settings: Settings, home: Path) -> None:
+    """The `reprocess_dlq` job run as the schedule launches it."""
     rerun = subprocess.run(
         [
             str(Path(PYTHON).parent / "dagster"),
@@ -149,19 +143,52 @@ def test_crash_at_r1_then_rerun_writes_no_duplicate(
             "pipeline_project.definitions",
         ]
         + ["-j", "reprocess_dlq"],
-        env=env_for(settings, DAGSTER_HOME=str(tmp_path)),
+        env=env_for(settings, DAGSTER_HOME=str(home)),
         capture_output=True,
         text=True,
         timeout=300,
         cwd=REPO_ROOT,
     )
-    assert rerun.returncode == 0 and "RUN_SUCCESS" in rerun.stdout + rerun.stderr, rerun.stderr[
-        -2000:
-    ]
-    assert not list(pending[0].parent.glob("*.json"))
+    output = rerun.stdout + rerun.stderr
+    assert rerun.returncode == 0 and "RUN_SUCCESS" in output, output[-2000:]
+
+
+@pytest.mark.parametrize("point", ["K1", "K6", "KC", "K7"])
+def test_a_crash_anywhere_then_reruns_recover_each_record_once(
+    kafka_settings: Settings, tmp_path: Path, point: str
+) -> None:
+    settings = kafka_settings
+    values = [encode(event(300 + i)) for i in range(10)] + list(REPAIRABLE.values())
+    values += list(HOPELESS.values())
+    produce_raw(settings, values, key=b"one-dlq-partition")  # so the crash hits all six copies
+    ingest_partition(settings, len(values))
+    ingested = lake_frame(settings)
+
+    crashed = cli(settings, "dlq", "replay", PIPELINE_FAULT_POINT=point)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-800:]
+    # Whatever the point, the lake is consistent: before the commit nothing of the range shows,
+    # after it the whole range does. From K6 on the two hopeless records' attempt-2 copies are in
+    # the DLQ, named by no commit unless the range committed (K7).
+    committed = point == "K7"
+    assert recovered_rows(settings).height == (4 if committed else 0)
+    assert lake_frame(settings).filter(pl.col("dlq_offset").is_null()).equals(ingested)
+    assert len(dlq_records(settings)) == (6 if point == "K1" else 8)
+    assert_reconciles(settings, failed=6, recovered=4 if committed else 0)
+
+    runs = []
+    if committed:
+        dagster_reprocess(settings, tmp_path)  # the re-run as the schedule launches it
+    for _ in range(3):  # retried records are parked at attempt 3 (PIPELINE_DLQ_MAX_ATTEMPTS)
+        runs.append(reprocess(settings))
+    assert runs[-1].outcomes == []
+    # The stale copies of the crashed attempt never act: their records' heads are elsewhere.
+    superseded = sum(r.counts()["superseded"] for r in runs)
+    assert superseded == (2 if point in ("K6", "KC") else 0)
     lake = lake_frame(settings)
     assert lake.height == 14 and lake.select("kafka_offset").n_unique() == 14
-    assert_reconciles(settings, failed=4, recovered=4, failing=0)
+    parked = by_source(parked_records(settings))
+    assert sorted(len(copies) for copies in parked.values()) == [1, 1]
+    assert_reconciles(settings, failed=6, recovered=4, parked=2, failing=0)
 
 
 def test_replay_a_slice_and_the_report_names_new_failures(kafka_settings: Settings) -> None:
@@ -207,3 +234,71 @@ def test_replay_a_slice_and_the_report_names_new_failures(kafka_settings: Settin
     inspect = cli(settings, "dlq", "inspect")
     assert inspect.stdout.splitlines()[-1] == "2 failing: invalid_json 1, invalid_value 1"
     assert_reconciles(settings, failed=3, recovered=1, failing=2)
+    assert report.build(settings).counts("status") == {"recovered": 1, "failing": 2}
+
+
+def copy_of(offset: int, at: int, partition: int = 0) -> DlqMessage:
+    """A DLQ copy at `partition`@`at` of raw record `offset`."""
+    record = DlqRecord("raw", 0, offset, 0, None, b"{}", "validate", "c", "r", "", "m", 1, "", "")
+    return DlqMessage(partition, at, record)
+
+
+def test_only_the_head_copy_of_a_record_acts() -> None:
+    """Before any resolution the head is the copy the committed raw range names; after one, the
+    copy that resolution produced. Every other copy is skipped, whatever its partition."""
+    sources = Sources(heads={("raw", 0, 1): (0, 5), ("raw", 0, 2): (1, 0)}, ends={("raw", 0): 10})
+    book = Book()
+    book.latest[("raw", 0, 2)] = Resolution(("raw", 0, 2), RETRIED, (1, 0), 2, to=(2, 7))
+    messages = [copy_of(1, 4), copy_of(1, 5), copy_of(1, 6), copy_of(2, 0, partition=1)]
+    messages += [copy_of(2, 7, partition=2), copy_of(20, 8), copy_of(20, 9)]
+    skips = [v.skip for v in classify(messages, book, sources)]
+    # A source offset beyond the committed end has no head yet: its first copy waits (deferred).
+    assert skips == ["superseded", "", "superseded", "superseded", "", "", "repeat"]
+
+
+def test_a_run_on_a_stale_ledger_commits_nothing(
+    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs at once: the one that read the ledger before the other committed must not judge
+    the new heads by it (it would skip them as superseded, and they would never be tried)."""
+    settings = kafka_settings
+    produce_raw(settings, list(HOPELESS.values()), key=b"one-dlq-partition")
+    ingest_partition(settings, len(HOPELESS))
+    stale = read_ledger(lake_of(settings))
+    assert reprocess(settings).counts()["retried"] == 2  # the other run: new heads at attempt 2
+    version = table_version(settings)
+
+    monkeypatch.setattr(reprocess_module, "read_ledger", lambda lake: stale)
+    with pytest.raises(FencingError, match="another reprocess run committed"):
+        reprocess(settings)
+    assert table_version(settings) == version
+    monkeypatch.undo()
+    assert reprocess(settings).counts()["parked"] == 2  # the heads were tried after all
+    assert_reconciles(settings, failed=2, parked=2, failing=0)
+
+
+def wait_for_leaders(settings: Settings, topic: str, timeout: float = 30.0) -> None:
+    """Until every partition of a just-created topic answers watermark requests."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": "leaders"})
+    deadline = time.monotonic() + timeout
+    try:
+        for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+            while True:
+                try:
+                    consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+                    break
+                except KafkaException:
+                    assert time.monotonic() < deadline, f"{topic}[{partition}] has no leader"
+                    time.sleep(0.2)
+    finally:
+        consumer.close()
+
+
+def test_an_empty_lake_and_dlq_leave_nothing_to_do(kafka_settings: Settings) -> None:
+    settings = kafka_settings
+    wait_for_leaders(settings, settings.dlq_topic)  # topics made a moment ago
+    assert reprocess(settings).outcomes == []
+    assert table_version(settings) is None  # reprocessing nothing creates nothing
+    inspect = cli(settings, "dlq", "inspect")
+    assert inspect.returncode == 0, inspect.stderr[-800:]
+    assert inspect.stdout.splitlines()[-1] == "0 failing: nothing"
