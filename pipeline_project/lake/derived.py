@@ -1,0 +1,61 @@
+"""Derived tables (sessions, the DLQ report): created once, then replaced a day or whole.
+
+Two gaps of a bare `write_deltalake(mode="overwrite")` are closed here:
+- Creation: writers that find no table all write "version 0" and all succeed (measured with
+  delta-rs 1.6.6: three racing first writers left three copies of the rows). So the empty table
+  is created first in its own commit (`mode="ignore"`); a loser of that race opens the winner's.
+- Conflicts: two overwrites of the same day (or table) that overlap fail one of them with
+  CommitFailedError ("concurrent transaction"). `read.replace_day`/`replace_table` turn that into a
+  LakeError; `is_conflict` tells it apart from a storage failure, so the caller can recompute from
+  a fresh read and try again instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import pyarrow as pa
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError, DeltaError
+
+from pipeline_project.errors import LakeError
+from pipeline_project.lake.location import Lake
+from pipeline_project.lake.table import error_line, lake_errors, open_table
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+RETRY_PAUSE_SECONDS = 0.2
+
+
+def ensure_table(
+    lake: Lake, table: str, schema: pa.Schema, partition_by: Sequence[str] = ()
+) -> DeltaTable:
+    """The table, created empty (schema, partitioning) in its own commit if it does not exist."""
+    existing = open_table(lake, table)
+    if existing is not None:
+        return existing
+    with lake_errors(lake, f"creating {table}"):
+        try:
+            DeltaTable.create(
+                lake.table_uri(table),
+                schema,
+                mode="ignore",
+                partition_by=list(partition_by) or None,
+                storage_options=lake.options(),
+            )
+        except (CommitFailedError, DeltaError) as exc:  # lost the creation race: it exists now
+            log.info("creating %s: %s", table, error_line(exc))
+    created = open_table(lake, table)
+    if created is None:
+        raise LakeError(f"lake {lake.describe()}: {table} could not be created")
+    return created
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether a LakeError of a replace came from a commit conflict (retry) or storage (raise).
+
+    lake_errors raises LakeError `from None`: the delta-rs error is still its __context__.
+    """
+    return isinstance(exc, LakeError) and isinstance(exc.__context__, CommitFailedError)
