@@ -230,12 +230,13 @@ def materialize_day(settings: Settings, day: date) -> SessionsOutput:
     """
     lake = lake_of(settings)
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        table = ensure_table(lake, TABLE_SESSIONS, sessions_arrow_schema(), [PARTITION_COLUMN])
-        before = table.version()
+        current = open_table(lake, TABLE_SESSIONS)
+        before = current.version() if current is not None else -1
         events = read_day_events(lake, day)
         if events is None or events.rows.height == 0:
             return SessionsOutput(day, None, 0, 0, 0, events.version if events else None)
         rows = build_sessions(events.rows, day)
+        ensure_table(lake, TABLE_SESSIONS, sessions_arrow_schema(), [PARTITION_COLUMN])
         try:
             replace_day(lake, TABLE_SESSIONS, day, rows)
         except LakeError as exc:
@@ -255,7 +256,7 @@ def materialize_day(settings: Settings, day: date) -> SessionsOutput:
 
 
 def day_commits_since(lake: Lake, day: date, version: int) -> list[int]:
-    """Versions after `version` that overwrote the day in the sessions table, newest first."""
+    """Versions after `version` (-1: all) that overwrote the day in the sessions table."""
     table = open_table(lake, TABLE_SESSIONS)
     if table is None or table.version() <= version:
         return []
