@@ -13,7 +13,8 @@ Two gaps of a bare `write_deltalake(mode="overwrite")` are closed here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 from deltalake import DeltaTable
@@ -59,3 +60,23 @@ def is_conflict(exc: BaseException) -> bool:
     lake_errors raises LakeError `from None`: the delta-rs error is still its __context__.
     """
     return isinstance(exc, LakeError) and isinstance(exc.__context__, CommitFailedError)
+
+
+def retry_on_conflict(action: Callable[[], None], what: str) -> int:
+    """Runs a replace until it commits, up to MAX_ATTEMPTS on conflicts; returns the attempts.
+
+    For writes whose rows do not depend on what the conflicting commit wrote (the DLQ report's
+    tables are recomputed whole from the same log); sessions re-read instead (see batch.sessions).
+    """
+    attempt = 1
+    while True:
+        try:
+            action()
+        except LakeError as exc:
+            if not is_conflict(exc) or attempt >= MAX_ATTEMPTS:
+                raise
+            log.info("%s: commit conflict (attempt %d), writing again", what, attempt)
+            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+            attempt += 1
+            continue
+        return attempt
