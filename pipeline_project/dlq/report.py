@@ -34,9 +34,9 @@ from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
 from pipeline_project.events.contract import ERROR_CATEGORIES
 from pipeline_project.health import OK, check_dlq_rate, read_lake
 from pipeline_project.kafka.drain import drain_range, make_consumer
-from pipeline_project.lake.derived import ensure_table, retry_on_conflict
+from pipeline_project.lake.derived import ensure_table, replace_whole, retry_on_conflict
 from pipeline_project.lake.location import Lake, lake_of
-from pipeline_project.lake.read import replace_table, scan_table
+from pipeline_project.lake.read import scan_table
 from pipeline_project.lake.table import lake_errors, open_table
 from pipeline_project.settings import Settings
 
@@ -128,7 +128,7 @@ def replace_output(lake: Lake, table: str, rows: pl.DataFrame) -> int | None:
     report from the log, the later one wins).
     """
     ensure_table(lake, table, rows.to_arrow(compat_level=pl.CompatLevel.newest()).schema)
-    retry_on_conflict(lambda: replace_table(lake, table, rows), f"replacing {table}")
+    retry_on_conflict(lambda: replace_whole(lake, table, rows), f"replacing {table}")
     written = open_table(lake, table)
     return written.version() if written is not None else None
 
