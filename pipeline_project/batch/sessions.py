@@ -104,8 +104,8 @@ class SessionsOutput:
     table_uri: str | None  # None when the day has no committed events (nothing is written)
     rows: int
     event_rows: int
-    source_files: int  # the day's events files in the snapshot read
-    events_version: int | None = None  # the events table version read
+    source_files: int  # the day's events files in the snapshot opened before reading
+    events_version: int | None = None  # that snapshot's version (the read sees it or a later one)
     version: int | None = None  # the sessions table version of this day's commit
     converted: int = 0
     funnel: dict[str, int] = field(default_factory=dict)
@@ -120,7 +120,7 @@ class DayEvents:
     """One day's committed events as read, and the snapshot they were read from."""
 
     rows: pl.DataFrame
-    version: int
+    version: int  # the events version opened just before reading (the read sees it or later)
     files: int
 
 
