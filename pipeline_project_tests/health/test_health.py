@@ -177,7 +177,7 @@ def test_events_freshness_is_idle_when_caught_up_and_stale_when_records_wait(
     assert recent.status == health.OK
     assert health.events_freshness(kafka_settings, None).status == health.OK  # empty topic
     idle = health.events_freshness(kafka_settings, hour_ago)
-    assert idle.status == health.OK and "idle" in idle.detail
+    assert idle.status == health.OK and "idle" in idle.detail, idle.detail
     send(kafka_settings, events(3))
     stale = health.events_freshness(kafka_settings, hour_ago)
     assert stale.status == health.WARN and "3 records waiting" in stale.detail
