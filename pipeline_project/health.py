@@ -1,11 +1,17 @@
 """`pipeline-project health`: is the pipeline up and keeping up? One line per check; exit 0/1/2.
 
-Checks: broker reachable, topics present, lag per partition (records: high watermark - committed end
-from the ledger, which is the truth of progress, not the consumer group; seconds: age of the record
-at the committed end, read with one bounded fetch), last successful ingest (newest manifest) and its
-age, DLQ rate over a recent window, lake size and free disk. `fail` means the pipeline cannot run
-(exit 2, "down"), `warn` that a threshold is crossed (exit 1, "degraded"). Every Kafka call is
-bounded, so an unreachable broker is reported in about KAFKA_TIMEOUT_S, never a hang.
+Checks: broker reachable, topics present, lag per partition (records: high watermark - committed
+end, the events table's app transaction version for the partition, which is the truth of progress,
+not the consumer group; seconds: age of the record at the committed end, read with one bounded
+fetch), last successful ingest (the newest range commit's `committed_at` in the Delta log) and its
+age, DLQ rate over a recent window (the range records committed in it), lake size and files (the
+latest snapshot's add actions: committed files only, never a directory walk), and free disk for a
+local lake. `fail` means the pipeline cannot run (exit 2, "down"), `warn` that a threshold is
+crossed (exit 1, "degraded"). Every Kafka call is bounded, so an unreachable broker is reported in
+about KAFKA_TIMEOUT_S, never a hang; an unreachable lake is one `fail` line, not a traceback.
+
+The log is read whole on each call (about 80 ms per 500 commits on a local disk): fine for the CLI
+and a scrape every few seconds, worth a cache if the table's history grows very long on S3.
 """
 
 from __future__ import annotations
@@ -22,13 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
-from pipeline_project.batch import ledger
-from pipeline_project.batch.ledger import Manifest
+from pipeline_project.batch.loss import LOSS_KIND
 from pipeline_project.batch.parse import parse_path
+from pipeline_project.errors import LakeError
 from pipeline_project.kafka.drain import consumer_config
+from pipeline_project.lake.history import read_history
+from pipeline_project.lake.location import Lake, lake_of
+from pipeline_project.lake.record import RangeRecord, app_id
+from pipeline_project.lake.table import lake_errors, open_table, txn_version
 from pipeline_project.settings import Settings
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -69,6 +81,37 @@ class PartitionLag:
     high: int
     records: int
     seconds: float | None  # age of the oldest record not yet in the lake; None if caught up/unknown
+
+
+@dataclass(frozen=True)
+class LakeState:
+    """The events table as health sees it: latest snapshot's files and the log's range records."""
+
+    lake: Lake
+    version: int | None = None  # None: no table yet
+    files: int = 0
+    bytes: int = 0
+    records: tuple[RangeRecord, ...] = ()
+    error: str | None = None  # the lake could not be read: this line instead of figures
+
+    def ingested(self, topic: str) -> list[RangeRecord]:
+        """Range records of `topic` that consumed records (a loss acknowledgement does not)."""
+        return [r for r in self.records if r.range.topic == topic and r.kind != LOSS_KIND]
+
+
+def read_lake(lake: Lake) -> LakeState:
+    """The events table's snapshot size and range records; a LakeError becomes `error`."""
+    try:
+        table = open_table(lake)
+        if table is None:
+            return LakeState(lake)
+        with lake_errors(lake, "listing the events files"):
+            adds = pa.table(table.get_add_actions(flatten=True))
+        size = pc.sum(adds.column("size_bytes")).as_py() if adds.num_rows else 0
+        records = tuple(read_history(lake, table).records)
+    except LakeError as exc:
+        return LakeState(lake, error=str(exc))
+    return LakeState(lake, table.version(), adds.num_rows, int(size or 0), records)
 
 
 @dataclass
@@ -142,8 +185,13 @@ def _consumer(settings: Settings) -> Consumer:
 def partition_lags(
     settings: Settings, partitions: Iterable[int], now: datetime | None = None
 ) -> list[PartitionLag]:
-    """Lag of each raw-topic partition: watermarks (bounded) against the ledger's committed end."""
+    """Lag of each raw-topic partition: watermarks (bounded) against the table's committed end.
+
+    The committed end is the partition's app transaction version in the latest snapshot
+    (LakeError when the lake cannot be read).
+    """
     moment = now or datetime.now(UTC)
+    table = open_table(lake_of(settings))
     consumer = _consumer(settings)
     try:
         lags: list[PartitionLag] = []
@@ -151,7 +199,7 @@ def partition_lags(
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(settings.raw_topic, partition), timeout=KAFKA_TIMEOUT_S
             )
-            end = ledger.committed_end(settings.state_dir, settings.raw_topic, partition)
+            end = txn_version(table, app_id(settings.raw_topic, partition))
             start = low if end is None else end
             lags.append(PartitionLag(partition, end, low, high, max(high - start, 0), None))
         ages = record_ages(consumer, settings.raw_topic, _starts(lags), moment)
@@ -280,40 +328,56 @@ def check_last_ingest(
     return Check("last_ingest", WARN, f"{detail}; stalled: {why}", values)
 
 
-def check_dlq_rate(settings: Settings, manifests: Sequence[Manifest], now: datetime) -> Check:
-    """DLQ entries / records over the manifests committed in the window."""
+def check_dlq_rate(settings: Settings, records: Sequence[RangeRecord], now: datetime) -> Check:
+    """DLQ entries / records over the raw topic's ranges committed in the window."""
     window = settings.health_window_seconds
     since = now - timedelta(seconds=window)
-    recent = [m for m in manifests if m.committed_at >= since]
-    records = sum(m.records for m in recent)
-    dlq = sum(len(m.dlq) for m in recent)
-    rate = dlq / records if records else 0.0
-    values = {"records": records, "dlq": dlq, "rate": round(rate, 6), "window_seconds": window}
+    recent = [r for r in records if r.committed_at is not None and r.committed_at >= since]
+    consumed = sum(r.records for r in recent)
+    dlq = sum(len(r.dlq) for r in recent)
+    rate = dlq / consumed if consumed else 0.0
+    values = {"records": consumed, "dlq": dlq, "rate": round(rate, 6), "window_seconds": window}
     detail = (
-        f"{rate:.2%} ({dlq} of {records} records in the last {_age(window)}, "
+        f"{rate:.2%} ({dlq} of {consumed} records in the last {_age(window)}, "
         f"limit {settings.health_max_dlq_rate:.2%})"
     )
-    status = WARN if records and rate > settings.health_max_dlq_rate else OK
+    status = WARN if consumed and rate > settings.health_max_dlq_rate else OK
     return Check("dlq_rate", status, detail, values)
 
 
-def check_lake(settings: Settings, manifests: Sequence[Manifest]) -> Check:
-    """Committed lake size (from the manifests, no directory walk) and whether it is writable."""
-    files = [f for m in manifests for f in m.files]
-    size = sum(f.size for f in files)
-    values = {"files": len(files), "bytes": size, "ranges": len(manifests)}
-    detail = (
-        f"{settings.lake_dir}: {len(files)} files, {size / MIB:.1f} MiB, {len(manifests)} ranges"
-    )
-    for directory in (settings.lake_dir, settings.state_dir):
+def check_lake(settings: Settings, state: LakeState) -> Check:
+    """Committed size and files of the events table's latest snapshot, its version, its ranges.
+
+    Down when the lake cannot be read, or when a local lake or the state dir is not writable.
+    """
+    where = state.lake.describe()
+    if state.error is not None:
+        return Check("lake", FAIL, state.error, {"reachable": False})
+    values = {
+        "files": state.files,
+        "bytes": state.bytes,
+        "ranges": len(state.records),
+        "version": state.version,
+    }
+    if state.version is None:
+        detail = f"{where}: no events table yet"
+    else:
+        detail = (
+            f"{where}: {state.files} files, {state.bytes / MIB:.1f} MiB, "
+            f"{len(state.records)} ranges, version {state.version}"
+        )
+    local = [] if state.lake.is_s3 else [Path(state.lake.root)]
+    for directory in (*local, settings.state_dir):
         if directory.exists() and not os.access(directory, os.W_OK):
             return Check("lake", FAIL, f"{directory} is not writable; {detail}", values)
     return Check("lake", OK, detail, values)
 
 
-def check_disk(settings: Settings) -> Check:
-    """Free space on the data dir's filesystem; the nearest existing ancestor if it is not made."""
-    probe = Path(settings.data_dir).absolute()
+def check_disk(settings: Settings, lake: Lake) -> Check:
+    """Free space where a local lake lives (nearest existing ancestor); nothing to watch on S3."""
+    if lake.is_s3:
+        return Check("disk", OK, f"lake on {lake.describe()}: no local disk to watch", {})
+    probe = Path(lake.root)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     usage = shutil.disk_usage(probe)
@@ -346,38 +410,64 @@ def collect(settings: Settings, now: datetime | None = None) -> HealthReport:
     started = time.monotonic()
     meta = cluster_metadata(settings)
     checks = [check_broker(settings, meta, time.monotonic() - started)]
-    every = ledger.load_manifests(settings.state_dir)
-    manifests = [m for m in every if m.range.topic == settings.raw_topic]
+    state = read_lake(lake_of(settings))
     lags: list[PartitionLag] = []
     backlog: int | None = None
     if meta is None:
         checks += [_unknown("topics", "broker unreachable"), _unknown("lag", "broker unreachable")]
     else:
         checks.append(check_topics(settings, meta))
-        raw = meta.topics.get(settings.raw_topic)
-        if raw is None or raw.error is not None:
-            checks.append(_unknown("lag", f"topic {settings.raw_topic} missing"))
-        else:
-            try:
-                lags = partition_lags(settings, raw.partitions, moment)
-            except KafkaException as exc:
-                checks.append(_unknown("lag", f"watermarks unavailable ({exc.args[0].str()})"))
-            else:
-                backlog = sum(lag.records for lag in lags)
-                checks.append(check_lag(settings, lags))
-    checks += [
-        check_last_ingest(settings, last_commit(manifests), backlog, moment),
-        check_dlq_rate(settings, manifests, moment),
-        check_lake(settings, every),
-        check_disk(settings),
-        check_parser(settings),
-    ]
+        lag_check, lags = _lag_check(settings, meta, state, moment)
+        checks.append(lag_check)
+        backlog = sum(lag.records for lag in lags) if lags else None
+    checks += _lake_checks(settings, state, backlog, moment)
     return HealthReport(checks, lags, moment)
 
 
-def last_commit(manifests: Sequence[Manifest]) -> datetime | None:
+def _lag_check(
+    settings: Settings, meta: ClusterMetadata, state: LakeState, moment: datetime
+) -> tuple[Check, list[PartitionLag]]:
+    """The lag line and the partitions' lags (none when the topic or the lake cannot be read)."""
+    raw = meta.topics.get(settings.raw_topic)
+    if raw is None or raw.error is not None:
+        return _unknown("lag", f"topic {settings.raw_topic} missing"), []
+    if state.error is not None:
+        return _unknown("lag", "lake unreadable"), []
+    try:
+        lags = partition_lags(settings, raw.partitions, moment)
+    except KafkaException as exc:
+        return _unknown("lag", f"watermarks unavailable ({exc.args[0].str()})"), []
+    except LakeError as exc:
+        return _unknown("lag", str(exc)), []
+    return check_lag(settings, lags), lags
+
+
+def _lake_checks(
+    settings: Settings, state: LakeState, backlog: int | None, moment: datetime
+) -> list[Check]:
+    """last_ingest and dlq_rate from the log's range records, then lake, disk and parser."""
+    if state.error is not None:
+        checks = [
+            _unknown("last_ingest", "lake unreadable"),
+            _unknown("dlq_rate", "lake unreadable"),
+        ]
+    else:
+        ingested = state.ingested(settings.raw_topic)
+        checks = [
+            check_last_ingest(settings, last_commit(ingested), backlog, moment),
+            check_dlq_rate(settings, ingested, moment),
+        ]
+    return [
+        *checks,
+        check_lake(settings, state),
+        check_disk(settings, state.lake),
+        check_parser(settings),
+    ]
+
+
+def last_commit(records: Sequence[RangeRecord]) -> datetime | None:
     """When the newest range was committed: the last successful ingest."""
-    return max((m.committed_at for m in manifests), default=None)
+    return max((r.committed_at for r in records if r.committed_at is not None), default=None)
 
 
 def events_freshness(

@@ -1,4 +1,4 @@
-"""Data-quality figures of the committed lake, for the `events` asset checks.
+"""Data-quality figures of the committed lake (read through the Delta log), for the `events` checks.
 
 The share of events whose user agent enriched to nothing useful (device `unknown`, browser
 `Other`): a jump means a new client or a broken UA rule, and every per-device report drifts.
@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from datetime import date
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline_project.batch import lake, ledger
-from pipeline_project.batch.sessions import committed_event_files, read_events
+from pipeline_project.batch.sessions import read_day_events
+from pipeline_project.lake.location import Lake, lake_of
+from pipeline_project.lake.table import PARTITION_COLUMN, lake_errors, open_table
 from pipeline_project.settings import Settings
 
 UNKNOWN_DEVICE = "unknown"
@@ -34,24 +37,27 @@ class UnknownUserAgents:
         return round(self.unknown_either / self.rows, 6) if self.rows else 0.0
 
 
-def latest_event_day(settings: Settings) -> date | None:
-    """The newest UTC day with committed events files, or None for an empty lake."""
-    days = [
-        item.day
-        for manifest in ledger.load_manifests(settings.state_dir)
-        for item in manifest.files
-        if item.table == lake.TABLE_EVENTS
-    ]
-    return max(days, default=None)
+def latest_event_day(lake: Lake) -> date | None:
+    """The newest UTC day with committed events (the snapshot's partition values), None if empty."""
+    table = open_table(lake)
+    if table is None:
+        return None
+    with lake_errors(lake, "listing the events files"):
+        adds = pa.table(table.get_add_actions(flatten=True))
+    key = f"partition.{PARTITION_COLUMN}"
+    if key not in adds.column_names or adds.num_rows == 0:
+        return None
+    return pc.max(adds.column(key)).as_py()
 
 
 def unknown_user_agents(settings: Settings, day: date | None = None) -> UnknownUserAgents:
     """Unknown device/browser counts of `day` (default: the latest committed day)."""
-    day = day or latest_event_day(settings)
-    if day is None:
-        return UnknownUserAgents(None, 0, 0, 0, 0)
-    paths = committed_event_files(settings.lake_dir, settings.state_dir, day)
-    frame = read_events(paths, ("device_type", "browser"))
+    lake = lake_of(settings)
+    day = day or latest_event_day(lake)
+    events = read_day_events(lake, day, ("device_type", "browser")) if day else None
+    if day is None or events is None:
+        return UnknownUserAgents(day, 0, 0, 0, 0)
+    frame = events.rows
     device = pl.col("device_type") == UNKNOWN_DEVICE
     browser = pl.col("browser") == UNKNOWN_BROWSER
     counts = frame.select(

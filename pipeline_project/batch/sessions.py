@@ -1,36 +1,45 @@
-"""Sessions: one row per (session, UTC day), derived from the day's committed `events` files.
+"""Sessions: one row per (session, UTC day), derived from the day's committed `events` rows.
 
-Only manifest-listed files are read (never strays, never in-flight files), so a day's sessions are
-always computed from a committed state of the lake. Each day is one Parquet file,
-`<lake>/sessions/date=YYYY-MM-DD/sessions.parquet`, replaced atomically (temp file under the state
-dir, fsync, rename, directory fsync) under a per-day lock: readers see the old file or the new one,
-and two materializations of one day run one after the other, the later one reading the later lake.
+Events are read through the Delta log (`lake.read.read_days`, pruned to the day's `date`
+partition), so only committed rows count: files of a crashed writer or of a compaction in progress
+are never read. The result is the Delta table `<lake>/sessions`, partitioned by `date`; each day is
+replaced by one overwrite commit, so readers see the old day or the new one.
+
+Concurrent materializations of one day need no lock: two overwrites of the same day that overlap
+conflict, and the loser recomputes from a fresh read. One case slips past Delta's check (it only
+compares commits made while a write is in flight): a run that read the events earlier but commits
+after a run that read them later would put back older rows. So after its commit a run looks at the
+day's commits since it started reading; if another run committed the day meanwhile, it reads and
+writes again. The last commit of a day is therefore always computed from the latest read.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import secrets
+import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
 
-from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.transform import DATE_COLUMN, UTC_US
-from pipeline_project.errors import LedgerError, LockBusyError
+from pipeline_project.errors import LakeError
+from pipeline_project.lake.derived import (
+    MAX_ATTEMPTS,
+    RETRY_PAUSE_SECONDS,
+    ensure_table,
+    is_conflict,
+)
+from pipeline_project.lake.location import TABLE_EVENTS, TABLE_SESSIONS, Lake, lake_of
+from pipeline_project.lake.read import read_days, replace_day
+from pipeline_project.lake.table import PARTITION_COLUMN, lake_errors, open_table
 from pipeline_project.settings import Settings
 
-TABLE_SESSIONS = "sessions"
-FILE_NAME = "sessions.parquet"
-TEMP_DIR_NAME = "sessions-tmp"
-LOCK_TIMEOUT_S = 300.0
+log = logging.getLogger(__name__)
+
 # Funnel stages in order; a session's stage is the furthest one any of its events reached.
 FUNNEL_STAGES: tuple[str, ...] = ("visit", "product_view", "add_to_cart", "checkout", "purchase")
 
@@ -92,10 +101,12 @@ class SessionsOutput:
     """What one day's materialization read and wrote."""
 
     day: date
-    path: Path | None  # None when the day has no committed events (nothing is written)
+    table_uri: str | None  # None when the day has no committed events (nothing is written)
     rows: int
     event_rows: int
-    source_files: int
+    source_files: int  # the day's events files in the snapshot opened before reading
+    events_version: int | None = None  # that snapshot's version (the read sees it or a later one)
+    version: int | None = None  # the sessions table version of this day's commit
     converted: int = 0
     funnel: dict[str, int] = field(default_factory=dict)
 
@@ -104,36 +115,45 @@ class SessionsOutput:
         return round(self.converted / self.rows, 4) if self.rows else 0.0
 
 
-def committed_event_files(lake_dir: Path, state_dir: Path, day: date) -> list[Path]:
-    """The `events` files of `day` that a manifest lists, of every topic: the committed day.
+@dataclass(frozen=True)
+class DayEvents:
+    """One day's committed events as read, and the snapshot they were read from."""
 
-    A listed file that is missing raises LedgerError: sessions from a damaged day would be wrong
-    without saying so (reconcile and recovery report the damage).
+    rows: pl.DataFrame
+    version: int  # the events version opened just before reading (the read sees it or later)
+    files: int
+
+
+def read_day_events(
+    lake: Lake, day: date, columns: tuple[str, ...] = EVENT_COLUMNS
+) -> DayEvents | None:
+    """The day's committed events (the given columns), or None before the first commit.
+
+    Columns the table does not have yet (no event ever carried them) come back as nulls, so a
+    young lake gives the same frame shape as an old one.
     """
-    wanted = lake.validate_day(day)
-    paths = sorted(
-        lake.resolve(lake_dir, item.path)
-        for manifest in ledger.load_manifests(state_dir)
-        for item in manifest.files
-        if item.table == lake.TABLE_EVENTS and item.day == wanted
+    table = open_table(lake, TABLE_EVENTS)
+    if table is None:
+        return None
+    names = set(table.schema().to_arrow().names)
+    present = [c for c in columns if c in names]
+    frame = read_days(lake, [day], present) if present else None
+    if frame is None or not frame.columns:
+        frame = pl.DataFrame(schema=list(columns))
+    frame = frame.select(
+        pl.col(c) if c in frame.columns else pl.lit(None).alias(c) for c in columns
     )
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise LedgerError(f"committed events files are missing (run reconcile): {missing[:5]}")
-    return paths
+    return DayEvents(frame, table.version(), _day_files(lake, table, day))
 
 
-def read_events(paths: list[Path], columns: tuple[str, ...] = EVENT_COLUMNS) -> pl.DataFrame:
-    """The given columns of the listed files, as one frame (empty with the right names if none).
-
-    Files of rows recovered from the DLQ carry extra lineage columns; only `columns` are read.
-    """
-    if not paths:
-        return pl.DataFrame(schema=list(columns))
-    scan = pl.scan_parquet(
-        [str(p) for p in paths], extra_columns="ignore", missing_columns="insert"
-    )
-    return scan.select(columns).collect()
+def _day_files(lake: Lake, table: DeltaTable, day: date) -> int:
+    """How many of the snapshot's files hold the day (the log's add actions, no listing)."""
+    with lake_errors(lake, "listing the events files"):
+        adds = pa.table(table.get_add_actions(flatten=True))
+    key = f"partition.{PARTITION_COLUMN}"
+    if key not in adds.column_names or adds.num_rows == 0:
+        return 0
+    return int(pc.sum(pc.equal(adds.column(key), pa.scalar(day, pa.date32()))).as_py() or 0)
 
 
 def _funnel_step() -> pl.Expr:
@@ -196,75 +216,73 @@ def build_sessions(events: pl.DataFrame, day: date) -> pl.DataFrame:
     return rows.sort("session_start", "session_id")
 
 
-def sessions_path(lake_dir: Path, day: date) -> Path:
-    """`<lake>/sessions/date=YYYY-MM-DD/sessions.parquet`."""
-    return Path(lake_dir) / TABLE_SESSIONS / lake.day_dir_name(day) / FILE_NAME
-
-
-def write_atomically(frame: pl.DataFrame, target: Path, state_dir: Path) -> None:
-    """Replaces `target` so that readers see the old file or the new one, never a part.
-
-    The temp file lives under the state dir (inside the lake root, readers would see it); it is
-    fsynced, renamed over `target`, and the directory is fsynced.
-    """
-    temp_dir = Path(state_dir) / TEMP_DIR_NAME
-    lake.ensure_dir(temp_dir)
-    lake.ensure_dir(target.parent)
-    temp = temp_dir / f"{target.parent.name}.{os.getpid()}.{secrets.token_hex(4)}.parquet"
-    try:
-        table = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).combine_chunks()
-        pq.write_table(table.replace_schema_metadata(None), str(temp), **lake.PARQUET_OPTIONS)
-        lake.fsync_file(temp)
-        os.replace(temp, target)
-        lake.fsync_dir(target.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-
-
-@contextlib.contextmanager
-def day_lock(state_dir: Path, day: date, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """Serializes materializations of one day (flock; the kernel drops it if the process dies)."""
-    path = Path(state_dir) / ledger.LOCKS_DIR / f"{TABLE_SESSIONS}-{lake.validate_day(day)}.lock"
-    lake.ensure_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LockBusyError(
-                        f"sessions of {day} locked by another run for {timeout_s:.0f} s ({path})"
-                    ) from None
-                time.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)
+def sessions_arrow_schema() -> pa.Schema:
+    """The sessions table's schema: SESSIONS_SCHEMA plus the partition column `date`."""
+    empty = pl.DataFrame(schema={**SESSIONS_SCHEMA, PARTITION_COLUMN: pl.Date()})
+    return empty.to_arrow(compat_level=pl.CompatLevel.newest()).schema
 
 
 def materialize_day(settings: Settings, day: date) -> SessionsOutput:
-    """Recomputes one day's sessions from the committed lake and replaces its file atomically.
+    """Recomputes one day's sessions from the committed events and replaces that day in one commit.
 
-    A day without committed events writes nothing (no empty files for the days before the lake).
+    A day without committed events writes nothing (no empty partitions for days before the lake).
+    A commit conflict or a concurrent commit of the same day means: read again, write again.
     """
-    with day_lock(settings.state_dir, day):
-        paths = committed_event_files(settings.lake_dir, settings.state_dir, day)
-        events = read_events(paths)
-        if not paths:
-            return SessionsOutput(day, None, 0, 0, 0)
-        rows = build_sessions(events, day)
-        target = sessions_path(settings.lake_dir, day)
-        write_atomically(rows, target, settings.state_dir)
+    lake = lake_of(settings)
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        current = open_table(lake, TABLE_SESSIONS)
+        before = current.version() if current is not None else -1
+        events = read_day_events(lake, day)
+        if events is None or events.rows.height == 0:
+            return SessionsOutput(day, None, 0, 0, 0, events.version if events else None)
+        rows = build_sessions(events.rows, day)
+        ensure_table(lake, TABLE_SESSIONS, sessions_arrow_schema(), [PARTITION_COLUMN])
+        try:
+            replace_day(lake, TABLE_SESSIONS, day, rows)
+        except LakeError as exc:
+            if not is_conflict(exc):
+                raise
+            log.info("sessions %s: commit conflict (attempt %d), reading again", day, attempt)
+            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+            continue
+        commits = day_commits_since(lake, day, before)
+        if len(commits) == 1:
+            return _output(lake, day, rows, events, commits[0])
+        log.info("sessions %s: another run committed the day meanwhile, reading again", day)
+    raise LakeError(
+        f"lake {lake.describe()}: sessions of {day} kept changing under {MAX_ATTEMPTS} attempts "
+        "(other runs of the same day); the next materialization tries again"
+    )
+
+
+def day_commits_since(lake: Lake, day: date, version: int) -> list[int]:
+    """Versions after `version` (-1: all) that overwrote the day in the sessions table."""
+    table = open_table(lake, TABLE_SESSIONS)
+    if table is None or table.version() <= version:
+        return []
+    wanted = f"{PARTITION_COLUMN} = '{day.isoformat()}'"
+    with lake_errors(lake, "reading the sessions table's history"):
+        entries = table.history(limit=table.version() - version)
+    return [
+        int(e["version"])
+        for e in entries
+        if int(e["version"]) > version
+        and str((e.get("operationParameters") or {}).get("predicate", "")).startswith(wanted)
+    ]
+
+
+def _output(
+    lake: Lake, day: date, rows: pl.DataFrame, events: DayEvents, version: int
+) -> SessionsOutput:
     funnel = dict(rows.get_column("funnel_stage").value_counts().iter_rows())
     return SessionsOutput(
         day=day,
-        path=target,
+        table_uri=lake.table_uri(TABLE_SESSIONS),
         rows=rows.height,
-        event_rows=events.height,
-        source_files=len(paths),
+        event_rows=events.rows.height,
+        source_files=events.files,
+        events_version=events.version,
+        version=version,
         converted=int(rows.get_column("converted").sum()),
         funnel={stage: int(funnel.get(stage, 0)) for stage in FUNNEL_STAGES},
     )

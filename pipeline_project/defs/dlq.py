@@ -52,13 +52,14 @@ _CHECKS = {
     key=DLQ_REPORT_KEY,
     deps=[DLQ_KEY],
     group_name="dlq",
-    kinds={"kafka", "parquet", "polars"},
+    kinds={"kafka", "delta", "polars"},
     check_specs=[
         AssetCheckSpec(n, asset=DLQ_REPORT_KEY, description=d) for n, d in _CHECKS.items()
     ],
     description=(
         "What failed and why, once per failed source record, and what reprocessing made of it "
-        "(recovered / filtered / parked / failing); Parquet under <data>/output/dlq_report/."
+        "(recovered / filtered / parked / failing); Delta tables dlq_report_records and "
+        "dlq_report_summary (and the log of DLQ records read, dlq_report_log) beside events."
     ),
 )
 def dlq_report(context: AssetExecutionContext) -> MaterializeResult:
@@ -101,8 +102,10 @@ def report_metadata(found: dlq_report_core.Report) -> dict[str, Any]:
     metadata["new_rules"] = MetadataValue.json(found.new_rules)
     metadata["samples"] = MetadataValue.json(found.samples())
     metadata["summary"] = MetadataValue.md(dlq_report_core.markdown(found))
-    metadata["records_path"] = MetadataValue.path(found.paths["records"])
-    metadata["summary_path"] = MetadataValue.path(found.paths["summary"])
+    for name, uri in found.tables.items():
+        metadata[f"{name}_table"] = MetadataValue.path(uri)
+        version = found.versions.get(name)
+        metadata[f"{name}_version"] = MetadataValue.int(-1 if version is None else version)
     return metadata
 
 
@@ -124,7 +127,10 @@ def reprocess(context: OpExecutionContext) -> None:
 
 
 def reprocess_events(result: ReprocessResult) -> list[AssetMaterialization | AssetObservation]:
-    """An `events` materialization per day rows were recovered into; the outcome counts."""
+    """An `events` materialization per day rows were recovered into; the outcome counts.
+
+    A day names the Delta commits (versions) and DLQ ranges that wrote it, as ingest runs do.
+    """
     events: list[AssetMaterialization | AssetObservation] = [
         AssetMaterialization(
             asset_key=EVENTS_KEY,

@@ -3,19 +3,19 @@
 The ingest op logs `events` materializations without running checks, so these run on a cron
 through the automation sensor (defs/sessions.py): freshness on every tick (staleness is the absence
 of events, so nothing else would trigger it), the user-agent share only when `events` changed.
-No postponed annotations: Dagster checks the `context` annotation's type at import.
+Both read the lake itself: freshness the newest range commit in the events table's Delta log (a
+commit by the CLI counts as much as a Dagster run's), the share the latest day's
+committed rows.
 """
 
 from datetime import UTC, datetime
 from typing import cast
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AutomationCondition,
-    DagsterInstance,
     MetadataValue,
     asset_check,
 )
@@ -23,6 +23,7 @@ from dagster import (
 from pipeline_project import health
 from pipeline_project.batch.quality import unknown_user_agents
 from pipeline_project.defs.assets import EVENTS_KEY
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 
 FRESHNESS_CHECK = "freshness"
@@ -35,10 +36,15 @@ def check_condition(condition: AutomationCondition) -> AutomationCondition[Asset
     return cast(AutomationCondition[AssetCheckKey], condition)
 
 
-def last_update(instance: DagsterInstance) -> datetime | None:
-    """When `events` was last materialized (any day), from Dagster's event log."""
-    records = instance.fetch_materializations(EVENTS_KEY, limit=1).records
-    return datetime.fromtimestamp(records[0].timestamp, UTC) if records else None
+def last_update(settings: Settings) -> tuple[datetime | None, str | None]:
+    """When a raw-topic range was last committed into `events` (its Delta log); else why not.
+
+    The error is the lake's one-line LakeError text when the table cannot be read.
+    """
+    state = health.read_lake(lake_of(settings))
+    if state.error is not None:
+        return None, state.error
+    return health.last_commit(state.ingested(settings.raw_topic)), None
 
 
 @asset_check(
@@ -52,10 +58,12 @@ def last_update(instance: DagsterInstance) -> datetime | None:
         AutomationCondition.cron_tick_passed(CHECK_CRON) & ~AutomationCondition.in_progress()
     ),
 )
-def events_freshness(context: AssetCheckExecutionContext) -> AssetCheckResult:
+def events_freshness() -> AssetCheckResult:
     """Same rule as `health`'s last_ingest line; Kafka is asked only when events look old."""
     settings = Settings.from_env()
-    updated = last_update(context.instance)
+    updated, error = last_update(settings)
+    if error is not None:
+        return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=error)
     verdict = health.events_freshness(settings, updated)
     age = (datetime.now(UTC) - updated).total_seconds() if updated else -1.0
     return AssetCheckResult(

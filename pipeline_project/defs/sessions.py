@@ -26,9 +26,10 @@ from pipeline_project.batch import sessions as core
 from pipeline_project.defs.assets import EVENTS_KEY, daily_partitions
 from pipeline_project.defs.jobs import JOB_TAG
 from pipeline_project.defs.quality import events_quality_checks
+from pipeline_project.lake.location import TABLE_SESSIONS
 from pipeline_project.settings import Settings
 
-SESSIONS_KEY = AssetKey([core.TABLE_SESSIONS])
+SESSIONS_KEY = AssetKey([TABLE_SESSIONS])
 ROWS_CHECK = "rows_on_days_with_events"
 AUTOMATION_SENSOR = "pipeline_automation_sensor"
 
@@ -72,15 +73,15 @@ def sessions_condition() -> AutomationCondition:
         )
     ],
     group_name="lake",
-    kinds={"parquet", "polars"},
+    kinds={"delta", "polars"},
     description=(
         "Sessions per UTC day (start, end, duration, events, page views, entry/exit page, device, "
-        "conversion, revenue, funnel stage) from the day's committed events, one Parquet file per "
-        "day under <data>/output/sessions/date=YYYY-MM-DD/, replaced atomically."
+        "conversion, revenue, funnel stage) from the day's committed events: the Delta table "
+        "<lake>/sessions, partitioned by date, each day replaced by one overwrite commit."
     ),
 )
 def sessions(context: AssetExecutionContext) -> MaterializeResult:
-    """Recomputes one day of sessions from the committed `events` files of that day."""
+    """Recomputes one day of sessions from the committed `events` rows of that day."""
     day = date.fromisoformat(context.partition_key)
     out = core.materialize_day(Settings.from_env(), day)
     context.log.info(
@@ -104,7 +105,10 @@ def _selected(context: AssetExecutionContext) -> bool:
 
 
 def _metadata(out: core.SessionsOutput) -> dict[str, MetadataValue]:
-    """Numeric entries with stable names, so the UI plots them per day and over time."""
+    """Numeric entries with stable names, so the UI plots them per day and over time.
+
+    Versions are -1 when nothing was read or written (a day without events), never absent.
+    """
     return {
         "rows": MetadataValue.int(out.rows),
         "event_rows": MetadataValue.int(out.event_rows),
@@ -115,7 +119,11 @@ def _metadata(out: core.SessionsOutput) -> dict[str, MetadataValue]:
             f"funnel_{stage}": MetadataValue.int(out.funnel.get(stage, 0))
             for stage in core.FUNNEL_STAGES
         },
-        "path": MetadataValue.path(str(out.path) if out.path else "(no events this day)"),
+        "events_version": MetadataValue.int(
+            -1 if out.events_version is None else out.events_version
+        ),
+        "delta_version": MetadataValue.int(-1 if out.version is None else out.version),
+        "table_uri": MetadataValue.path(out.table_uri or "(no events this day)"),
     }
 
 

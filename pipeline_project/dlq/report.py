@@ -1,48 +1,51 @@
 """The DLQ report: what failed and why, counted once per failed source record, and what came of it.
 
-Reads the DLQ incrementally (its own offsets in `<state>/dlq_report/state.json`, the decoded records
-so far in `<state>/dlq_report/dlq_log.parquet`, merged by DLQ coordinates so a crash between the two
-writes only re-reads), folds the copies of each source record (first error = why it failed, last
-error = why it still fails), joins the resolution ledger (recovered / filtered / parked / failing)
-and writes `<lake>/dlq_report/records.parquet` and `summary.parquet` atomically. The counts,
-samples, new categories/rules and checks are returned for the Dagster asset and the CLI.
+Three Delta tables beside `events` in the lake, lowercase identifiers as every lake table:
+- `dlq_report_log`: every DLQ record read so far (one row per copy, decoded, payload preview),
+  appended once per materialization. It is also the read progress: the next read of a DLQ
+  partition starts after the highest offset it holds for that topic, so an append is data and
+  progress in one commit (a crash before it only re-reads). It lives in the lake, not under the
+  state dir, because it is not a cache: the DLQ topic's retention deletes records the report still
+  counts, so it could not be rebuilt from the topic.
+- `dlq_report_records`: one row per failed source record (first error = why it failed, last error
+  = why it still fails, copies, resolution from reprocessing), replaced whole in one commit.
+- `dlq_report_summary`: long counts (dimension, key, records), replaced whole in one commit.
+The counts, samples, new categories/rules and checks are returned for the Dagster asset and the CLI.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import polars as pl
+from deltalake import write_deltalake
 
-from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.backlog import partition_states
-from pipeline_project.batch.ledger import atomic_write_json, read_json
 from pipeline_project.batch.plan import PartitionState, plan_ranges
 from pipeline_project.batch.run import UNBOUNDED
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.records import PREVIEW_CHARS, escape_payload
 from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
 from pipeline_project.events.contract import ERROR_CATEGORIES
-from pipeline_project.health import OK, check_dlq_rate
+from pipeline_project.health import OK, check_dlq_rate, read_lake
 from pipeline_project.kafka.drain import drain_range, make_consumer
-from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.derived import ensure_table, replace_whole, retry_on_conflict
+from pipeline_project.lake.location import Lake, lake_of
+from pipeline_project.lake.read import scan_table
+from pipeline_project.lake.table import lake_errors, open_table
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REPORT_DIR = "dlq_report"  # <state>/dlq_report/ and <lake>/dlq_report/ (not a ledger table)
-LOG_FILE = "dlq_log.parquet"
-STATE_FILE = "state.json"
-RECORDS_FILE = "records.parquet"
-SUMMARY_FILE = "summary.parquet"
-STATE_VERSION = 1
+TABLE_LOG = "dlq_report_log"
+TABLE_RECORDS = "dlq_report_records"
+TABLE_SUMMARY = "dlq_report_summary"
+OUTPUTS = {"log": TABLE_LOG, "records": TABLE_RECORDS, "summary": TABLE_SUMMARY}
 TOP_MESSAGES = 10
 SAMPLES = 5
 FAILING = "failing"  # the status of a record no reprocessing resolved (yet)
@@ -52,6 +55,7 @@ MALFORMED_CATEGORY = "<no source headers>"
 UTC_US = pl.Datetime("us", "UTC")
 # One row per DLQ record read (every copy); source_* null when its headers were unusable.
 LOG_SCHEMA: dict[str, pl.DataType] = {
+    "dlq_topic": pl.String(),
     "dlq_partition": pl.Int32(),
     "dlq_offset": pl.Int64(),
     "source_topic": pl.String(),
@@ -72,72 +76,74 @@ _SOURCE = ["source_topic", "source_partition", "source_offset"]
 _ERROR = ["stage", "category", "rule", "field", "message"]
 
 
-# ------------------------------------------------------------------------------------- the state
+# ------------------------------------------------------------------------------- what was read
 
 
 @dataclass
-class ReportState:
-    """Next DLQ offset per partition and the categories/rules seen by earlier materializations."""
+class ReadSoFar:
+    """The report's log of this DLQ topic and where each partition's next read starts."""
 
-    topic: str
+    log: pl.DataFrame
     offsets: dict[int, int] = field(default_factory=dict)
-    categories: set[str] = field(default_factory=set)
-    rules: set[str] = field(default_factory=set)
-    materializations: int = 0
+    first: bool = True  # no log table yet: this is the first report
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "topic": self.topic,
-            "offsets": {str(p): o for p, o in sorted(self.offsets.items())},
-            "categories": sorted(self.categories),
-            "rules": sorted(self.rules),
-            "materializations": self.materializations,
-        }
+    def seen(self, column: str) -> set[str]:
+        """Categories or rules already seen (of records with usable source headers)."""
+        known = self.log.filter(pl.col("source_topic").is_not_null())
+        return set(known.get_column(column).drop_nulls().to_list())
 
 
-def state_dir(settings: Settings) -> Path:
-    return settings.state_dir / REPORT_DIR
+def load_log(lake: Lake, topic: str) -> ReadSoFar:
+    """The log table's rows of `topic` (one row per DLQ coordinates) and the offsets after them."""
+    scan = scan_table(lake, TABLE_LOG)
+    if scan is None:
+        return ReadSoFar(pl.DataFrame(schema=LOG_SCHEMA))
+    with lake_errors(lake, f"reading {TABLE_LOG}"):
+        rows = scan.filter(pl.col("dlq_topic") == topic).collect()
+    rows = rows.select(list(LOG_SCHEMA)).cast(LOG_SCHEMA)  # type: ignore[arg-type]
+    rows = rows.unique(["dlq_partition", "dlq_offset"], keep="last", maintain_order=True)
+    ends = rows.group_by("dlq_partition").agg(pl.col("dlq_offset").max() + 1)
+    return ReadSoFar(rows, {int(p): int(o) for p, o in ends.rows()}, first=False)
 
 
-def load_state(settings: Settings) -> tuple[ReportState, pl.DataFrame]:
-    """The report's offsets and log; a fresh start when absent, unreadable or for another topic."""
-    empty = (ReportState(settings.dlq_topic), pl.DataFrame(schema=LOG_SCHEMA))
-    try:
-        data = read_json(state_dir(settings) / STATE_FILE)
-    except ValueError as exc:
-        log.warning("DLQ report state unreadable (%s): starting over", exc)
-        return empty
-    log_path = state_dir(settings) / LOG_FILE
-    if not data or data.get("topic") != settings.dlq_topic or not log_path.is_file():
-        return empty
-    state = ReportState(
-        topic=settings.dlq_topic,
-        offsets={int(p): int(o) for p, o in data["offsets"].items()},
-        categories=set(data["categories"]),
-        rules=set(data["rules"]),
-        materializations=int(data.get("materializations", 0)),
-    )
-    return state, pl.read_parquet(log_path).cast(LOG_SCHEMA)  # type: ignore[arg-type]
+def append_log(lake: Lake, rows: pl.DataFrame) -> None:
+    """Appends newly read DLQ records in one commit: the report's data and progress at once."""
+    data = pl.DataFrame(schema=LOG_SCHEMA).to_arrow(compat_level=pl.CompatLevel.newest())
+    ensure_table(lake, TABLE_LOG, data.schema)
+    if rows.height == 0:
+        return
+    with lake_errors(lake, f"writing {TABLE_LOG}"):
+        write_deltalake(
+            lake.table_uri(TABLE_LOG),
+            rows.to_arrow(compat_level=pl.CompatLevel.newest()),
+            mode="append",
+            storage_options=lake.options(),
+        )
 
 
-def _write_parquet(path: Path, frame: pl.DataFrame) -> None:
-    """Atomic (temp file, fsync, rename): readers see the old file or the new one, never half."""
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer, compression="zstd")
-    lake.atomic_write_bytes(path, buffer.getvalue())
+def replace_output(lake: Lake, table: str, rows: pl.DataFrame) -> int | None:
+    """Replaces an output table whole (created first, in its own commit); its version after.
+
+    Two reports at once: the loser of the overwrite conflict writes again (both computed the
+    report from the log, the later one wins).
+    """
+    ensure_table(lake, table, rows.to_arrow(compat_level=pl.CompatLevel.newest()).schema)
+    retry_on_conflict(lambda: replace_whole(lake, table, rows), f"replacing {table}")
+    written = open_table(lake, table)
+    return written.version() if written is not None else None
 
 
 # ---------------------------------------------------------------------------------------- reading
 
 
-def log_rows(messages: Iterable[DlqMessage]) -> pl.DataFrame:
-    """Decoded DLQ records as LOG_SCHEMA rows."""
+def log_rows(topic: str, messages: Iterable[DlqMessage]) -> pl.DataFrame:
+    """Decoded DLQ records of `topic` as LOG_SCHEMA rows."""
     rows = []
     for m in messages:
         r = m.record
         rows.append(
             {
+                "dlq_topic": topic,
                 "dlq_partition": m.partition,
                 "dlq_offset": m.offset,
                 "source_topic": r.source_topic if r else None,
@@ -154,8 +160,8 @@ def log_rows(messages: Iterable[DlqMessage]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=LOG_SCHEMA)
 
 
-def read_new(settings: Settings, state: ReportState) -> tuple[pl.DataFrame, dict[int, int]]:
-    """DLQ records after the report's offsets, and the offsets to continue from next time.
+def read_new(settings: Settings, offsets: dict[int, int]) -> pl.DataFrame:
+    """DLQ records after the report's offsets (the log's highest offset + 1 per partition).
 
     A partition restarts at its low watermark when retention deleted past the report's offset (or
     the topic was recreated below it).
@@ -165,16 +171,16 @@ def read_new(settings: Settings, state: ReportState) -> tuple[pl.DataFrame, dict
     try:
         starts = []
         for s in partition_states(settings, consumer, settings.dlq_topic):
-            start = state.offsets.get(s.partition, s.low)
+            start = offsets.get(s.partition, s.low)
             start = start if s.low <= start <= s.high else s.low
             starts.append(PartitionState(s.partition, start, s.low, s.high))
         plan = plan_ranges(settings.dlq_topic, starts, settings.max_range_events, UNBOUNDED)
         for rng in plan.ranges:
             raw = drain_range(consumer, rng, settings.drain_timeout_seconds, with_headers=True)
-            frames.append(log_rows(decode_batch(raw)))
+            frames.append(log_rows(settings.dlq_topic, decode_batch(raw)))
     finally:
         consumer.close()
-    return pl.concat(frames), {s.partition: s.high for s in starts}
+    return pl.concat(frames)
 
 
 # ------------------------------------------------------------------------------------- the report
@@ -250,7 +256,8 @@ class Report:
     new_categories: list[str]
     new_rules: list[str]
     checks: list[CheckOutcome]
-    paths: dict[str, str]
+    tables: dict[str, str]  # "log"/"records"/"summary" -> table URI
+    versions: dict[str, int | None]  # their Delta versions after this materialization
     first: bool
 
     def counts(self, dimension: str) -> dict[str, int]:
@@ -283,47 +290,55 @@ class Report:
 
 
 def build(settings: Settings, now: datetime | None = None) -> Report:
-    """Reads what is new in the DLQ, updates the report's state, writes the lake outputs."""
+    """Reads what is new in the DLQ, appends it to the log, replaces the output tables."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
-    state, old_log = load_state(settings)
-    new_log, ends = read_new(settings, state)
-    merged = pl.concat([old_log, new_log]).unique(
+    lake = lake_of(settings)
+    so_far = load_log(lake, settings.dlq_topic)
+    new_log = read_new(settings, so_far.offsets)
+    append_log(lake, new_log)
+    merged = pl.concat([so_far.log, new_log]).unique(
         ["dlq_partition", "dlq_offset"], keep="last", maintain_order=True
     )
-    _write_parquet(state_dir(settings) / LOG_FILE, merged)
-    previous = (set(state.categories), set(state.rules))
-    state.offsets.update(ends)
-    book = resolution.load_book(lake_of(settings))  # the resolution ledger is the table's log
+    book = resolution.load_book(lake)  # the resolution ledger is the table's log
     records = per_source(merged, book)
-    categories = set(records.get_column("category").to_list()) | set(
-        records.get_column("last_category").to_list()
-    )
-    rules = set(records.get_column("rule").to_list()) | set(
-        records.get_column("last_rule").to_list()
-    )
-    state.categories |= categories
-    state.rules |= rules
-    state.materializations += 1
-    atomic_write_json(state_dir(settings) / STATE_FILE, state.to_dict())
     summary = summary_frame(records)
-    out = settings.lake_dir / REPORT_DIR
-    _write_parquet(out / RECORDS_FILE, records)
-    _write_parquet(out / SUMMARY_FILE, summary)
-    malformed = merged.filter(pl.col("source_topic").is_null()).height
+    versions = write_outputs(lake, records, summary)
     report = Report(
         records=records,
         summary=summary,
         dlq_records=merged.height,
         new_records=new_log.height,
-        malformed=malformed,
-        new_categories=sorted(categories - previous[0]),
-        new_rules=sorted(rules - previous[1]),
+        malformed=merged.filter(pl.col("source_topic").is_null()).height,
+        new_categories=_new(records, so_far, "category"),
+        new_rules=_new(records, so_far, "rule"),
         checks=[],
-        paths={"records": str(out / RECORDS_FILE), "summary": str(out / SUMMARY_FILE)},
-        first=state.materializations == 1,
+        tables={name: lake.table_uri(table) for name, table in OUTPUTS.items()},
+        versions=versions,
+        first=so_far.first,
     )
     report.checks = checks(settings, report, moment)
     return report
+
+
+def write_outputs(
+    lake: Lake, records: pl.DataFrame, summary: pl.DataFrame
+) -> dict[str, int | None]:
+    """Replaces the records and summary tables; every report table's version after that."""
+    versions = {
+        "records": replace_output(lake, TABLE_RECORDS, records),
+        "summary": replace_output(lake, TABLE_SUMMARY, summary),
+    }
+    log_table = open_table(lake, TABLE_LOG)
+    versions["log"] = log_table.version() if log_table is not None else None
+    return versions
+
+
+def _new(records: pl.DataFrame, so_far: ReadSoFar, column: str) -> list[str]:
+    """First or last errors' categories (rules) that no earlier report had seen."""
+    now = set(records.get_column(column).to_list()) | set(
+        records.get_column(f"last_{column}").to_list()
+    )
+    return sorted(c for c in now - so_far.seen(column) if c is not None)
 
 
 # ----------------------------------------------------------------------------------------- checks
@@ -340,10 +355,10 @@ def checks(settings: Settings, report: Report, now: datetime) -> list[CheckOutco
 
 def rate_check(settings: Settings, now: datetime) -> CheckOutcome:
     """DLQ records / consumed records in the recent window, as `pipeline-project health` sees it."""
-    manifests = [
-        m for m in ledger.load_manifests(settings.state_dir) if m.range.topic == settings.raw_topic
-    ]
-    check = check_dlq_rate(settings, manifests, now)
+    state = read_lake(lake_of(settings))
+    if state.error is not None:
+        return CheckOutcome(RATE_CHECK, False, "warn", f"unknown: {state.error}", {})
+    check = check_dlq_rate(settings, state.ingested(settings.raw_topic), now)
     return CheckOutcome(RATE_CHECK, check.status == OK, "warn", check.detail, dict(check.values))
 
 

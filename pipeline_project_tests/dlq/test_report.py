@@ -1,4 +1,5 @@
-"""The dlq_report asset on the real broker: counts equal the producer's truth, checks, metadata.
+"""The dlq_report asset on the real broker: counts equal the producer's truth, checks, metadata,
+and its tables are Delta tables beside `events`, read back through the Delta log.
 
 Also the Dagster wiring of issue 5: the reprocess job, its tag and the schedules (loaded, running).
 """
@@ -21,14 +22,52 @@ from dagster import (
 from pipeline_project.batch.run import ingest
 from pipeline_project.definitions import defs
 from pipeline_project.defs.dlq import dlq_report
-from pipeline_project.dlq.report import RECORDS_FILE, REPORT_DIR, SUMMARY_FILE
+from pipeline_project.dlq.report import TABLE_LOG, TABLE_RECORDS, TABLE_SUMMARY
 from pipeline_project.dlq.reprocess import reprocess
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.dlq.dlq_support import cli
 from pipeline_project_tests.ingest_support import assert_reconciles, pipeline_env, produce
 from pipeline_project_tests.support import env_for
 
 BREAKDOWNS = ("by_category", "by_rule", "by_field", "by_stage", "by_source_partition", "by_hour")
+
+
+def read_table(settings: Settings, table: str) -> pl.DataFrame:
+    """A report table as a user reads it: through the Delta log."""
+    lake = lake_of(settings)
+    return pl.read_delta(lake.table_uri(table), storage_options=lake.options())
+
+
+def test_report_tables_are_delta_tables_and_the_log_is_the_read_progress(
+    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = kafka_settings
+    produce(settings, tmp_path / "truth.jsonl", 1_000, "--bad-ratio", "0.1", seed=5)
+    result = ingest(settings)
+    assert result.accounting_ok()
+    bad = result.dlq_count  # one DLQ record per failed source record, none reprocessed yet
+    with pipeline_env(monkeypatch, settings), DagsterInstance.ephemeral() as instance:
+        first = materialize([dlq_report], instance=instance)
+        meta = first.asset_materializations_for_node("dlq_report")[0].metadata
+        second = materialize([dlq_report], instance=instance)
+        again = second.asset_materializations_for_node("dlq_report")[0].metadata
+    lake = lake_of(settings)
+    assert meta["records_table"].value == lake.table_uri(TABLE_RECORDS)
+    assert meta["summary_table"].value == lake.table_uri(TABLE_SUMMARY)
+    records = read_table(settings, TABLE_RECORDS)
+    assert records.height == meta["failed_records"].value == bad
+    summary = read_table(settings, TABLE_SUMMARY)
+    by_category = summary.filter(pl.col("dimension") == "category")
+    assert dict(by_category.select("key", "records").rows()) == meta["by_category"].data
+    # The second report read nothing new (progress is the log table), rewrote the same rows.
+    assert again["new_dlq_records"].value == 0
+    assert again["dlq_records"].value == meta["dlq_records"].value
+    assert again["log_version"].value == meta["log_version"].value  # nothing appended
+    assert again["records_version"].value == meta["records_version"].value + 1
+    assert read_table(settings, TABLE_LOG).height == meta["dlq_records"].value
+    assert read_table(settings, TABLE_RECORDS).height == bad
+    assert not (settings.state_dir / "dlq_report").exists()  # nothing under the state dir
 
 
 def test_report_counts_match_the_truth_and_follow_reprocessing(
@@ -47,7 +86,7 @@ def test_report_counts_match_the_truth_and_follow_reprocessing(
         meta = first.asset_materializations_for_node("dlq_report")[0].metadata
         assert meta["by_category"].data == dict(bad)  # once per failed source record
         assert meta["failed_records"].value == meta["failing"].value == bad.total()
-        for name in (*BREAKDOWNS, "top_errors", "samples", "summary", "records_path"):
+        for name in (*BREAKDOWNS, "top_errors", "samples", "summary", "records_table"):
             assert name in meta
         assert sum(meta["by_source_partition"].data.values()) == bad.total()
         assert meta["new_categories"].data == sorted(bad)  # the first report sees all as new
@@ -68,13 +107,13 @@ def test_report_counts_match_the_truth_and_follow_reprocessing(
         assert meta["failing"].value == done["retried"] + done["deferred"]
         assert meta["new_categories"].data == [] and meta["new_rules"].data == []
 
-    records = pl.read_parquet(settings.lake_dir / REPORT_DIR / RECORDS_FILE)
+    records = read_table(settings, TABLE_RECORDS)
     assert (
         records.height
         == bad.total()
         == records.select("source_offset", "source_partition").n_unique()
     )
-    assert (settings.lake_dir / REPORT_DIR / SUMMARY_FILE).is_file()
+    assert read_table(settings, TABLE_SUMMARY).height > 0
     assert_reconciles(env_for(settings))
 
     inspect = cli(settings, "dlq", "inspect", "--category", "invalid_json", "--limit", "3")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline_project import health
 from pipeline_project.batch.run import ingest
+from pipeline_project.lake.location import parse_lake_uri
 from pipeline_project.settings import Settings
 from pipeline_project_tests.sessions.session_support import raw_event, send
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, free_port_pair, unique
@@ -65,6 +66,12 @@ def test_healthy_then_degraded_by_lag_and_a_stalled_ingest(kafka_settings: Setti
         "disk": "ok",
         "parser": "ok",
     }
+    values = {c["name"]: c["values"] for c in report["checks"]}
+    # From the Delta log and snapshot: one range per partition with records, committed just now.
+    assert values["lake"]["ranges"] == 1 and values["lake"]["version"] == 1
+    assert values["lake"]["files"] >= 1 and values["lake"]["bytes"] > 0
+    assert values["last_ingest"]["age_seconds"] < 60
+    assert values["disk"]["free_bytes"] > 0
     parser = next(c for c in report["checks"] if c["name"] == "parser")
     assert parser["detail"].startswith("native" if parser["values"]["native"] else "python")
     assert [p["records"] for p in report["partitions"]] == [0, 0, 0]
@@ -109,6 +116,26 @@ def test_unreachable_broker_is_down_within_the_bound(kafka_settings: Settings) -
     assert seconds < 12, f"took {seconds:.1f} s"
 
 
+def test_an_unreadable_lake_is_down_in_one_line(kafka_settings: Settings) -> None:
+    send(kafka_settings, events(3))
+    ingest(kafka_settings)
+    log = kafka_settings.lake_dir / "events" / "_delta_log"
+    for commit in log.glob("*.json"):
+        commit.write_text("not a delta commit\n")
+    done, _ = cli_health(kafka_settings)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("fail  lake") and "events" in line for line in lines), lines
+    assert any(line.startswith("warn  last_ingest") and "unknown" in line for line in lines)
+    assert "Traceback" not in done.stderr
+
+
+def test_an_s3_lake_has_no_local_disk_to_watch(kafka_settings: Settings) -> None:
+    lake = parse_lake_uri("s3://bucket/lake", {})
+    check = health.check_disk(kafka_settings, lake)
+    assert check.status == health.OK and "no local disk" in check.detail
+
+
 def test_missing_raw_topic_is_down(kafka_settings: Settings) -> None:
     missing = dataclasses.replace(kafka_settings, raw_topic=unique("absent"))
     report = health.collect(missing)
@@ -150,7 +177,7 @@ def test_events_freshness_is_idle_when_caught_up_and_stale_when_records_wait(
     assert recent.status == health.OK
     assert health.events_freshness(kafka_settings, None).status == health.OK  # empty topic
     idle = health.events_freshness(kafka_settings, hour_ago)
-    assert idle.status == health.OK and "idle" in idle.detail
+    assert idle.status == health.OK and "idle" in idle.detail, idle.detail
     send(kafka_settings, events(3))
     stale = health.events_freshness(kafka_settings, hour_ago)
     assert stale.status == health.WARN and "3 records waiting" in stale.detail

@@ -1,22 +1,29 @@
-"""Sessions from hand-made events through the real ingest: exact rows, committed files only, atomic.
+"""Sessions from hand-made events through the real ingest: exact rows, committed rows only, one
+commit per day, and concurrent runs of a day that neither lose nor double rows.
 
 The events arrive out of time order, with a duplicate, a bad record and a session that crosses UTC
-midnight; the sessions table must come out row for row as written below.
+midnight; the sessions table must come out row for row as written below, read the way a user reads
+it (through the Delta log).
 """
 
 from __future__ import annotations
 
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 from polars.testing import assert_frame_equal
 
 from pipeline_project.batch import sessions
 from pipeline_project.batch.quality import unknown_user_agents
 from pipeline_project.batch.run import ingest
+from pipeline_project.errors import LakeError
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.sessions.session_support import (
     SAFARI_IPHONE,
@@ -136,9 +143,22 @@ def ingested(kafka_settings: Settings) -> Settings:
     return kafka_settings
 
 
+def read_sessions(settings: Settings, day: date | None = None) -> pl.DataFrame:
+    """The sessions table as a user reads it (Delta), one day or all, in the table's row order."""
+    lake = lake_of(settings)
+    frame = pl.read_delta(lake.table_uri("sessions"), storage_options=lake.options())
+    if day is not None:
+        frame = frame.filter(pl.col("date") == day).drop("date")
+    return frame.sort("date" if day is None else "session_start", "session_start", "session_id")
+
+
+def sessions_table(settings: Settings) -> DeltaTable:
+    return DeltaTable(lake_of(settings).table_uri("sessions"))
+
+
 def test_a_day_gives_exactly_the_expected_session_rows(ingested: Settings) -> None:
     out = sessions.materialize_day(ingested, DAY)
-    assert out.path == ingested.lake_dir / "sessions" / "date=2026-03-10" / "sessions.parquet"
+    assert out.table_uri == str(ingested.lake_dir / "sessions")
     assert (out.rows, out.event_rows, out.source_files, out.converted) == (4, 10, 1, 1)
     assert out.funnel == {
         "visit": 1,
@@ -147,41 +167,85 @@ def test_a_day_gives_exactly_the_expected_session_rows(ingested: Settings) -> No
         "checkout": 0,
         "purchase": 1,
     }
-    assert_frame_equal(pl.read_parquet(out.path), expected_day())
+    assert_frame_equal(read_sessions(ingested, DAY), expected_day())
 
     eve = sessions.materialize_day(ingested, EVE)
-    got = pl.read_parquet(eve.path)
+    got = read_sessions(ingested, EVE)
     assert got.select("session_id", "event_count", "entry_page", "funnel_stage").rows() == [
         ("sess_d", 1, "/category/shoes", "visit")
     ]
-    # Readable as a hive-partitioned dataset, like the events table.
-    both = pl.scan_parquet(
-        ingested.lake_dir / "sessions" / "**" / "*.parquet", hive_partitioning=True
-    ).collect()
+    assert eve.version == out.version + 1  # one commit per day
+    # One Delta table partitioned by `date`, like the events table.
+    both = read_sessions(ingested)
     assert both.height == 5 and both.get_column("date").n_unique() == 2
+    assert sessions_table(ingested).metadata().partition_columns == ["date"]
 
 
-def test_only_committed_files_count_and_rewrites_are_atomic(ingested: Settings) -> None:
+def test_only_committed_rows_count_and_a_rewrite_is_one_commit(ingested: Settings) -> None:
     first = sessions.materialize_day(ingested, DAY)
-    reference = first.path.read_bytes()
-    # A stray in the day directory (no manifest lists it) must not be read.
-    stray_dir = ingested.lake_dir / "events" / "date=2026-03-10"
-    committed = next(stray_dir.glob("*.parquet"))
-    (stray_dir / "part-stray-0-0000000000000000000-0000000000000000009.parquet").write_bytes(
-        committed.read_bytes()
-    )
-    inode = first.path.stat().st_ino
+    sessions.materialize_day(ingested, EVE)
+    reference = read_sessions(ingested)
+    # A crashed writer's file in the day directory (no commit references it) must not be read.
+    day_dir = ingested.lake_dir / "events" / "date=2026-03-10"
+    committed = next(day_dir.glob("*.parquet"))
+    (day_dir / "part-00000-crashed-writer.c000.zstd.parquet").write_bytes(committed.read_bytes())
+    version = sessions_table(ingested).version()
     again = sessions.materialize_day(ingested, DAY)
-    assert again.path.read_bytes() == reference and again.event_rows == first.event_rows
-    assert again.path.stat().st_ino != inode  # replaced by rename, not rewritten in place
-    assert not list((ingested.state_dir / sessions.TEMP_DIR_NAME).iterdir())
-    assert sorted(p.name for p in again.path.parent.iterdir()) == ["sessions.parquet"]
+    assert again.event_rows == first.event_rows and again.source_files == 1
+    assert_frame_equal(read_sessions(ingested), reference)  # the other day untouched, no doubles
+    table = sessions_table(ingested)
+    assert table.version() == again.version == version + 1
+    last = table.history(limit=1)[0]
+    assert last["operationParameters"]["mode"] == "Overwrite"
+    assert last["operationParameters"]["predicate"].startswith("date = '2026-03-10'")
+    assert not (ingested.state_dir / "sessions-tmp").exists()  # no temp files, no lock files
+    assert not (ingested.state_dir / "locks").exists()
 
 
 def test_a_day_without_events_writes_nothing(kafka_settings: Settings) -> None:
     out = sessions.materialize_day(kafka_settings, DAY)
-    assert (out.path, out.rows, out.event_rows) == (None, 0, 0)
+    assert (out.table_uri, out.rows, out.event_rows) == (None, 0, 0)
     assert not (kafka_settings.lake_dir / "sessions").exists()
+
+
+def test_concurrent_runs_of_a_day_neither_lose_nor_double_rows(ingested: Settings) -> None:
+    start = threading.Barrier(4)
+
+    def run(day: date) -> sessions.SessionsOutput:
+        start.wait()
+        return sessions.materialize_day(ingested, day)
+
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(run, (DAY, DAY, DAY, EVE), timeout=120))
+    assert [o.rows for o in outs] == [4, 4, 4, 1]
+    assert_frame_equal(read_sessions(ingested, DAY), expected_day())
+    assert read_sessions(ingested, EVE).height == 1
+
+
+def test_a_run_that_read_earlier_does_not_put_back_older_rows(
+    ingested: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run A reads the day, then a late event lands and run B writes the day with it; A's commit
+    comes last. Delta sees no conflict (the two commits did not overlap), so A must notice B's
+    commit and read again: the late session stays."""
+    real_read = sessions.read_day_events
+    late = raw_event("sess_late", "user_9", "page_view", at(11, 30), "/late")
+
+    def read_then_race(*args, **kwargs):  # type: ignore[no-untyped-def]
+        read = real_read(*args, **kwargs)
+        if not raced:
+            raced.append(True)
+            send(ingested, [late])
+            ingest(ingested, now=lambda: NOW)
+            b = sessions.materialize_day(ingested, DAY)
+            assert b.rows == 5
+        return read
+
+    raced: list[bool] = []
+    monkeypatch.setattr(sessions, "read_day_events", read_then_race)
+    a = sessions.materialize_day(ingested, DAY)
+    assert raced and a.rows == 5
+    assert "sess_late" in read_sessions(ingested, DAY).get_column("session_id").to_list()
 
 
 def test_unknown_user_agent_share_reads_the_latest_day(ingested: Settings) -> None:
@@ -198,5 +262,5 @@ def test_unknown_user_agent_share_reads_the_latest_day(ingested: Settings) -> No
 def test_a_missing_committed_file_is_an_error_not_a_silent_gap(ingested: Settings) -> None:
     committed = next((ingested.lake_dir / "events" / "date=2026-03-10").glob("*.parquet"))
     committed.rename(Path(str(committed) + ".moved"))
-    with pytest.raises(Exception, match="missing"):
+    with pytest.raises(LakeError, match="reading events"):
         sessions.materialize_day(ingested, DAY)

@@ -22,10 +22,12 @@ from dagster import (
     materialize,
 )
 
+from pipeline_project.batch.sessions import day_commits_since
 from pipeline_project.definitions import defs
 from pipeline_project.defs.jobs import ingest_events
 from pipeline_project.defs.sessions import ROWS_CHECK, SESSIONS_KEY, sessions
 from pipeline_project.events.contract import FILTER_REASONS
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.ingest_support import pipeline_env
 from pipeline_project_tests.sessions.session_support import raw_event, send
@@ -33,7 +35,7 @@ from pipeline_project_tests.sessions.session_support import raw_event, send
 SELECTION = AssetSelection.assets(SESSIONS_KEY)
 PLOTTED = {
     "rows",
-    "files",
+    "commits",
     "run_records",
     "run_written",
     "run_dlq",
@@ -88,8 +90,15 @@ def materialize_days(instance: DagsterInstance, days: set[str]) -> None:
 
 
 def session_ids(settings: Settings, day: str) -> set[str]:
-    path = settings.lake_dir / "sessions" / f"date={day}" / "sessions.parquet"
-    return set(pl.read_parquet(path).get_column("session_id").to_list())
+    """The day's sessions as a user reads them: through the Delta log."""
+    lake = lake_of(settings)
+    frame = pl.read_delta(lake.table_uri("sessions"), storage_options=lake.options())
+    return set(frame.filter(pl.col("date") == date.fromisoformat(day))["session_id"].to_list())
+
+
+def day_commits(settings: Settings, day: str) -> list[int]:
+    """The sessions table's commits that replaced this day."""
+    return day_commits_since(lake_of(settings), date.fromisoformat(day), -1)
 
 
 def test_late_event_rematerializes_its_old_day(
@@ -113,7 +122,8 @@ def test_late_event_rematerializes_its_old_day(
         assert ticks.requested() == {old_day, new_day}
         materialize_days(instance, {old_day, new_day})
         assert ticks.requested() == set()
-        untouched = (kafka_settings.lake_dir / "sessions" / f"date={new_day}").stat().st_mtime_ns
+        untouched = day_commits(kafka_settings, new_day)
+        assert len(untouched) == 1
 
         # A late event for the old day: only that day is requested again, and picks it up.
         send(kafka_settings, [raw_event("s_late", "u3", "click", old + timedelta(minutes=1), "/")])
@@ -122,8 +132,7 @@ def test_late_event_rematerializes_its_old_day(
         materialize_days(instance, {old_day})
         assert session_ids(kafka_settings, old_day) == {"s_old", "s_late"}
         assert ticks.requested() == set()
-        new_dir = kafka_settings.lake_dir / "sessions" / f"date={new_day}"
-        assert new_dir.stat().st_mtime_ns == untouched
+        assert day_commits(kafka_settings, new_day) == untouched
 
         # Requested, then another update lands before the run materializes: one more request
         # follows (eager() would drop it, its run's materialization resetting the trigger).

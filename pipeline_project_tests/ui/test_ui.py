@@ -25,6 +25,7 @@ import polars as pl
 import pytest
 
 from pipeline_project.kafka.topics import ensure_topics
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.ingest_support import produce
 from pipeline_project_tests.support import REPO_ROOT, env_for, unique
@@ -111,16 +112,14 @@ def lake_and_ui(
     if ("dlq_report",) in asset_keys():
         extra = []
         if partitions_of("dlq_report") is not None:
-            days = sorted(p.name.split("=", 1)[1] for p in (settings.lake_dir / "events").iterdir())
-            extra = ["--partition", days[-1]]
+            days = events_table(settings).get_column("date").unique().sort()
+            extra = ["--partition", days[-1].isoformat()]
         dagster_cli(
             env, "asset", "materialize", "-m", "pipeline_project.definitions",
             "--select", "dlq_report", *extra,
         )  # fmt: skip
 
-    frame = pl.read_parquet(
-        settings.lake_dir / "events" / "**" / "*.parquet", hive_partitioning=True
-    )
+    frame = events_table(settings)
     rows_by_day = {str(day): n for day, n in frame.group_by("date").len().sort("date").iter_rows()}
     server = DagsterWebserver(env, root / "dagster-webserver.log")
     try:
@@ -130,6 +129,12 @@ def lake_and_ui(
         yield Lake(settings, rows_by_day, EVENTS), server
     finally:
         server.stop()
+
+
+def events_table(settings: Settings) -> pl.DataFrame:
+    """The events table read through its Delta log, as a user reads it."""
+    lake = lake_of(settings)
+    return pl.read_delta(lake.table_uri("events"), storage_options=lake.options())
 
 
 @pytest.fixture(scope="module")
