@@ -32,13 +32,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipeline_project.batch.lake import (
-    ROW_GROUP_ROWS,
-    fsync_dir,
-    fsync_file,
-    parquet_options,
-    relative_path,
-)
 from pipeline_project.batch.parse import INT64_MAX, INT64_MIN, UTF8_BOM
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
@@ -78,6 +71,7 @@ from pipeline_project.events.contract import (
 from pipeline_project.kafka.broker import LocalBroker, free_port_pair, metadata_ok
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.kafka.topics import ensure_topics
+from pipeline_project.lake import files
 from pipeline_project.settings import Settings
 
 EVENTS = 200_000
@@ -823,23 +817,27 @@ def _header_limit(name: str) -> int:
     return dlq.MAX_MESSAGE_CHARS if name == dlq.ERROR_MESSAGE else dlq.MAX_VALUE_CHARS
 
 
+def _day_file(out: Path, rng: Range, day: date) -> Path:
+    return out / "events" / f"date={day.isoformat()}" / f"part-{rng.range_id}.parquet"
+
+
 def _write_days(days: dict[date, list[dict[str, Any]]], out: Path, rng: Range) -> int:
     """One zstd Parquet file per event day, laid out like the lake, each fsynced; rows written."""
     schema = empty_lake_frame().to_arrow(compat_level=pl.CompatLevel.oldest()).schema
     for day, rows in sorted(days.items()):
-        path = out / relative_path(rng, day)
+        path = _day_file(out, rng, day)
         path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist(rows, schema=schema)
-        options = parquet_options(table.column_names)
-        pq.write_table(table, path, row_group_size=ROW_GROUP_ROWS, **options)
-        fsync_file(path)
-        fsync_dir(path.parent)
+        options = files.parquet_options(table.column_names)
+        pq.write_table(table, path, row_group_size=files.ROW_GROUP_ROWS, **options)
+        files.fsync(str(path))
+        files.fsync(str(path.parent))
     return sum(len(rows) for rows in days.values())
 
 
 def _written_ids(out: Path, day: date, rng: Range) -> set[str]:
     """Event ids already written for `day` (the duplicate filter's view of earlier runs)."""
-    directory = (out / relative_path(rng, day)).parent
+    directory = _day_file(out, rng, day).parent
     ids: set[str] = set()
     for path in sorted(directory.glob("*.parquet")):
         ids.update(pq.read_table(path, columns=["event_id"]).column("event_id").to_pylist())

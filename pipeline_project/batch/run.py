@@ -11,12 +11,14 @@ fence check, K7 after the commit.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
@@ -226,8 +228,29 @@ def preflight(settings: Settings) -> Lake:
     line otherwise) and refuses a table this pipeline did not write.
     """
     lake = lake_of(settings)
+    if not lake.is_s3:
+        check_writable(Path(lake.root))
     open_table(lake)
     return lake
+
+
+def check_writable(root: Path) -> None:
+    """A local lake root that cannot take a file fails the run before anything is consumed.
+
+    access(2) reports EROFS on a read-only mount even for root; the probe write proves the rest
+    (quota, permissions). The probe sits beside the tables, where no Delta reader looks.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not os.access(root, os.W_OK):
+            raise PermissionError(13, "not writable")
+        probe = root / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise PipelineError(
+            f"{root} is not writable ({exc.strerror}); nothing was consumed"
+        ) from None
 
 
 def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:

@@ -12,11 +12,6 @@ from typing import Any
 
 import polars as pl
 
-from pipeline_project.batch.lake import (
-    DLQ_OFFSET_COLUMN,
-    DLQ_PARTITION_COLUMN,
-    REPAIR_RULES_COLUMN,
-)
 from pipeline_project.batch.parse import KAFKA_TS_MS_COLUMN, OFFSET_COLUMN, PROPERTY_COLUMNS
 from pipeline_project.batch.records import Reject
 from pipeline_project.batch.validate import TIMESTAMP_UTC_COLUMN
@@ -28,6 +23,12 @@ from pipeline_project.events.contract import (
     PROPERTY_TYPES,
     TEST_USER_PREFIX,
 )
+
+# Lineage of rows recovered from the DLQ (null on ingested rows): the DLQ record they came from,
+# and the repair rules that made them valid.
+DLQ_PARTITION_COLUMN = "dlq_partition"
+DLQ_OFFSET_COLUMN = "dlq_offset"
+REPAIR_RULES_COLUMN = "repair_rules"
 
 UTC_US = pl.Datetime("us", "UTC")
 DATE_COLUMN = "event_date"

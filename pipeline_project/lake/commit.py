@@ -18,7 +18,10 @@ vacuum removes them. There is nothing to roll forward or back.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,7 +34,13 @@ from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline_project.batch.faults import fault_point
-from pipeline_project.errors import AccountingError, ContiguityError, FencingError, LakeError
+from pipeline_project.errors import (
+    AccountingError,
+    ContiguityError,
+    FencingError,
+    LakeError,
+    StorageError,
+)
 from pipeline_project.lake.files import find_commit, storage, sync_log, write_range_files
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import METADATA_KEY, RangeRecord
@@ -101,6 +110,8 @@ def commit_range(
             version = _write(lake, table_name, table, record, data, clock.now(UTC))
         except (CommitFailedError, DeltaError, OSError) as exc:
             landed = _after_error(lake, table_name, record, done, exc)
+            if landed is None:
+                raise_storage_error(lake, record, exc)
             if landed is not None:
                 return CommitResult("committed", record, landed, attempt)
             errors.append(error_line(exc))
@@ -113,6 +124,35 @@ def commit_range(
         f"{MAX_ATTEMPTS} attempts ({errors[-1] if errors else 'no error text'}); nothing of it "
         "was committed, the next run tries again"
     )
+
+
+# Failures an operator fixes on the machine (free space, remount, quota, permissions), not by
+# retrying: the commit stops at once with a StorageError naming the cause.
+STORAGE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+
+
+def raise_storage_error(lake: Lake, record: RangeRecord, exc: BaseException) -> None:
+    """Raises StorageError when `exc` is a disk-side failure; returns for anything else."""
+    code = errno_of(exc)
+    if code not in STORAGE_ERRNOS:
+        return
+    where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+    raise StorageError(
+        code,
+        f"{record.range.range_id}: {os.strerror(code)}{where} in the lake {lake.describe()}; "
+        "nothing of this range was committed: fix the disk (space, mount, permissions) and "
+        "run again",
+    ) from None
+
+
+def errno_of(exc: BaseException) -> int | None:
+    """The errno of an OSError, or the one Arrow and delta-rs errors carry only in their text."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno
+    found = re.search(r"(?:\[errno (\d+)\]|os error (\d+))", str(exc), re.IGNORECASE)
+    return int(found.group(1) or found.group(2)) if found else None
 
 
 def check_balanced(record: RangeRecord, rows: pl.DataFrame) -> None:

@@ -35,7 +35,7 @@ from pipeline_project.lake.record import RangeRecord
 from pipeline_project.lake.table import (
     DATE_COLUMN,
     PARTITION_COLUMN,
-    ROW_GROUP_ROWS,
+    ROW_GROUP_ROWS,  # noqa: F401 - the writer's row group size, used here and by the bench
     UNIQUE_COLUMNS,
     UNPRUNABLE_COLUMNS,
 )
@@ -118,7 +118,7 @@ def _write_day(
     if where.local:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     with where.fs.open_output_stream(path) as sink:
-        writer = pq.ParquetWriter(sink, table.schema, **_options(table.column_names))
+        writer = pq.ParquetWriter(sink, table.schema, **parquet_options(table.column_names))
         try:
             for offset in range(0, table.num_rows, ROW_GROUP_ROWS):
                 writer.write_table(
@@ -130,8 +130,8 @@ def _write_day(
             writer.close()
     size = where.fs.get_file_info(path).size
     if where.local:
-        _fsync(path)
-        _fsync(str(Path(path).parent))
+        fsync(path)
+        fsync(str(Path(path).parent))
     return AddAction(
         path=rel,
         size=int(size or 0),
@@ -142,7 +142,7 @@ def _write_day(
     )
 
 
-def _options(columns: Sequence[str]) -> dict[str, Any]:
+def parquet_options(columns: Sequence[str]) -> dict[str, Any]:
     """Dictionaries only where values repeat, min/max statistics only where they can prune."""
     return PARQUET_OPTIONS | {
         "use_dictionary": [c for c in columns if c not in UNIQUE_COLUMNS],
@@ -169,7 +169,7 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _fsync(path: str) -> None:
+def fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -203,5 +203,5 @@ def sync_log(where: Storage, version: int) -> None:
     log_dir = Path(where.root) / "_delta_log"
     entry = log_dir / f"{version:020d}.json"
     if entry.exists():
-        _fsync(str(entry))
-    _fsync(str(log_dir))
+        fsync(str(entry))
+    fsync(str(log_dir))

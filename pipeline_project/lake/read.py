@@ -12,8 +12,12 @@ from collections.abc import Iterable, Sequence
 from datetime import date
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import write_deltalake
 
+from pipeline_project.errors import LakeError
+from pipeline_project.lake.files import storage
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.table import PARTITION_COLUMN, lake_errors, open_table
 
@@ -60,9 +64,39 @@ def committed_ids(lake: Lake, days: Iterable[date], among: pl.Series | None = No
     query = scan.filter(pl.col(PARTITION_COLUMN).is_in(wanted))
     if among is not None:
         query = query.filter(pl.col("event_id").is_in(among.cast(pl.String).implode()))
-    with lake_errors(lake, "reading committed event ids"):
-        found = query.select(list(ID_COLUMNS)).unique().collect()
+    try:
+        with lake_errors(lake, "reading committed event ids"):
+            found = query.select(list(ID_COLUMNS)).unique().collect()
+    except LakeError as exc:
+        broken = unreadable_files(lake, wanted)
+        if not broken:
+            raise
+        raise LakeError(
+            f"committed file(s) {', '.join(broken)} of {lake.describe()} cannot be read, so the "
+            "events of their day cannot be deduplicated; `pipeline-project reconcile` lists "
+            "them: restore them before ingesting more events of that day"
+        ) from exc
     return found.cast(schema).sort(list(schema))  # type: ignore[arg-type]
+
+
+def unreadable_files(lake: Lake, days: Iterable[date], table: str = TABLE_EVENTS) -> list[str]:
+    """The table's files of these days whose Parquet footer cannot be read (a damaged lake)."""
+    opened = open_table(lake, table)
+    if opened is None:
+        return []
+    adds = pl.DataFrame(opened.get_add_actions(flatten=True))
+    day_column = f"partition.{PARTITION_COLUMN}"
+    wanted = {d.isoformat() for d in days}
+    paths = [p for p, d in adds.select("path", day_column).iter_rows() if str(d) in wanted]
+    where = storage(lake, table)
+    broken = []
+    for path in paths:
+        try:
+            with where.fs.open_input_file(f"{where.root}/{path}") as handle:
+                pq.ParquetFile(handle).metadata  # noqa: B018 - reading the footer is the check
+        except (OSError, pa.ArrowException):
+            broken.append(path)
+    return broken
 
 
 def replace_day(lake: Lake, table: str, day: date, rows: pl.DataFrame) -> None:

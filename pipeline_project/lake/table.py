@@ -11,6 +11,7 @@ import contextlib
 import re
 from collections.abc import Iterator, Sequence
 
+import polars as pl
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.writer import ColumnProperties, WriterProperties
@@ -77,7 +78,11 @@ def lake_errors(lake: Lake, action: str) -> Iterator[None]:
         yield
     except LakeError:
         raise
-    except (DeltaError, OSError, ValueError) as exc:
+    except (DeltaError, OSError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise LakeError(f"lake {lake.describe()}: {action} failed: {error_line(exc)}") from None
+    except BaseException as exc:  # a Rust panic (pyo3's PanicException) on a damaged file
+        if type(exc).__name__ != "PanicException":
+            raise
         raise LakeError(f"lake {lake.describe()}: {action} failed: {error_line(exc)}") from None
 
 

@@ -30,10 +30,12 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline_project.batch import lake, ledger
 from pipeline_project.batch.backlog import partition_states
-from pipeline_project.batch.reconcile import reconcile
 from pipeline_project.errors import PipelineError
+from pipeline_project.lake.audit import audit
+from pipeline_project.lake.history import read_history
+from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.read import scan_table
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults import oracle
 from pipeline_project_tests.faults.fault_support import (
@@ -165,21 +167,44 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
 
 
 def freshness(settings: Settings, produced_until_ms: float) -> dict[str, float]:
-    """p50/p99 seconds from produce (kafka_timestamp) to commit (manifest committed_at)."""
-    frames = []
-    for m in ledger.load_manifests(settings.state_dir, settings.raw_topic):
-        for item in m.files:
-            path = lake.resolve(settings.lake_dir, item.path)
-            ts = pl.read_parquet(path, columns=["kafka_timestamp"]).get_column("kafka_timestamp")
-            committed_ms = m.committed_at.timestamp() * 1000
-            frames.append(
-                pl.DataFrame({"produced_ms": ts.dt.epoch("ms"), "committed_ms": committed_ms})
-            )
-    if not frames:
+    """p50/p99 seconds from produce (kafka_timestamp) to commit (the range commit's time)."""
+    lake = lake_of(settings)
+    records = [
+        r
+        for r in read_history(lake).records
+        if r.range.topic == settings.raw_topic and r.committed_at is not None
+    ]
+    scan = scan_table(lake)
+    if scan is None or not records:
         return {}
-    df = pl.concat(frames).with_columns(
-        lag_s=(pl.col("committed_ms") - pl.col("produced_ms")) / 1000
+    rows = scan.filter(pl.col("dlq_offset").is_null()).select(
+        "kafka_partition", "kafka_offset", "kafka_timestamp"
     )
+    spans = pl.DataFrame(
+        [
+            {
+                "kafka_partition": r.range.partition,
+                "start": r.range.start,
+                "end": r.range.end,
+                "committed_ms": r.committed_at.timestamp() * 1000,
+            }
+            for r in records
+        ]
+    ).sort("start")
+    joined = (
+        rows.collect()
+        .sort("kafka_offset")
+        .join_asof(
+            spans,
+            left_on="kafka_offset",
+            right_on="start",
+            by="kafka_partition",
+            check_sortedness=False,
+        )
+    )
+    df = joined.select(
+        produced_ms=pl.col("kafka_timestamp").dt.epoch("ms"), committed_ms=pl.col("committed_ms")
+    ).with_columns(lag_s=(pl.col("committed_ms") - pl.col("produced_ms")) / 1000)
     steady = df.filter(pl.col("produced_ms") <= produced_until_ms)
 
     def q(frame: pl.DataFrame, quantile: float) -> float:
@@ -264,7 +289,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         finally:
             stop_producer(producer)
             stop_group(daemon)
-        report = reconcile(settings)
+        report = audit(lake_of(settings))
         truth = read_truth(work / "truth.jsonl")
         verdict = oracle.check(settings, truth)
         fresh = freshness(settings, produced_until_ms)
