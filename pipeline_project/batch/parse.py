@@ -40,6 +40,7 @@ from pipeline_project.events.contract import (
     OPTIONAL_FIELDS,
     PROPERTY_TYPES,
     REQUIRED_FIELDS,
+    SCHEMA_VERSION,
     VERSIONED_FIELDS,
     object_column,
 )
@@ -76,10 +77,6 @@ TOP_SCALARS: dict[str, str] = (
 # Required fields the decoder itself insists on; one an alias may carry is checked by the
 # exact classifier instead (`_contract_defect`).
 DECODE_REQUIRED: tuple[str, ...] = tuple(n for n in REQUIRED_FIELDS if n not in ALIASES.values())
-# Each aliased field with the columns that may carry it: a row with all of them null is re-checked.
-_ALIAS_GROUPS: list[list[str]] = [
-    [target, *(a for a, t in ALIASES.items() if t == target)] for target in set(ALIASES.values())
-]
 # Raw-event path of every parsed column, used as Reject.field.
 FIELD_PATHS: dict[str, str] = {name: name for name in TOP_SCALARS} | {
     column: f"{obj}.{entry}"
@@ -292,10 +289,23 @@ def native_split(raw: RawBatch) -> NativeSplit | None:
 
 
 def _without_any_key(frame: pl.DataFrame) -> pl.Expr:
-    """Rows where an aliased required field has none of its keys (or only nulls)."""
-    if not _ALIAS_GROUPS:
+    """Rows where an aliased required field is null and no alias its version allows carries it.
+
+    Exactly the rows whose missing-or-null question only the raw record can answer; a v2 event
+    with `url` alone is not one of them, so it stays on the native path.
+    """
+    if not ALIASES:
         return pl.repeat(False, frame.height)
-    return pl.any_horizontal(pl.all_horizontal(pl.col(g).is_null()) for g in _ALIAS_GROUPS)
+    version = pl.col("schema_version").fill_null(SCHEMA_VERSION)
+    lacking = []
+    for target in sorted(set(ALIASES.values())):
+        carried = [
+            pl.col(alias).is_not_null() & version.is_in(CONTRACT.versions_with(alias))
+            for alias, to in ALIASES.items()
+            if to == target
+        ]
+        lacking.append(pl.col(target).is_null() & ~pl.any_horizontal(carried))
+    return pl.any_horizontal(lacking)
 
 
 def _defer_unnamed(frame: pl.DataFrame, deferred: list[int]) -> tuple[pl.DataFrame, list[int]]:

@@ -31,9 +31,17 @@ LATENESS_DAYS = 7
 SKEW_SECONDS = 300
 
 
-def make_batch(n: int, bad_ratio: float, seed: int = 1) -> RawBatch:
+def make_batch(
+    n: int, bad_ratio: float, seed: int = 1, schema_mix: dict[int, float] | None = None
+) -> RawBatch:
     """`n` generator records (sessions, bots, test users, duplicates, bad ones), one partition."""
-    gen = EventGenerator(seed, bad_ratio=bad_ratio, duplicate_ratio=0.01, late_ratio=0.05)
+    gen = EventGenerator(
+        seed,
+        bad_ratio=bad_ratio,
+        duplicate_ratio=0.01,
+        late_ratio=0.05,
+        schema_mix=schema_mix,
+    )
     records = gen.batch(n, now=NOW_EPOCH)
     stamp = int(NOW_EPOCH * 1000)
     return RawBatch(

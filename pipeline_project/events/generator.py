@@ -531,7 +531,9 @@ def check_schema_mix(mix: dict[int, float]) -> None:
     for version, share in mix.items():
         if version not in WRITABLE_VERSIONS or not CONTRACT.knows(version):
             writable = ", ".join(map(str, WRITABLE_VERSIONS))
-            raise ValueError(f"schema version {version} cannot be produced (known: {writable})")
+            raise ValueError(
+                f"schema version {version} cannot be produced (the generator writes {writable})"
+            )
         if not 0.0 <= share <= 1.0:
             raise ValueError(f"share {share} of version {version} must be between 0 and 1")
     total = sum(mix.values())

@@ -25,7 +25,9 @@ from pipeline_project.batch.records import RawBatch
 from pipeline_project.errors import SettingsError
 from pipeline_project.health import check_parser
 from pipeline_project.settings import Settings
+from pipeline_project_tests.batch import test_schema_versions as schema
 from pipeline_project_tests.batch.batch_support import (
+    FIRST_OFFSET,
     INGESTED_AT,
     LATENESS_DAYS,
     NOW,
@@ -145,6 +147,51 @@ def test_every_poison_pill_and_type_case_parses_alike() -> None:
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_generator_mix_parses_alike(seed: int) -> None:
     assert_same_parse(make_batch(20_000, 0.2, seed=seed))
+
+
+def _version_and_id_values() -> list[bytes | None]:
+    """Every v1/v2/v9 and id case of test_schema_versions, good and bad."""
+    events = [event for event, _ in schema.VALID_URL_FORMS + schema.INVALID_URL_FORMS]
+    events += [schema.v2_event(1, **o) for o, _ in schema.V2_FIELD_CASES + schema.BAD_V2_FIELDS]
+    events += schema.UNKNOWN_VERSIONS
+    events += [good_event(1, user_id=v, properties={"order_id": v}) for v in schema.GOOD_IDS]
+    events += [good_event(1, session_id=v) for v in schema.BAD_IDS.values()]
+    return [encode(e) for e in events] + schema.mixed_range()
+
+
+@needs_native
+def test_versions_and_unicode_ids_parse_alike() -> None:
+    values = [v for value in _version_and_id_values() for v in (value, *good_values(1))]
+    assert_same_parse(raw_batch(values))
+
+
+@needs_native
+def test_v2_events_without_consent_stay_on_the_native_path() -> None:
+    """The decoder reads url and app_version; it defers `consent` (a second nested object with
+    booleans, which it does not decode) and rows whose page_url only the raw record can judge."""
+    native_ok = [schema.v2_event(i, consent=...) for i in range(3)]
+    native_ok.append(schema.without(schema.v2_event(3), "url", "consent") | {"page_url": "/p"})
+    deferred = [schema.v2_event(4), good_event(5, url="/only-url-in-v1", page_url=...)]
+    deferred.append(schema.v2_event(6, schema_version=9, url=...))
+    values = [encode({k: v for k, v in e.items() if v is not ...}) for e in native_ok + deferred]
+    split = parse.native_split(raw_batch(values))
+    assert split is not None
+    assert split.frame.height == len(native_ok)
+    assert split.deferred[0] == [FIRST_OFFSET + len(native_ok) + i for i in range(len(deferred))]
+
+
+@needs_native
+@pytest.mark.parametrize("mix", [{2: 1.0}, {1: 0.5, 2: 0.5}])
+def test_a_v2_generator_mix_parses_and_maps_alike(
+    mix: dict[int, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = make_batch(10_000, 0.2, seed=5, schema_mix=mix)
+    assert_same_parse(raw)
+    native = run(raw)
+    monkeypatch.setattr(parse, "_native", None)
+    python = run(raw)
+    assert_frame_equal(native.good, python.good)
+    assert native.rejects == python.rejects
 
 
 @needs_native
