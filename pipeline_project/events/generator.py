@@ -1070,9 +1070,9 @@ class _Defects:
             event["event_type"] = self._choice(
                 ("pageview", "teleport", "checkout_complete", "view")
             )
-        elif variant == 1:
+        elif variant == 1 and "url" not in event:  # (v2 at version 0 would also lack page_url)
             event["schema_version"] = self._choice((0, -1))
-        elif variant == 2 and "url" in event:  # a v2 event: url and page_url disagree, or too long
+        elif variant < 3 and "url" in event:  # a v2 event: url and page_url disagree, or too long
             if self._rng.random() < 0.5:
                 event["page_url"] = event["url"] + "x"
             else:
