@@ -144,18 +144,31 @@ _KEY_LITERAL = '":'
 _SPACED_COLON = r"[ \t\n\r]:"
 _HAS_OBJECTS = "_has_objects"  # per row: how many nested objects it had (each is one key)
 _EMPTY_FRAME = pl.DataFrame(schema=PARSED_SCHEMA | {_HAS_OBJECTS: pl.Int32()})
-# The native decoder's schema: (key, kind, required) at the top, (key, kind) in properties, the
-# one nested object it reads. Its columns come back in PARSED_SCHEMA's order: top-level scalars,
-# then properties. It is not told about any other object (v2's `consent`, with booleans), so a
-# record carrying one is deferred to the Python path; its columns are null in the native frame.
+# The native decoder's schema: (key, kind, required) at the top, (entry, kind) per nested object.
+# Its columns come back in PARSED_SCHEMA's order: top-level scalars, then each object's entries.
+# A build with `decode_objects` reads every nested object (v2's `consent` has booleans); an older
+# build (`decode_columns` only, until `make install` rebuilds it) reads `properties` alone and is
+# not told about the others, so a record carrying one is deferred to the Python path and their
+# columns are null in the native frame. Either way the results are the same.
+_ALL_OBJECTS_NATIVE = _native is not None and hasattr(_native, "decode_objects")
+_NATIVE_OBJECTS: dict[str, list[tuple[str, str]]] = {
+    obj: list(entries.items())
+    for obj, entries in NESTED_OBJECTS.items()
+    if _ALL_OBJECTS_NATIVE or obj == "properties"
+}
 _NATIVE_TOP: list[tuple[str, str, bool]] = [
     (name, kind, name in DECODE_REQUIRED) for name, kind in TOP_SCALARS.items()
-] + [("properties", "object", False)]
-_NATIVE_PROPS: list[tuple[str, str]] = list(PROPERTY_TYPES.items())
-_ARROW_TYPES = {"str": pa.string_view(), "int": pa.int64(), "number": pa.float64()}
+] + [(obj, "object", False) for obj in _NATIVE_OBJECTS]
+_NATIVE_PROPS: list[tuple[str, str]] = _NATIVE_OBJECTS["properties"]
+_ARROW_TYPES = {
+    "str": pa.string_view(),
+    "int": pa.int64(),
+    "number": pa.float64(),
+    "bool": pa.bool_(),
+}
 _NATIVE_ARROW_TYPES: list[pa.DataType] = [
     _ARROW_TYPES[kind] for _, kind, _ in _NATIVE_TOP if kind != "object"
-] + [_ARROW_TYPES[kind] for _, kind in _NATIVE_PROPS]
+] + [_ARROW_TYPES[kind] for entries in _NATIVE_OBJECTS.values() for _, kind in entries]
 _NATIVE_COLUMNS = list(PARSED_SCHEMA)[2 : 2 + len(_NATIVE_ARROW_TYPES)]
 _NATIVE_SCHEMA = pa.schema(list(zip(_NATIVE_COLUMNS, _NATIVE_ARROW_TYPES, strict=True)))
 # Columns the native decoder never fills (objects it defers), added to its frame as nulls.
@@ -322,10 +335,18 @@ def _defer_unnamed(frame: pl.DataFrame, deferred: list[int]) -> tuple[pl.DataFra
     return frame.drop(_POSITION), deferred
 
 
+def native_decode(values: list[bytes | None], parts: int = 2) -> tuple[list[int], list[Any]]:
+    """The native decoder's (deferred positions, parts) for `values`, in `parts` threads."""
+    if _ALL_OBJECTS_NATIVE:
+        objects = list(_NATIVE_OBJECTS.values())
+        return _native.decode_objects(values, _NATIVE_TOP, objects, MAX_MESSAGE_BYTES, parts)
+    return _native.decode_columns(values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES, parts)
+
+
 def _decode_native(values: list[bytes | None]) -> tuple[list[int], list[Any]] | None:
     """The decoder's (deferred positions, parts); None if it failed, so the batch takes Python."""
     try:
-        return _native.decode_columns(values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES)
+        return native_decode(values)
     except BaseException as exc:  # a Rust panic arrives as pyo3's PanicException (BaseException)
         if type(exc).__name__ != "PanicException" and not isinstance(exc, Exception):
             raise

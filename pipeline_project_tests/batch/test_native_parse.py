@@ -156,7 +156,21 @@ def _version_and_id_values() -> list[bytes | None]:
     events += schema.UNKNOWN_VERSIONS
     events += [good_event(1, user_id=v, properties={"order_id": v}) for v in schema.GOOD_IDS]
     events += [good_event(1, session_id=v) for v in schema.BAD_IDS.values()]
-    return [encode(e) for e in events] + schema.mixed_range()
+    v2 = encode(schema.v2_event(1))
+    consent = b'"consent":{"analytics":true,"marketing":false}'
+    assert consent in v2
+    odd_consents = [
+        b'"consent":{"analytics":true,"analytics":false}',  # a duplicate key
+        b'"consent":{"analytics":true,"x":{"y":1}}',
+        b'"consent":{"analytics":null,"marketing":true}',
+        b'"consent":[]',
+        b'"consent":{"analytics":tru}',
+        b'"consent" : { "marketing" : false }',
+        b'"consent":{"marketing":0}',
+        b'"consent":{}',
+    ]
+    raw = [v2.replace(consent, odd) for odd in odd_consents]
+    return [encode(e) for e in events] + raw + schema.mixed_range()
 
 
 @needs_native
@@ -166,13 +180,20 @@ def test_versions_and_unicode_ids_parse_alike() -> None:
 
 
 @needs_native
-def test_v2_events_without_consent_stay_on_the_native_path() -> None:
-    """The decoder reads url and app_version; it defers `consent` (a second nested object with
-    booleans, which it does not decode) and rows whose page_url only the raw record can judge."""
+def test_v2_events_stay_on_the_native_path() -> None:
+    """The decoder reads url, app_version and (a build with `decode_objects`) consent; it defers
+    rows whose page_url only the raw record can judge, whatever their version."""
     native_ok = [schema.v2_event(i, consent=...) for i in range(3)]
     native_ok.append(schema.without(schema.v2_event(3), "url", "consent") | {"page_url": "/p"})
-    deferred = [schema.v2_event(4), good_event(5, url="/only-url-in-v1", page_url=...)]
-    deferred.append(schema.v2_event(6, schema_version=9, url=...))
+    with_consent = [schema.v2_event(4), schema.v2_event(5, consent={"marketing": None})]
+    deferred = [good_event(6, url="/only-url-in-v1", page_url=...)]
+    deferred.append(schema.v2_event(7, schema_version=9, url=...))
+    deferred.append(schema.v2_event(8, consent={"analytics": True, "analytics ": 1}))
+    deferred.append(schema.v2_event(9, consent={"analytics": 1}))
+    if parse._ALL_OBJECTS_NATIVE:
+        native_ok += with_consent
+    else:
+        deferred = with_consent + deferred
     values = [encode({k: v for k, v in e.items() if v is not ...}) for e in native_ok + deferred]
     split = parse.native_split(raw_batch(values))
     assert split is not None
@@ -226,12 +247,8 @@ def test_batches_of_only_good_only_bad_and_nothing() -> None:
 @pytest.mark.parametrize("parts", [1, 2, 7, 1000])
 def test_any_split_into_parts_gives_the_same_frame(parts: int) -> None:
     raw = make_batch(3_000, 0.1, seed=3)
-    _, whole = parse._native.decode_columns(  # type: ignore[union-attr]
-        raw.values, parse._NATIVE_TOP, parse._NATIVE_PROPS, parse.MAX_MESSAGE_BYTES, 1
-    )
-    deferred, split = parse._native.decode_columns(  # type: ignore[union-attr]
-        raw.values, parse._NATIVE_TOP, parse._NATIVE_PROPS, parse.MAX_MESSAGE_BYTES, parts
-    )
+    _, whole = parse.native_decode(raw.values, 1)
+    deferred, split = parse.native_decode(raw.values, parts)
     assert (len(split) > 1) == (parts > 1)
     assert_frame_equal(parse._frame_of_parts(split), parse._frame_of_parts(whole))
     assert deferred == sorted(deferred)
