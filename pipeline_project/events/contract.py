@@ -264,7 +264,13 @@ class Contract:
             raise ValueError(f"version {version.number} must be newer than {self.newest}")
         if not self._versions and version.number != SCHEMA_VERSION:
             raise ValueError(f"the first version must be {SCHEMA_VERSION}")
+        _check_version(version, self._keys())
         self._versions[version.number] = version
+
+    def _keys(self) -> set[str]:
+        """Every top-level key of the known versions (v1's included)."""
+        v1 = {*REQUIRED_FIELDS, *OPTIONAL_FIELDS}
+        return v1.union(*(v.keys() for v in self._versions.values()))
 
     @property
     def numbers(self) -> tuple[int, ...]:
@@ -319,6 +325,23 @@ class Contract:
             yield version
         finally:
             self.forget(number)
+
+
+def _check_version(version: ContractVersion, known: set[str]) -> None:
+    """What the stages can read: new keys, JSON_KINDS only, aliases of required fields.
+
+    An alias of an optional field would send every row without it to the exact classifier; a new
+    kind needs a column type in parse and transform (and in the native decoder).
+    """
+    kinds = [*version.fields.values(), *(k for e in version.objects.values() for k in e.values())]
+    if any(kind not in JSON_KINDS for kind in kinds):
+        raise ValueError(f"version {version.number}: kinds must be among {JSON_KINDS}")
+    if known & set(version.keys()):
+        raise ValueError(
+            f"version {version.number} redefines {sorted(known & set(version.keys()))}"
+        )
+    if any(target not in REQUIRED_FIELDS for target in version.aliases.values()):
+        raise ValueError(f"version {version.number}: an alias must carry a required field")
 
 
 CONTRACT: Final = Contract(VERSIONS)

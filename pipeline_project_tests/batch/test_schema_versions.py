@@ -7,6 +7,7 @@ lets `url` carry `page_url`; a version newer than the code knows is held in the 
 
 from __future__ import annotations
 
+import re
 import sys
 import unicodedata
 from typing import Any
@@ -23,6 +24,8 @@ from pipeline_project.events.contract import (
     ID_FORBIDDEN_CATEGORIES,
     ID_FORBIDDEN_PATTERN,
     VERSIONED_COLUMNS,
+    VERSIONS,
+    Contract,
     ContractVersion,
     is_valid_id,
 )
@@ -356,3 +359,30 @@ def test_the_validator_and_unicodedata_agree_on_every_code_point() -> None:
     assert {unicodedata.category(chr(c)) for c in differ} <= {"Cn"}
     assert not any(differ.values()), "only newer assignments may differ, allowed by polars"
     assert len(differ) < 20_000
+
+
+@pytest.mark.parametrize(
+    ("version", "error"),
+    [
+        (ContractVersion(3, fields={"locale": "date"}), "kinds must be among"),
+        (ContractVersion(3, objects={"geo": {"lat": "object"}}), "kinds must be among"),
+        (ContractVersion(3, fields={"referrer": "str"}), "redefines ['referrer']"),
+        (ContractVersion(3, aliases={"ref": "referrer"}), "an alias must carry a required field"),
+        (ContractVersion(0), "the first version must be 1"),
+    ],
+)
+def test_a_version_the_stages_cannot_read_is_refused(version: ContractVersion, error: str) -> None:
+    versions = (version,) if version.number == 0 else (*VERSIONS, version)
+    with pytest.raises(ValueError, match=re.escape(error)):
+        Contract(versions)
+
+
+def test_a_third_version_is_one_entry() -> None:
+    """What VERSIONS derives for a version with a field, an object and nothing else."""
+    v3 = ContractVersion(3, fields={"locale": "str"}, objects={"geo": {"lat": "number"}})
+    contract = Contract((*VERSIONS, v3))
+    assert contract.versions_with("locale") == (3,)
+    assert contract.versions_with("consent") == (2, 3)
+    assert contract.versions_with("user_id") == (1, 2, 3)
+    assert contract.required_keys(3)[5] == ("page_url", ("page_url", "url"))
+    assert contract.required_keys(1)[5] == ("page_url", ("page_url",))
