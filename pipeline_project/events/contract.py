@@ -237,11 +237,21 @@ NESTED_OBJECTS: Final[dict[str, dict[str, str]]] = {
     "properties": dict(PROPERTY_TYPES),
     **_later_objects(VERSIONS),
 }
-# Lake columns that versions after 1 add, in version order, with their JSON kinds.
-VERSIONED_COLUMNS: Final[dict[str, str]] = VERSIONED_FIELDS | {
-    object_column(obj, entry): kind
-    for obj, entries in _later_objects(VERSIONS).items()
-    for entry, kind in entries.items()
+
+
+def _lake_columns(version: ContractVersion) -> dict[str, str]:
+    """The lake columns a version adds: its fields, then its objects' entries."""
+    return dict(version.fields) | {
+        object_column(obj, entry): kind
+        for obj, entries in version.objects.items()
+        for entry, kind in entries.items()
+    }
+
+
+# Lake columns that versions after 1 add, with their JSON kinds: version by version, so a new
+# version's columns come after every existing one (the table's column order only grows).
+VERSIONED_COLUMNS: Final[dict[str, str]] = {
+    column: kind for v in VERSIONS for column, kind in _lake_columns(v).items()
 }
 TEXT_LIMITS: Final[dict[str, int]] = {k: n for v in VERSIONS for k, n in v.max_chars.items()}
 
