@@ -7,9 +7,14 @@ lets `url` carry `page_url`; a version newer than the code knows is held in the 
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
 import sys
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -40,6 +45,7 @@ from pipeline_project_tests.batch.batch_support import (
     raw_batch,
     run,
 )
+from pipeline_project_tests.support import PYTHON, REPO_ROOT
 
 V2_FIELDS = {"app_version": "4.13.0", "consent": {"analytics": True, "marketing": False}}
 
@@ -386,3 +392,56 @@ def test_a_third_version_is_one_entry() -> None:
     assert contract.versions_with("user_id") == (1, 2, 3)
     assert contract.required_keys(3)[5] == ("page_url", ("page_url", "url"))
     assert contract.required_keys(1)[5] == ("page_url", ("page_url",))
+
+
+_V3 = """    ContractVersion(
+        3,
+        fields={"locale": "str"},
+        objects={"geo": {"lat": "number", "precise": "bool"}},
+        max_chars={"locale": 35},
+    ),
+)"""
+_V3_RUN = """
+import json, sys
+from datetime import UTC, datetime
+from pipeline_project.batch.process import process_batch
+from pipeline_project.batch.records import RawBatch
+from pipeline_project.batch.transform import LAKE_SCHEMA
+values = [json.dumps(e).encode() for e in json.loads(sys.argv[1])]
+now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+raw = RawBatch("t", 0, list(range(len(values))), [0] * len(values), [None] * len(values), values)
+result = process_batch(raw, run_id="r", ingested_at=now, now=now, max_lateness_days=7,
+                       max_clock_skew_seconds=300, committed_ids=None)
+columns = ["kafka_offset", "locale", "geo_lat", "geo_precise", "app_version"]
+print(json.dumps({"columns": list(LAKE_SCHEMA), "rows": result.good.select(columns).rows(),
+                  "rejects": [[r.offset, r.category, r.rule] for r in result.rejects]}))
+"""
+
+
+def test_a_third_version_needs_only_its_versions_entry(tmp_path: Path) -> None:
+    """The README's claim, on a copy of the package whose VERSIONS gains a v3 and nothing else."""
+    package = tmp_path / "pipeline_project"
+    shutil.copytree(REPO_ROOT / "pipeline_project", package)
+    contract_file = package / "events" / "contract.py"
+    source = contract_file.read_text()
+    end = source.index("\n)\n", source.index("VERSIONS: Final"))
+    contract_file.write_text(source[:end] + "\n" + _V3 + source[end + 3 :])
+    v3 = v2_event(1, schema_version=3, locale="de-CH", geo={"lat": 47.4, "precise": True})
+    events = [v3, v2_event(2, locale="fr"), {**v3, "locale": "x" * 36}, good_event(4)]
+    out = subprocess.run(
+        [PYTHON, "-c", _V3_RUN, json.dumps(events)],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        cwd=tmp_path,  # `-c` puts the working directory first on sys.path
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout)
+    versioned = found["columns"][found["columns"].index("app_version") :][:6]
+    assert versioned == [*VERSIONED_COLUMNS, "locale", "geo_lat", "geo_precise"]
+    assert found["rows"] == [
+        [0, "de-CH", 47.4, True, "4.13.0"],
+        [1, None, None, None, "4.13.0"],  # v3's keys mean nothing in a v2 event
+        [3, None, None, None, None],
+    ]
+    assert found["rejects"] == [[2, "invalid_value", "locale_max_length"]]
