@@ -60,7 +60,7 @@ TEST_USER: Final = "test_user"
 # Contract versions this generator can write (each shape is built below), and the default mix.
 WRITABLE_VERSIONS: Final[tuple[int, ...]] = (1, 2)
 DEFAULT_MIX: Final[dict[int, float]] = {SCHEMA_VERSION: 1.0}
-# App builds a v2 client reports (each user keeps one), and how often a user gave no consent answer.
+# App builds a v2 client reports (each user keeps one: see `v2_fields`).
 APP_VERSIONS: Final[tuple[str, ...]] = ("4.12.0", "4.12.1", "4.13.0", "5.0.0-beta.2", "2025.11.3")
 
 SITE_ORIGIN: Final = "https://shop.example.com"
