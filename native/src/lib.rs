@@ -2,9 +2,10 @@
 //!
 //! Each value is parsed once by serde_json (strict RFC 8259: UTF-8 checked, no NaN, no trailing
 //! bytes, lone surrogate escapes refused) straight into column buffers, through a visitor that
-//! knows the event schema. A record is *accepted* only when it is a plain event object: known
-//! keys only, none repeated, every required key present, every value of its declared JSON type
-//! (or null). Anything else, however harmless, is *deferred* to the Python parse path, which
+//! knows the event schema: top-level scalars and any number of nested objects of scalars (the
+//! event's `properties`, contract v2's `consent`). A record is *accepted* only when it is a plain
+//! event object: known keys only, none repeated, every required key present, every value of its
+//! declared JSON type (or null). Anything else, however harmless, is *deferred* to the Python parse path, which
 //! classifies it exactly. So this module never decides why a record is bad; it only proves that
 //! a record is good and gives its values, which the tests check against the Python path.
 
@@ -21,6 +22,7 @@ enum Kind {
     Str,
     Int,
     Num,
+    Bool,
     Object,
 }
 
@@ -30,6 +32,7 @@ impl Kind {
             "str" => Ok(Kind::Str),
             "int" => Ok(Kind::Int),
             "number" => Ok(Kind::Num),
+            "bool" => Ok(Kind::Bool),
             "object" => Ok(Kind::Object),
             other => Err(pyo3::exceptions::PyValueError::new_err(format!(
                 "unknown field kind {other:?}"
@@ -38,17 +41,18 @@ impl Kind {
     }
 }
 
+/// A key: its column slot (a scalar) or the index of its entries in `Spec::objects` (an object).
 struct Field {
     name: String,
     kind: Kind,
     slot: usize,
 }
 
-/// The event schema: top-level keys, the keys of the one nested object, and column kinds.
+/// The event schema: top-level keys, the keys of each nested object, and column kinds.
 struct Spec {
     top: Vec<Field>,
     required_mask: u64,
-    props: Vec<Field>,
+    objects: Vec<Vec<Field>>,
     kinds: Vec<Kind>,
 }
 
@@ -58,6 +62,7 @@ enum Cell {
     Str(usize, usize),
     Int(i64),
     Num(f64),
+    Bool(bool),
 }
 
 /// One record's values while it is parsed; copied into the columns only if it is accepted.
@@ -65,7 +70,7 @@ struct Row {
     cells: Vec<Cell>,
     text: Vec<u8>,
     seen: u64,
-    seen_props: u64,
+    seen_nested: Vec<u64>,
 }
 
 impl Row {
@@ -73,14 +78,23 @@ impl Row {
         self.cells.fill(Cell::Null);
         self.text.clear();
         self.seen = 0;
-        self.seen_props = 0;
+        self.seen_nested.fill(0);
+    }
+}
+
+/// Bytes per value in a column's values buffer (booleans are bits, see `Column::push`).
+fn width(kind: Kind) -> usize {
+    match kind {
+        Kind::Str => 16,
+        Kind::Bool => 0,
+        _ => 8,
     }
 }
 
 /// Arrow buffers of one column: a validity bitmap (LSB first, built as rows come), then
 /// 16-byte string views into the column's own text (one column's strings side by side, so a
-/// scan of one column reads only its bytes: interleaved rows made validation 2x slower) or
-/// 8-byte little-endian values.
+/// scan of one column reads only its bytes: interleaved rows made validation 2x slower),
+/// 8-byte little-endian values, or a bitmap of booleans (Arrow's layout, LSB first).
 struct Column {
     bitmap: Vec<u8>,
     rows: usize,
@@ -91,30 +105,37 @@ struct Column {
 
 impl Column {
     fn new(kind: Kind, capacity: usize) -> Column {
-        let width = if kind == Kind::Str { 16 } else { 8 };
+        let bytes = if kind == Kind::Bool {
+            capacity.div_ceil(8)
+        } else {
+            capacity * width(kind)
+        };
         Column {
             bitmap: Vec::with_capacity(capacity.div_ceil(8)),
             rows: 0,
             nulls: 0,
-            values: Vec::with_capacity(capacity * width),
+            values: Vec::with_capacity(bytes),
             text: Vec::new(),
         }
     }
 
     fn push(&mut self, kind: Kind, cell: Cell, text: &[u8]) {
-        #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87
-        if self.rows % 8 == 0 {
+        let (byte, bit) = (self.rows / 8, self.rows % 8);
+        if bit == 0 {
             self.bitmap.push(0);
+            if kind == Kind::Bool {
+                self.values.push(0);
+            }
         }
         let valid = !matches!(cell, Cell::Null);
-        *self.bitmap.last_mut().expect("pushed above") |= (valid as u8) << (self.rows % 8);
+        self.bitmap[byte] |= (valid as u8) << bit;
         self.rows += 1;
         match cell {
             Cell::Null => {
                 self.nulls += 1;
-                let width = if kind == Kind::Str { 16 } else { 8 };
-                self.values.extend_from_slice(&[0u8; 16][..width]);
+                self.values.extend_from_slice(&[0u8; 16][..width(kind)]);
             }
+            Cell::Bool(v) => self.values[byte] |= (v as u8) << bit,
             Cell::Str(start, len) => {
                 let bytes = &text[start..start + len];
                 self.values
@@ -241,6 +262,7 @@ impl<'de> Visitor<'de> for CellSeed<'_> {
         match self.kind {
             Kind::Str => d.deserialize_str(ValueVisitor(self)),
             Kind::Int => d.deserialize_i64(ValueVisitor(self)),
+            Kind::Bool => d.deserialize_bool(ValueVisitor(self)),
             _ => d.deserialize_f64(ValueVisitor(self)),
         }
     }
@@ -253,6 +275,14 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     type Value = ();
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{:?}", self.0.kind)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        let seed = self.0;
+        if seed.kind != Kind::Bool {
+            return Err(refuse("not a boolean field"));
+        }
+        seed.row.cells[seed.slot] = Cell::Bool(v);
+        Ok(())
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         let seed = self.0;
@@ -293,17 +323,18 @@ impl<'de> Visitor<'de> for ValueVisitor<'_> {
     }
 }
 
-/// An object of known keys (the event, or its properties), each at most once.
+/// An object of known keys (the event, or one of its nested objects), each at most once.
+/// `nested`: None for the event, else the index of the nested object's entries in the spec.
 struct ObjectSeed<'s, 'r> {
     spec: &'s Spec,
-    nested: bool,
+    nested: Option<usize>,
     row: &'r mut Row,
 }
 
 impl<'de> DeserializeSeed<'de> for ObjectSeed<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        if self.nested {
+        if self.nested.is_some() {
             d.deserialize_option(self)
         } else {
             d.deserialize_map(self)
@@ -324,12 +355,14 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let (spec, row) = (self.spec, self.row);
-        let fields = if self.nested { &spec.props } else { &spec.top };
+        let fields = match self.nested {
+            Some(object) => &spec.objects[object],
+            None => &spec.top,
+        };
         while let Some(index) = map.next_key_seed(KeySeed(fields))? {
-            let seen = if self.nested {
-                &mut row.seen_props
-            } else {
-                &mut row.seen
+            let seen = match self.nested {
+                Some(object) => &mut row.seen_nested[object],
+                None => &mut row.seen,
             };
             if *seen & (1 << index) != 0 {
                 return Err(refuse("duplicate key"));
@@ -337,12 +370,12 @@ impl<'de> Visitor<'de> for ObjectSeed<'_, '_> {
             *seen |= 1 << index;
             let field = &fields[index];
             if field.kind == Kind::Object {
-                if self.nested {
+                if self.nested.is_some() {
                     return Err(refuse("nested object"));
                 }
                 map.next_value_seed(ObjectSeed {
                     spec,
-                    nested: true,
+                    nested: Some(field.slot),
                     row: &mut *row,
                 })?;
             } else {
@@ -367,7 +400,7 @@ fn accept(value: &[u8], spec: &Spec, max_bytes: usize, row: &mut Row) -> bool {
     let mut de = serde_json::Deserializer::from_slice(value);
     let seed = ObjectSeed {
         spec,
-        nested: false,
+        nested: None,
         row: &mut *row,
     };
     if seed.deserialize(&mut de).is_err() || de.end().is_err() {
@@ -387,7 +420,7 @@ fn parse_part(values: &[Option<&[u8]>], base: usize, spec: &Spec, max_bytes: usi
         cells: vec![Cell::Null; spec.kinds.len()],
         text: Vec::with_capacity(4096),
         seen: 0,
-        seen_props: 0,
+        seen_nested: vec![0; spec.objects.len()],
     };
     for (i, value) in values.iter().enumerate() {
         if i == SAMPLE_ROWS {
@@ -463,62 +496,70 @@ fn parse_all(values: &[Option<&[u8]>], spec: &Spec, max_bytes: usize, parts: usi
     })
 }
 
-fn build_spec(top: Vec<(String, String, bool)>, props: Vec<(String, String)>) -> PyResult<Spec> {
-    if top.len() > 64 || props.len() > 64 {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "at most 64 keys per object",
-        ));
+fn spec_error(why: &str) -> PyErr {
+    pyo3::exceptions::PyValueError::new_err(why.to_string())
+}
+
+/// `objects` holds the entries of each "object" key of `top`, in the order those keys come.
+fn build_spec(
+    top: Vec<(String, String, bool)>,
+    objects: Vec<Vec<(String, String)>>,
+) -> PyResult<Spec> {
+    if top.len() > 64 || objects.iter().any(|entries| entries.len() > 64) {
+        return Err(spec_error("at most 64 keys per object"));
     }
     let mut kinds = Vec::new();
     let mut required_mask = 0u64;
     let mut fields = Vec::new();
+    let mut object_count = 0;
     for (i, (name, kind, required)) in top.into_iter().enumerate() {
         let kind = Kind::parse(&kind)?;
         let slot = if kind == Kind::Object {
-            usize::MAX
+            object_count += 1;
+            object_count - 1
         } else {
-            kinds.len()
-        };
-        if kind != Kind::Object {
             kinds.push(kind);
-        }
+            kinds.len() - 1
+        };
         if required {
             required_mask |= 1 << i;
         }
         fields.push(Field { name, kind, slot });
     }
-    let mut prop_fields = Vec::new();
-    for (name, kind) in props {
-        let kind = Kind::parse(&kind)?;
-        if kind == Kind::Object {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "properties are scalars",
-            ));
+    if object_count != objects.len() {
+        return Err(spec_error("one list of entries per object key"));
+    }
+    let mut object_fields = Vec::new();
+    for entries in objects {
+        let mut nested = Vec::new();
+        for (name, kind) in entries {
+            let kind = Kind::parse(&kind)?;
+            if kind == Kind::Object {
+                return Err(spec_error("nested objects hold scalars"));
+            }
+            nested.push(Field {
+                name,
+                kind,
+                slot: kinds.len(),
+            });
+            kinds.push(kind);
         }
-        prop_fields.push(Field {
-            name,
-            kind,
-            slot: kinds.len(),
-        });
-        kinds.push(kind);
+        object_fields.push(nested);
     }
     Ok(Spec {
         top: fields,
         required_mask,
-        props: prop_fields,
+        objects: object_fields,
         kinds,
     })
 }
 
 type Part = (usize, Vec<(Option<Buffer>, Buffer, Buffer)>);
 
-/// Decodes `values` (bytes or None) against the schema.
+/// Decodes `values` (bytes or None) against a schema with one nested object (`props`).
 ///
-/// `top` is (key, kind, required) per top-level key, kinds "str", "int", "number" or "object"
-/// (the one nested object, whose keys are `props`). Returns the deferred positions and the
-/// accepted rows in position order, as parts (one per thread): (rows, per scalar column
-/// (validity bitmap or None, string views or values, text the string views point into)).
-/// Columns are the top-level scalars in order, then the properties.
+/// The first form of `decode_objects`, kept so that Python code of either age can call either
+/// build of this module.
 #[pyfunction]
 #[pyo3(signature = (values, top, props, max_bytes, parts=2))]
 fn decode_columns<'py>(
@@ -529,7 +570,28 @@ fn decode_columns<'py>(
     max_bytes: usize,
     parts: usize,
 ) -> PyResult<(Vec<u32>, Vec<Part>)> {
-    let spec = build_spec(top, props)?;
+    decode_objects(py, values, top, vec![props], max_bytes, parts)
+}
+
+/// Decodes `values` (bytes or None) against the schema.
+///
+/// `top` is (key, kind, required) per top-level key, kinds "str", "int", "number", "bool" or
+/// "object"; `objects` holds each object key's (entry, kind) list, in the order of those keys.
+/// Returns the deferred positions and the accepted rows in position order, as parts (one per
+/// thread): (rows, per scalar column (validity bitmap or None, string views, values or a bitmap
+/// of booleans, text the string views point into)). Columns are the top-level scalars in order,
+/// then each object's entries.
+#[pyfunction]
+#[pyo3(signature = (values, top, objects, max_bytes, parts=2))]
+fn decode_objects<'py>(
+    py: Python<'py>,
+    values: &Bound<'py, PyList>,
+    top: Vec<(String, String, bool)>,
+    objects: Vec<Vec<(String, String)>>,
+    max_bytes: usize,
+    parts: usize,
+) -> PyResult<(Vec<u32>, Vec<Part>)> {
+    let spec = build_spec(top, objects)?;
     let items: Vec<Bound<'py, PyAny>> = values.iter().collect();
     let slices: Vec<Option<&[u8]>> = items
         .iter()
@@ -557,6 +619,7 @@ fn decode_columns<'py>(
 #[pymodule]
 fn pipeline_project_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_objects, m)?)?;
     m.add_class::<Buffer>()?;
     Ok(())
 }

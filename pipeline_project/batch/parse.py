@@ -6,6 +6,11 @@ Python path: msgspec decodes each value into a typed Struct (strict UTF-8, no Na
 surrogates, JSON types checked in C). A record that fails it, or whose key count could hide a
 duplicate key, goes to an exact classifier, so its category never depends on the path taken.
 Both paths give the same frame and rejects for any input (test_native_parse).
+
+The decoder reads the union of every contract version's keys (contract.VERSIONS): which of them
+count for an event is its version's business, settled in the validate stage. A required field
+another key may carry (v2's `url` for `page_url`) is optional to the decoder; a record with none
+of its keys is named `missing_field` by the exact classifier.
 """
 
 from __future__ import annotations
@@ -26,12 +31,18 @@ import pyarrow as pa
 
 from pipeline_project.batch.records import RawBatch, Reject
 from pipeline_project.events.contract import (
+    ALIASES,
+    CONTRACT,
     MAX_DEPTH,
     MAX_KEYS,
     MAX_MESSAGE_BYTES,
+    NESTED_OBJECTS,
     OPTIONAL_FIELDS,
     PROPERTY_TYPES,
     REQUIRED_FIELDS,
+    SCHEMA_VERSION,
+    VERSIONED_FIELDS,
+    object_column,
 )
 from pipeline_project.perf import paused_gc
 
@@ -47,74 +58,122 @@ INT64_MAX = 2**63 - 1
 UTF8_BOM = b"\xef\xbb\xbf"
 
 # Frame column of each property; `category` is renamed so it is not confused with event_category.
-PROPERTY_COLUMNS: dict[str, str] = {name: name for name in PROPERTY_TYPES} | {
-    "category": "product_category"
+PROPERTY_COLUMNS: dict[str, str] = {
+    name: object_column("properties", name) for name in PROPERTY_TYPES
 }
-# Raw-event path of every parsed column, used as Reject.field.
-FIELD_PATHS: dict[str, str] = (
-    {name: name for name in REQUIRED_FIELDS}
-    | {name: name for name, kind in OPTIONAL_FIELDS.items() if kind != "object"}
-    | {column: f"properties.{name}" for name, column in PROPERTY_COLUMNS.items()}
+# Frame column of each entry of each nested object: {object: {entry: column}}.
+OBJECT_COLUMNS: dict[str, dict[str, str]] = {
+    obj: {entry: object_column(obj, entry) for entry in entries}
+    for obj, entries in NESTED_OBJECTS.items()
+}
+# Top-level scalar keys in column order: required fields, then v1's optional ones, then those
+# of later versions and the aliases (a key that may carry a required field instead of its own).
+TOP_SCALARS: dict[str, str] = (
+    {name: "str" for name in REQUIRED_FIELDS}
+    | {name: kind for name, kind in OPTIONAL_FIELDS.items() if kind != "object"}
+    | VERSIONED_FIELDS
+    | {alias: "str" for alias in ALIASES}
 )
+# Required fields the decoder itself insists on; one an alias may carry is checked by the
+# exact classifier instead (`_contract_defect`).
+DECODE_REQUIRED: tuple[str, ...] = tuple(n for n in REQUIRED_FIELDS if n not in ALIASES.values())
+# Raw-event path of every parsed column, used as Reject.field.
+FIELD_PATHS: dict[str, str] = {name: name for name in TOP_SCALARS} | {
+    column: f"{obj}.{entry}"
+    for obj, columns in OBJECT_COLUMNS.items()
+    for entry, column in columns.items()
+}
 OFFSET_COLUMN = "kafka_offset"
 KAFKA_TS_MS_COLUMN = "kafka_timestamp_ms"
 # Records decoded per chunk: small enough for one chunk's Python objects to stay in cache.
 CHUNK_RECORDS = 4096
 
 _Int64 = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
-_PY_TYPES: dict[str, Any] = {"str": str, "int": _Int64, "number": float}
-_PL_TYPES: dict[str, pl.DataType] = {"str": pl.String(), "int": pl.Int64(), "number": pl.Float64()}
+_PY_TYPES: dict[str, Any] = {"str": str, "int": _Int64, "number": float, "bool": bool}
+_PL_TYPES: dict[str, pl.DataType] = {
+    "str": pl.String(),
+    "int": pl.Int64(),
+    "number": pl.Float64(),
+    "bool": pl.Boolean(),
+}
 
 # gc=False: the Structs hold only scalars, so the cyclic GC never needs to track (and rescan) them.
-_Properties = msgspec.defstruct(
-    "_Properties",
-    [(name, _PY_TYPES[kind] | None, None) for name, kind in PROPERTY_TYPES.items()],
-    gc=False,
-)
+_OBJECT_STRUCTS: dict[str, Any] = {
+    obj: msgspec.defstruct(
+        f"_{obj.title()}",
+        [(name, _PY_TYPES[kind] | None, None) for name, kind in entries.items()],
+        gc=False,
+    )
+    for obj, entries in NESTED_OBJECTS.items()
+}
 _Event = msgspec.defstruct(
     "_Event",
-    [(name, str | None) for name in REQUIRED_FIELDS]
+    [(name, str | None) for name in DECODE_REQUIRED]
     + [
-        (name, (_Properties if kind == "object" else _PY_TYPES[kind]) | None, None)
-        for name, kind in OPTIONAL_FIELDS.items()
-    ],
+        (name, _PY_TYPES[kind] | None, None)
+        for name, kind in TOP_SCALARS.items()
+        if name not in DECODE_REQUIRED
+    ]
+    + [(obj, struct | None, None) for obj, struct in _OBJECT_STRUCTS.items()],
     gc=False,
 )
 _DECODER = msgspec.json.Decoder(_Event)
 _EVENT_FIELDS: tuple[str, ...] = _Event.__struct_fields__
-_PROPS_INDEX = _EVENT_FIELDS.index("properties")
-_EMPTY_PROPS: tuple[None, ...] = (None,) * len(PROPERTY_TYPES)
+_OBJECT_INDEX: dict[str, int] = {obj: _EVENT_FIELDS.index(obj) for obj in NESTED_OBJECTS}
 _DECODE_ERRORS = (msgspec.MsgspecError, ValueError, RecursionError)
 
-# Typed columns of a parsed frame, in order (lineage first, then fields, then flattened properties).
+# Typed columns of a parsed frame, in order (lineage first, then top-level fields, then the
+# flattened entries of each nested object).
 PARSED_SCHEMA: dict[str, pl.DataType] = (
     {OFFSET_COLUMN: pl.Int64(), KAFKA_TS_MS_COLUMN: pl.Int64()}
-    | {name: pl.String() for name in REQUIRED_FIELDS}
-    | {name: _PL_TYPES[kind] for name, kind in OPTIONAL_FIELDS.items() if kind != "object"}
-    | {PROPERTY_COLUMNS[name]: _PL_TYPES[kind] for name, kind in PROPERTY_TYPES.items()}
+    | {name: _PL_TYPES[kind] for name, kind in TOP_SCALARS.items()}
+    | {
+        OBJECT_COLUMNS[obj][entry]: _PL_TYPES[kind]
+        for obj, entries in NESTED_OBJECTS.items()
+        for entry, kind in entries.items()
+    }
 )
 # Optional columns: a non-null value means its key was in the raw JSON (required keys always are).
 _COUNTED_COLUMNS: list[str] = [
-    c for c in PARSED_SCHEMA if c not in {OFFSET_COLUMN, KAFKA_TS_MS_COLUMN, *REQUIRED_FIELDS}
+    c for c in PARSED_SCHEMA if c not in {OFFSET_COLUMN, KAFKA_TS_MS_COLUMN, *DECODE_REQUIRED}
 ]
 # Duplicate-key proof without a second parse: each key is a closing quote then a colon, unless
 # whitespace sits between them (then the record takes the exact path). In-string look-alikes only
 # add to the count, so `count('":') == keys the Struct kept` proves no duplicate or unknown key.
 _KEY_LITERAL = '":'
 _SPACED_COLON = r"[ \t\n\r]:"
-_HAS_PROPS = "_has_properties"
-_EMPTY_FRAME = pl.DataFrame(schema=PARSED_SCHEMA | {_HAS_PROPS: pl.Int32()})
-# The native decoder's schema: (key, kind, required) at the top, (key, kind) in properties. Its
-# columns come back in PARSED_SCHEMA's order: required fields, optional scalars, properties.
-_NATIVE_TOP: list[tuple[str, str, bool]] = [(name, "str", True) for name in REQUIRED_FIELDS] + [
-    (name, kind, False) for name, kind in OPTIONAL_FIELDS.items()
-]
-_NATIVE_PROPS: list[tuple[str, str]] = list(PROPERTY_TYPES.items())
-_ARROW_TYPES = {"str": pa.string_view(), "int": pa.int64(), "number": pa.float64()}
+_HAS_OBJECTS = "_has_objects"  # per row: how many nested objects it had (each is one key)
+_EMPTY_FRAME = pl.DataFrame(schema=PARSED_SCHEMA | {_HAS_OBJECTS: pl.Int32()})
+# The native decoder's schema: (key, kind, required) at the top, (entry, kind) per nested object.
+# Its columns come back in PARSED_SCHEMA's order: top-level scalars, then each object's entries.
+# A build with `decode_objects` reads every nested object (v2's `consent` has booleans); an older
+# build (`decode_columns` only, until `make install` rebuilds it) reads `properties` alone and is
+# not told about the others, so a record carrying one is deferred to the Python path and their
+# columns are null in the native frame. Either way the results are the same.
+_ALL_OBJECTS_NATIVE = _native is not None and hasattr(_native, "decode_objects")
+_NATIVE_OBJECTS: dict[str, list[tuple[str, str]]] = {
+    obj: list(entries.items())
+    for obj, entries in NESTED_OBJECTS.items()
+    if _ALL_OBJECTS_NATIVE or obj == "properties"
+}
+_NATIVE_TOP: list[tuple[str, str, bool]] = [
+    (name, kind, name in DECODE_REQUIRED) for name, kind in TOP_SCALARS.items()
+] + [(obj, "object", False) for obj in _NATIVE_OBJECTS]
+_NATIVE_PROPS: list[tuple[str, str]] = _NATIVE_OBJECTS["properties"]
+_ARROW_TYPES = {
+    "str": pa.string_view(),
+    "int": pa.int64(),
+    "number": pa.float64(),
+    "bool": pa.bool_(),
+}
 _NATIVE_ARROW_TYPES: list[pa.DataType] = [
     _ARROW_TYPES[kind] for _, kind, _ in _NATIVE_TOP if kind != "object"
-] + [_ARROW_TYPES[kind] for _, kind in _NATIVE_PROPS]
-_NATIVE_SCHEMA = pa.schema(list(zip(list(PARSED_SCHEMA)[2:], _NATIVE_ARROW_TYPES, strict=True)))
+] + [_ARROW_TYPES[kind] for entries in _NATIVE_OBJECTS.values() for _, kind in entries]
+_NATIVE_COLUMNS = list(PARSED_SCHEMA)[2 : 2 + len(_NATIVE_ARROW_TYPES)]
+_NATIVE_SCHEMA = pa.schema(list(zip(_NATIVE_COLUMNS, _NATIVE_ARROW_TYPES, strict=True)))
+# Columns the native decoder never fills (objects it defers), added to its frame as nulls.
+_NOT_NATIVE: dict[str, pl.DataType] = dict(list(PARSED_SCHEMA.items())[2 + len(_NATIVE_COLUMNS) :])
+_POSITION = "_position"
 
 
 @dataclass(frozen=True)
@@ -224,11 +283,14 @@ def native_split(raw: RawBatch) -> NativeSplit | None:
         [
             pl.Series(OFFSET_COLUMN, raw.offsets, dtype=pl.Int64),
             pl.Series(KAFKA_TS_MS_COLUMN, raw.timestamps_ms, dtype=pl.Int64),
+            pl.int_range(len(raw), dtype=pl.Int64, eager=True).alias(_POSITION),
         ]
     )
     if deferred:
         lineage = lineage.filter(pl.int_range(pl.len()).is_in(deferred).not_())
     frame = pl.concat([lineage, _frame_of_parts(parts)], how="horizontal")
+    frame = frame.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in _NOT_NATIVE.items())
+    frame, deferred = _defer_unnamed(frame, deferred)
     return NativeSplit(
         frame,
         (
@@ -239,10 +301,52 @@ def native_split(raw: RawBatch) -> NativeSplit | None:
     )
 
 
+def _without_any_key(frame: pl.DataFrame) -> pl.Expr:
+    """Rows where an aliased required field is null and no alias its version allows carries it.
+
+    Exactly the rows whose missing-or-null question only the raw record can answer; a v2 event
+    with `url` alone is not one of them, so it stays on the native path.
+    """
+    if not ALIASES:
+        return pl.repeat(False, frame.height)
+    version = pl.col("schema_version").fill_null(SCHEMA_VERSION)
+    lacking = []
+    for target in sorted(set(ALIASES.values())):
+        carried = [
+            pl.col(alias).is_not_null() & version.is_in(CONTRACT.versions_with(alias))
+            for alias, to in ALIASES.items()
+            if to == target
+        ]
+        lacking.append(pl.col(target).is_null() & ~pl.any_horizontal(carried))
+    return pl.any_horizontal(lacking)
+
+
+def _defer_unnamed(frame: pl.DataFrame, deferred: list[int]) -> tuple[pl.DataFrame, list[int]]:
+    """Moves the native rows lacking an aliased required field to the Python path.
+
+    The native decoder treats such a field as optional (any one of its keys will do); whether it
+    is missing or null decides the category, which only the exact classifier can tell.
+    """
+    lacking = frame.select(_without_any_key(frame)).to_series()
+    if lacking.any():
+        moved = frame.filter(lacking).get_column(_POSITION).to_list()
+        frame = frame.filter(~lacking)
+        deferred = sorted([*deferred, *moved])
+    return frame.drop(_POSITION), deferred
+
+
+def native_decode(values: list[bytes | None], parts: int = 2) -> tuple[list[int], list[Any]]:
+    """The native decoder's (deferred positions, parts) for `values`, in `parts` threads."""
+    if _ALL_OBJECTS_NATIVE:
+        objects = list(_NATIVE_OBJECTS.values())
+        return _native.decode_objects(values, _NATIVE_TOP, objects, MAX_MESSAGE_BYTES, parts)
+    return _native.decode_columns(values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES, parts)
+
+
 def _decode_native(values: list[bytes | None]) -> tuple[list[int], list[Any]] | None:
     """The decoder's (deferred positions, parts); None if it failed, so the batch takes Python."""
     try:
-        return _native.decode_columns(values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES)
+        return native_decode(values)
     except BaseException as exc:  # a Rust panic arrives as pyo3's PanicException (BaseException)
         if type(exc).__name__ != "PanicException" and not isinstance(exc, Exception):
             raise
@@ -335,14 +439,13 @@ def _to_frame(events: list[Any], positions: list[int], chunk: _Chunk) -> pl.Data
     """Transposes Structs into typed columns; the decoder checked the types, so none can clash."""
     astuple = msgspec.structs.astuple
     columns = list(zip(*[astuple(e) for e in events], strict=True)) or [()] * len(_EVENT_FIELDS)
-    props = columns[_PROPS_INDEX]
-    prop_rows = [_EMPTY_PROPS if p is None else astuple(p) for p in props]
-    prop_columns = list(zip(*prop_rows, strict=True)) or [()] * len(PROPERTY_TYPES)
     data: dict[str, Sequence[Any]] = dict(zip(_EVENT_FIELDS, columns, strict=True))
-    data.update(
-        (PROPERTY_COLUMNS[name], col)
-        for name, col in zip(PROPERTY_TYPES, prop_columns, strict=True)
-    )
+    has_objects = pl.Series(_HAS_OBJECTS, [0] * len(events), dtype=pl.Int32)
+    for obj, index in _OBJECT_INDEX.items():
+        entries, present = _object_columns(obj, columns[index])
+        data.update(entries)
+        if present is not None:
+            has_objects += present
     take = _gatherer(positions, len(chunk.values))
     lineage = [
         take(pl.Series(OFFSET_COLUMN, chunk.offsets, dtype=pl.Int64)),
@@ -352,8 +455,25 @@ def _to_frame(events: list[Any], positions: list[int], chunk: _Chunk) -> pl.Data
         pl.Series(name, data[name], dtype=dtype, strict=False)
         for name, dtype in list(PARSED_SCHEMA.items())[len(lineage) :]
     ]
-    has_props = pl.Series(_HAS_PROPS, [p is not None for p in props], dtype=pl.Int32)
-    return pl.DataFrame([*lineage, *fields, has_props])
+    return pl.DataFrame([*lineage, *fields, has_objects])
+
+
+def _object_columns(
+    obj: str, structs: Sequence[Any]
+) -> tuple[dict[str, Sequence[Any]], pl.Series | None]:
+    """One nested object's entries as columns, and which rows had it (None: no row had it).
+
+    A batch without the object (every v1 batch has no `consent`) costs one C-level count.
+    """
+    names = OBJECT_COLUMNS[obj]
+    if structs.count(None) == len(structs):
+        return {column: [None] * len(structs) for column in names.values()}, None
+    astuple = msgspec.structs.astuple
+    empty = (None,) * len(names)
+    rows = [empty if s is None else astuple(s) for s in structs]
+    entries = list(zip(*rows, strict=True)) or [()] * len(names)
+    present = pl.Series([s is not None for s in structs], dtype=pl.Int32)
+    return dict(zip(names.values(), entries, strict=True)), present
 
 
 def _gatherer(positions: list[int], total: int) -> Callable[[pl.Series], pl.Series]:
@@ -372,19 +492,20 @@ def _check_key_counts(
     `decoded` holds the raw value of each frame row, in row order.
     """
     if frame.height == 0:
-        return frame.drop(_HAS_PROPS), []
+        return frame.drop(_HAS_OBJECTS), []
     text = _as_text(decoded)
     present = pl.sum_horizontal(pl.col(_COUNTED_COLUMNS).is_not_null().cast(pl.Int32))
-    expected = frame.select(present + pl.col(_HAS_PROPS) + len(REQUIRED_FIELDS)).to_series()
+    expected = frame.select(present + pl.col(_HAS_OBJECTS) + len(DECODE_REQUIRED)).to_series()
     counted = text.str.count_matches(_KEY_LITERAL, literal=True)
     odd = (counted != expected) | text.str.contains(_SPACED_COLON)
+    odd = odd | frame.select(_without_any_key(frame)).to_series()
     suspects = odd.fill_null(True).arg_true().to_list()
-    frame = frame.drop(_HAS_PROPS)
+    frame = frame.drop(_HAS_OBJECTS)
     offsets = frame.get_column(OFFSET_COLUMN)
     rejects: list[Reject] = []
     dropped: list[int] = []
     for row in suspects:
-        defect = diagnose(decoded[row])
+        defect = diagnose(decoded[row]) or _contract_defect(decoded[row], missing=True)
         if defect is not None:
             rejects.append(defect.reject(offsets[row]))
             dropped.append(row)
@@ -415,10 +536,46 @@ def _utf8_or_none(value: bytes) -> str | None:
 def _diagnose_failure(chunk: _Chunk, pos: int, error: str) -> Reject:
     """Why the fast path refused a record: a parse defect first, else the decoder's type error."""
     offset = chunk.offsets[pos]
-    defect = diagnose(chunk.values[pos])
+    value = chunk.values[pos]
+    defect = diagnose(value)
     if defect is None:
-        defect = type_defect(error)
+        missing = _MISSING.match(error) is not None
+        defect = _contract_defect(value, missing=missing) or type_defect(error)  # type: ignore[arg-type]
     return defect.reject(offset)
+
+
+# Rule, field and message of a version this code does not know: the validate stage's own words
+# (validate.py's `schema_version_known`), so a record gets the same reject whichever stage sees it.
+VERSION_RULE = "schema_version_known"
+
+
+def version_message(version: object) -> str:
+    """The message of an unsupported_schema_version reject."""
+    return f"{VERSION_RULE} failed for schema_version={str(version)!r}"
+
+
+def _contract_defect(value: bytes, *, missing: bool) -> Defect | None:
+    """What the decoder cannot judge in clean JSON: the event's version, then its required keys.
+
+    A version this code does not know comes first: its event may follow rules unknown here, so
+    nothing else about it means anything yet. `missing`: the decoder found a required key absent,
+    or a field an alias may carry came out null; then the first required field (contract order)
+    without any key of its version names the missing_field reject.
+    """
+    obj = json.loads(value)
+    version = obj.get("schema_version")
+    if type(version) is int and 1 <= version <= INT64_MAX and not CONTRACT.knows(version):
+        return Defect(
+            "unsupported_schema_version", VERSION_RULE, "schema_version", version_message(version)
+        )
+    if not missing:
+        return None
+    known = type(version) is int and CONTRACT.knows(version)
+    for name, keys in CONTRACT.required_keys(version if known else 1):
+        if not any(key in obj for key in keys):
+            message = f"Object missing required field `{name}`"
+            return Defect("missing_field", f"{name}_required", name, message)
+    return None
 
 
 # --- exact classifier (slow path: only records that failed or looked suspicious) ---------------

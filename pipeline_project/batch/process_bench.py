@@ -31,9 +31,17 @@ LATENESS_DAYS = 7
 SKEW_SECONDS = 300
 
 
-def make_batch(n: int, bad_ratio: float, seed: int = 1) -> RawBatch:
+def make_batch(
+    n: int, bad_ratio: float, seed: int = 1, schema_mix: dict[int, float] | None = None
+) -> RawBatch:
     """`n` generator records (sessions, bots, test users, duplicates, bad ones), one partition."""
-    gen = EventGenerator(seed, bad_ratio=bad_ratio, duplicate_ratio=0.01, late_ratio=0.05)
+    gen = EventGenerator(
+        seed,
+        bad_ratio=bad_ratio,
+        duplicate_ratio=0.01,
+        late_ratio=0.05,
+        schema_mix=schema_mix,
+    )
     records = gen.batch(n, now=NOW_EPOCH)
     stamp = int(NOW_EPOCH * 1000)
     return RawBatch(
@@ -62,7 +70,6 @@ def run_vectorised(raw: RawBatch) -> tuple[int, int, int]:
 
 # --- the per-event pure-Python baseline ----------------------------------------------------------
 
-_ID = re.compile(c.ID_PATTERN)
 _UUID = re.compile(c.UUID_PATTERN)
 _URL = re.compile(c.URL_PATTERN)
 _COUNTRY = re.compile(c.COUNTRY_PATTERN)
@@ -146,8 +153,8 @@ def _checks_pass(event: dict[str, Any], start: datetime, end: datetime) -> bool:
     if not (
         _UUID.match(event["event_id"])
         and event["event_type"] in c.EVENT_CATEGORIES
-        and _ID.match(event["user_id"])
-        and _ID.match(event["session_id"])
+        and c.is_valid_id(event["user_id"])
+        and c.is_valid_id(event["session_id"])
         and _URL.match(event["page_url"])
         and _TS.match(event["timestamp"])
     ):
@@ -157,7 +164,7 @@ def _checks_pass(event: dict[str, Any], start: datetime, end: datetime) -> bool:
     if event.get("referrer", "").strip() and not _URL.match(event["referrer"]):
         return False
     for name in ("product_id", "order_id"):
-        if (props.get(name) or "").strip() and not _ID.match(props[name]):
+        if (props.get(name) or "").strip() and not c.is_valid_id(props[name]):
             return False
     texts = [event.get(k) for k in ("page_url", "user_agent", "referrer")]
     texts += [props.get(k) for k in ("category", "query", "element_id", "method")]

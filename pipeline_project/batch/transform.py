@@ -2,6 +2,10 @@
 
 Whole-batch polars expressions, no per-event Python. Output always has LAKE_SCHEMA (same columns,
 order and dtypes, even when empty) and depends only on the inputs, so re-runs are identical.
+
+Columns a later contract version adds (contract.VERSIONED_COLUMNS: v2's app_version, consent_*)
+are in every batch's output, null for older events, so a batch of v1 events alone writes the same
+schema as a mixed one and the table's schema never flips with the mix.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pipeline_project.events.contract import (
     OPTIONAL_FIELDS,
     PROPERTY_TYPES,
     TEST_USER_PREFIX,
+    VERSIONED_COLUMNS,
+    VERSIONED_FIELDS,
 )
 
 # Lineage of rows recovered from the DLQ (null on ingested rows): the DLQ record they came from,
@@ -32,6 +38,12 @@ REPAIR_RULES_COLUMN = "repair_rules"
 
 UTC_US = pl.Datetime("us", "UTC")
 DATE_COLUMN = "event_date"
+_KIND_TYPES: dict[str, pl.DataType] = {
+    "str": pl.String(),
+    "int": pl.Int64(),
+    "number": pl.Float64(),
+    "bool": pl.Boolean(),
+}
 
 # The lake schema, defined once: every Parquet file has exactly these columns, in this order.
 LAKE_SCHEMA: dict[str, pl.DataType] = {
@@ -66,6 +78,8 @@ LAKE_SCHEMA: dict[str, pl.DataType] = {
     "revenue": pl.Float64(),
     "element_id": pl.String(),
     "method": pl.String(),
+    # Added by contract versions after 1, in version order (null in older events' rows).
+    **{name: _KIND_TYPES[kind] for name, kind in VERSIONED_COLUMNS.items()},
     # Set only on rows recovered from the DLQ (dlq/reprocess.py): the DLQ record and repairs used.
     DLQ_PARTITION_COLUMN: pl.Int32(),
     DLQ_OFFSET_COLUMN: pl.Int64(),
@@ -81,6 +95,7 @@ LAKE_SCHEMA: dict[str, pl.DataType] = {
 NULLABLE_COLUMNS: frozenset[str] = frozenset(
     {"page_query", "referrer", "country", "ip", "schema_version", "kafka_timestamp"}
     | set(PROPERTY_COLUMNS.values())
+    | set(VERSIONED_COLUMNS)
     | {DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN, REPAIR_RULES_COLUMN}
 )
 COMMITTED_IDS_SCHEMA: dict[str, pl.DataType] = {DATE_COLUMN: pl.Date(), "event_id": pl.String()}
@@ -118,8 +133,10 @@ _LINEAGE = (
 )
 _RECOVERY = (DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN, REPAIR_RULES_COLUMN)
 # Optional text: blank means absent and is stored as null.
-_OPTIONAL_TEXT = tuple(name for name, kind in OPTIONAL_FIELDS.items() if kind == "str") + tuple(
-    PROPERTY_COLUMNS[name] for name, kind in PROPERTY_TYPES.items() if kind == "str"
+_OPTIONAL_TEXT = (
+    tuple(name for name, kind in OPTIONAL_FIELDS.items() if kind == "str")
+    + tuple(PROPERTY_COLUMNS[name] for name, kind in PROPERTY_TYPES.items() if kind == "str")
+    + tuple(name for name, kind in VERSIONED_FIELDS.items() if kind == "str")
 )
 
 

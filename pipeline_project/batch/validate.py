@@ -2,6 +2,10 @@
 
 Every check has a readable name (the DLQ `rule`) bound to a contract category and a raw-event field.
 A record failing several checks gets the first in RULES order, so counts are deterministic.
+
+Before the checks, each row is read as its contract version says (`versioned_columns`): keys of a
+later version are null in an older event, and an alias (v2's `url`) fills the field it stands for.
+A version this code does not know is judged first and alone (`unsupported_schema_version`).
 """
 
 from __future__ import annotations
@@ -17,19 +21,31 @@ from pandera.api.polars.types import PolarsData
 from pandera.config import ValidationDepth, config_context
 from pandera.errors import SchemaErrors
 
-from pipeline_project.batch.parse import FIELD_PATHS, OFFSET_COLUMN, PARSED_SCHEMA
+from pipeline_project.batch.parse import (
+    FIELD_PATHS,
+    OBJECT_COLUMNS,
+    OFFSET_COLUMN,
+    PARSED_SCHEMA,
+    VERSION_RULE,
+)
 from pipeline_project.batch.records import Reject
 from pipeline_project.events.contract import (
+    ALIASES,
+    CONTRACT,
     COUNTRY_PATTERN,
     CURRENCIES,
     EVENT_TYPES,
-    ID_PATTERN,
+    ID_FORBIDDEN_PATTERN,
+    ID_MAX_LENGTH,
     NUMERIC_BOUNDS,
     PROPERTY_TYPES,
     REQUIRED_FIELDS,
+    SCHEMA_VERSION,
+    TEXT_LIMITS,
     TEXT_MAX_LENGTH,
     URL_PATTERN,
     UUID_PATTERN,
+    VERSIONED_FIELDS,
 )
 
 # The one accepted timestamp grammar: RFC 3339 date-time, seconds required, 1-9 fraction digits, and
@@ -42,6 +58,14 @@ TIMESTAMP_UTC_COLUMN = "_timestamp_utc"
 _ID_COLUMNS = ("user_id", "session_id", "product_id", "order_id")
 _TEXT_COLUMNS: tuple[str, ...] = ("page_url", "user_agent", "referrer", "product_category")
 _TEXT_COLUMNS += ("query", "element_id", "method")
+_TEXT_COLUMNS += tuple(name for name, kind in VERSIONED_FIELDS.items() if kind == "str")
+# Columns of keys a later contract version introduced, each with the key that brings it.
+_VERSIONED_KEYS: dict[str, str] = {name: name for name in VERSIONED_FIELDS} | {
+    column: obj
+    for obj, columns in OBJECT_COLUMNS.items()
+    if obj != "properties"
+    for column in columns.values()
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,42 @@ def _known_or_blank(values: tuple[str, ...]) -> Callable[[pl.Expr], pl.Expr]:
     return lambda c: c.is_in(values) | _is_blank(c)
 
 
+def _is_id(column: pl.Expr) -> pl.Expr:
+    """Up to ID_MAX_LENGTH characters, none of them a control or invisible one (contract)."""
+    return (column.str.len_chars() <= ID_MAX_LENGTH) & ~column.str.contains(ID_FORBIDDEN_PATTERN)
+
+
+def _version() -> pl.Expr:
+    return pl.col("schema_version").fill_null(SCHEMA_VERSION)
+
+
+def _version_known(column: pl.Expr) -> pl.Expr:
+    """Read when the rule runs, so a version taught to CONTRACT (tests) counts at once.
+
+    Below 1 is schema_version_range's invalid_value, not a version from the future.
+    """
+    return (column < 1) | column.is_in(CONTRACT.numbers)
+
+
+def versioned_columns() -> list[pl.Expr]:
+    """Each row as its version reads it: later keys null in older events, aliases folded in.
+
+    An alias fills its field only where the field is null, so `url_matches_page_url` can still
+    see both when an event carries both.
+    """
+    version = _version()
+    exprs = [
+        pl.when(version.is_in(CONTRACT.versions_with(key))).then(pl.col(column)).alias(column)
+        for column, key in _VERSIONED_KEYS.items()
+    ]
+    for alias, target in ALIASES.items():
+        carries = version.is_in(CONTRACT.versions_with(alias))
+        exprs.append(pl.when(carries).then(pl.col(alias)).alias(alias))
+        folded = pl.when(carries).then(pl.coalesce(target, alias)).otherwise(pl.col(target))
+        exprs.append(folded.alias(target))
+    return exprs
+
+
 def _required_rule(column: str) -> Rule:
     """A required field must be neither null nor blank (one check: each costs a batch scan)."""
     return Rule(
@@ -101,7 +161,9 @@ def _required_rule(column: str) -> Rule:
 
 def _rules() -> list[Rule]:
     """Every check. Precedence: PARSED_SCHEMA column order, then this order within a column."""
-    rules: list[Rule] = []
+    rules: list[Rule] = [
+        Rule(VERSION_RULE, "schema_version", "unsupported_schema_version", _version_known)
+    ]
     rules += [_required_rule(column) for column in REQUIRED_FIELDS]
     rules += [
         Rule("event_id_uuid", "event_id", "invalid_format", lambda c: c.str.contains(UUID_PATTERN)),
@@ -117,30 +179,28 @@ def _rules() -> list[Rule]:
         Rule(
             "page_url_format", "page_url", "invalid_format", lambda c: c.str.contains(URL_PATTERN)
         ),
-        Rule("schema_version_range", "schema_version", "invalid_value", _bounds("schema_version")),
+        Rule("schema_version_range", "schema_version", "invalid_value", lambda c: c >= 1),
         Rule("referrer_format", "referrer", "invalid_format", _matches_or_blank(URL_PATTERN)),
         Rule("country_format", "country", "invalid_format", _matches_or_blank(COUNTRY_PATTERN)),
         Rule("ip_format", "ip", "invalid_format", _matches_or_blank(IP_PATTERN)),
         Rule("currency_known", "currency", "invalid_value", _known_or_blank(CURRENCIES)),
     ]
     rules += [
-        Rule(f"{column}_format", column, "invalid_format", _matches_or_blank(ID_PATTERN))
+        Rule(f"{column}_format", column, "invalid_format", lambda c: _is_id(c) | _is_blank(c))
         for column in _ID_COLUMNS
         if column not in REQUIRED_FIELDS
     ]
     rules += [
-        Rule(f"{column}_format", column, "invalid_format", lambda c: c.str.contains(ID_PATTERN))
+        Rule(f"{column}_format", column, "invalid_format", _is_id)
         for column in _ID_COLUMNS
         if column in REQUIRED_FIELDS
     ]
+    rules += [_max_length_rule(column) for column in _TEXT_COLUMNS]
     rules += [
         Rule(
-            f"{column}_max_length",
-            column,
-            "invalid_value",
-            lambda c: c.str.len_chars() <= TEXT_MAX_LENGTH,
+            f"{alias}_matches_{target}", alias, "invalid_value", lambda c, t=target: c == pl.col(t)
         )
-        for column in _TEXT_COLUMNS
+        for alias, target in ALIASES.items()
     ]
     rules += [
         Rule(f"{name}_range", name, "invalid_value", _bounds(name))
@@ -148,6 +208,13 @@ def _rules() -> list[Rule]:
         if name in NUMERIC_BOUNDS
     ]
     return rules
+
+
+def _max_length_rule(column: str) -> Rule:
+    limit = TEXT_LIMITS.get(column, TEXT_MAX_LENGTH)
+    return Rule(
+        f"{column}_max_length", column, "invalid_value", lambda c: c.str.len_chars() <= limit
+    )
 
 
 def _bounds(column: str) -> Callable[[pl.Expr], pl.Expr]:
@@ -192,9 +259,13 @@ def event_schema(window_start: datetime, window_end: datetime) -> pa.DataFrameSc
 
 
 def rule_order(window_start: datetime, window_end: datetime) -> list[Rule]:
-    """Rules in precedence order, as the schema for this window runs them."""
+    """Rules in precedence order, as the schema for this window runs them.
+
+    The version rule first: an event of an unknown version is judged by nothing else.
+    """
     schema_rules = [*RULES, _window_rule(window_start, window_end)]
-    return [r for name in PARSED_SCHEMA for r in schema_rules if r.column == name]
+    ordered = [r for name in PARSED_SCHEMA for r in schema_rules if r.column == name]
+    return sorted(ordered, key=lambda r: r.name != VERSION_RULE)
 
 
 def validate_frame(
@@ -209,7 +280,9 @@ def validate_frame(
         raise ValueError("`now` must be timezone-aware")
     start = now - timedelta(days=max_lateness_days)
     end = now + timedelta(seconds=max_clock_skew_seconds)
-    frame = frame.with_columns(parse_timestamp(pl.col("timestamp")).alias(TIMESTAMP_UTC_COLUMN))
+    frame = frame.with_columns(versioned_columns()).with_columns(
+        parse_timestamp(pl.col("timestamp")).alias(TIMESTAMP_UTC_COLUMN)
+    )
     schema = event_schema(start, end)
     rules = rule_order(start, end)
     _run_schema(schema, frame, ValidationDepth.SCHEMA_ONLY)  # column types of every row

@@ -98,6 +98,7 @@ def report_metadata(found: dlq_report_core.Report) -> dict[str, Any]:
     metadata["top_errors"] = MetadataValue.json(
         [{"category": c, "message": m, "records": n} for c, m, n in found.top_messages()]
     )
+    metadata["waiting_schema_versions"] = MetadataValue.json(found.waiting_versions())
     metadata["new_categories"] = MetadataValue.json(found.new_categories)
     metadata["new_rules"] = MetadataValue.json(found.new_rules)
     metadata["samples"] = MetadataValue.json(found.samples())

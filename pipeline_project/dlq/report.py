@@ -11,11 +11,16 @@ Three Delta tables beside `events` in the lake, lowercase identifiers as every l
   = why it still fails, copies, resolution from reprocessing), replaced whole in one commit.
 - `dlq_report_summary`: long counts (dimension, key, records), replaced whole in one commit.
 The counts, samples, new categories/rules and checks are returned for the Dagster asset and the CLI.
+
+Records of a schema version the code does not know yet (`unsupported_schema_version`) are named
+apart, by version: they are not broken, they wait for a release that knows their version, after
+which reprocessing brings them in.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +56,9 @@ SAMPLES = 5
 FAILING = "failing"  # the status of a record no reprocessing resolved (yet)
 DIMENSIONS = ("category", "rule", "field", "stage", "source_partition", "hour", "status")
 MALFORMED_CATEGORY = "<no source headers>"
+FUTURE_VERSION_CATEGORY = "unsupported_schema_version"
+# The version in a future-version reject's message (parse.version_message).
+_VERSION_IN_MESSAGE = re.compile(r"schema_version='?(-?\d+)")
 
 UTC_US = pl.Datetime("us", "UTC")
 # One row per DLQ record read (every copy); source_* null when its headers were unusable.
@@ -273,6 +281,14 @@ class Report:
         )
         return [tuple(row) for row in top.head(n).rows()]  # type: ignore[misc]
 
+    def waiting_versions(self) -> dict[str, int]:
+        """Still-failing records whose schema version is newer than the code, per version."""
+        waiting = self.records.filter(
+            (pl.col("status") == FAILING) & (pl.col("last_category") == FUTURE_VERSION_CATEGORY)
+        )
+        versions = Counter(_version_of(m) for m in waiting.get_column("last_message").to_list())
+        return dict(sorted(versions.items(), key=lambda kv: (len(kv[0]), kv[0])))
+
     def samples(self, n: int = SAMPLES) -> list[dict[str, Any]]:
         """One still-failing record (else any) per commonest category: escaped, truncated."""
         rows = self.records.sort(pl.col("status") != FAILING, "source_offset")
@@ -287,6 +303,11 @@ class Report:
             }
             for r in picked.iter_rows(named=True)
         ]
+
+
+def _version_of(message: str | None) -> str:
+    found = _VERSION_IN_MESSAGE.search(message or "")
+    return found.group(1) if found else "?"
 
 
 def build(settings: Settings, now: datetime | None = None) -> Report:
@@ -405,6 +426,7 @@ def markdown(report: Report) -> str:
         "|---|---|---:|",
         *(f"| {_cell(m)} | {c} | {n} |" for c, m, n in report.top_messages()),
     ]
+    lines += _waiting_lines(report.waiting_versions())
     if report.first:
         seen = f"{len(report.new_categories)} categories, {len(report.new_rules)} rules"
         lines += ["", f"First report: {seen} seen (later reports name the new ones)."]
@@ -422,6 +444,19 @@ def markdown(report: Report) -> str:
     lines += ["", "Samples (escaped, truncated):", ""]
     lines += [f"- `{s['source']}` {s['category']}: `{s['payload']}`" for s in report.samples()]
     return "\n".join(lines)
+
+
+def _waiting_lines(waiting: dict[str, int]) -> list[str]:
+    """The future-version records, apart from the failures: what they wait for."""
+    if not waiting:
+        return []
+    versions = ", ".join(f"v{v}: {n}" for v, n in waiting.items())
+    return [
+        "",
+        f"**Waiting for a newer contract** ({FUTURE_VERSION_CATEGORY}): {sum(waiting.values())} "
+        f"records of schema versions the code does not know yet ({versions}). They are held, "
+        "not broken: once a release knows the version, reprocessing brings them in.",
+    ]
 
 
 def _cell(text: str) -> str:
@@ -453,7 +488,13 @@ def render_failing(messages: Sequence[DlqMessage], limit: int) -> str:
     counts = Counter(m.record.category for m in messages if m.record is not None)
     total = ", ".join(f"{c} {n}" for c, n in counts.most_common())
     more = f" (showing {len(shown)})" if len(messages) > len(shown) else ""
-    return "\n".join([*table, "", f"{len(messages)} failing{more}: {total or 'nothing'}"])
+    lines = [*table, "", f"{len(messages)} failing{more}: {total or 'nothing'}"]
+    if counts[FUTURE_VERSION_CATEGORY]:
+        lines.append(
+            f"{counts[FUTURE_VERSION_CATEGORY]} of them come from a newer schema version "
+            f"({FUTURE_VERSION_CATEGORY}): they wait for a release that knows it"
+        )
+    return "\n".join(lines)
 
 
 def _clip(text: str, limit: int) -> str:

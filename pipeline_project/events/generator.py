@@ -5,6 +5,10 @@ pools of users, products and search terms up front, so generation is fast and th
 same injected clock gives byte-identical records. Each record carries the verdict a correct pipeline
 must reach (`good`, a filter reason, or `bad:<category>` for exactly one defect), which the producer
 writes to the truth file.
+
+Events follow contract version 1 unless a schema mix says otherwise (`schema_mix`, the producer's
+`--schema-version` / `--schema-mix`). The version of each event is drawn from an RNG of its own, so
+a mix changes how events are written, never which events the main RNG makes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 import random
 import time
 import urllib.parse
+import zlib
 from bisect import bisect
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,6 +29,7 @@ from faker import Faker
 
 from pipeline_project.events.contract import (
     BOT_UA_RE,
+    CONTRACT,
     CURRENCIES,
     ERROR_CATEGORIES,
     EVENT_TYPES,
@@ -37,6 +43,7 @@ from pipeline_project.events.contract import (
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
     TEST_USER_PREFIX,
+    TEXT_LIMITS,
     TRANSFORM_CATEGORIES,
     bad_verdict,
 )
@@ -49,6 +56,12 @@ BAD_CATEGORIES: Final[tuple[str, ...]] = tuple(
 DUPLICATE: Final = "duplicate"
 BOT: Final = "bot"
 TEST_USER: Final = "test_user"
+
+# Contract versions this generator can write (each shape is built below), and the default mix.
+WRITABLE_VERSIONS: Final[tuple[int, ...]] = (1, 2)
+DEFAULT_MIX: Final[dict[int, float]] = {SCHEMA_VERSION: 1.0}
+# App builds a v2 client reports (each user keeps one: see `v2_fields`).
+APP_VERSIONS: Final[tuple[str, ...]] = ("4.12.0", "4.12.1", "4.13.0", "5.0.0-beta.2", "2025.11.3")
 
 SITE_ORIGIN: Final = "https://shop.example.com"
 # Site sections and their path prefixes (the lake may derive a page section from these).
@@ -286,7 +299,8 @@ class User:
     offset_suffix: str
     micros: bool
     base_url: str
-    tail: str  # the JSON text of user_agent, ip, country and schema_version, for the fast path
+    tail: str  # the JSON text of user_agent, ip and country, for the fast path
+    v2_extra: str  # the JSON text of a v2 event's app_version and consent (either may be absent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +473,7 @@ def _build_user(fake: Faker, rng: random.Random, index: int) -> User:
         suffix = "+00:00" if style < 0.3 else "Z"
     ip = fake.ipv6() if rng.random() < 0.15 else fake.ipv4_public()
     base = "" if rng.random() < 0.1 else SITE_ORIGIN  # single-page apps often send the path only
-    tail = {"user_agent": ua, "ip": ip, "country": country, "schema_version": SCHEMA_VERSION}
+    tail = {"user_agent": ua, "ip": ip, "country": country}
     return User(
         user_id=_json_safe(user_id),
         key=user_id.encode(),
@@ -475,7 +489,56 @@ def _build_user(fake: Faker, rng: random.Random, index: int) -> User:
         micros=0.15 <= style < 0.45,
         base_url=base,
         tail=orjson.dumps(tail).decode()[1:-1],
+        v2_extra=orjson.dumps(v2_fields(user_id)).decode()[1:-1],
     )
+
+
+def v2_fields(user_id: str) -> dict[str, Any]:
+    """A v2 client's app_version and consent, the same for every event of a user.
+
+    Derived from the user id (CRC-32), not drawn: the pools' RNG stream stays as it was.
+    """
+    bits = zlib.crc32(user_id.encode())
+    fields: dict[str, Any] = {}
+    if bits % 8:  # some clients do not report their build
+        fields["app_version"] = APP_VERSIONS[(bits >> 3) % len(APP_VERSIONS)]
+    if (bits >> 8) % 5:  # some users never answered the consent banner
+        fields["consent"] = {"analytics": bool(bits >> 11 & 1), "marketing": bool(bits >> 12 & 3)}
+    return fields
+
+
+def parse_schema_mix(text: str) -> dict[int, float]:
+    """`1:0.5,2:0.5` as {version: share}; a ValueError in one line says what is wrong.
+
+    Shares must add up to 1 (to within 1e-9) so that a mix means what it says.
+    """
+    mix: dict[int, float] = {}
+    for part in text.split(","):
+        version_text, sep, share_text = part.strip().partition(":")
+        try:
+            version, share = int(version_text), float(share_text)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not VERSION:SHARE (e.g. 1:0.5,2:0.5)") from None
+        if not sep or version in mix:
+            raise ValueError(f"{part.strip()!r}: one VERSION:SHARE per version")
+        mix[version] = share
+    check_schema_mix(mix)
+    return mix
+
+
+def check_schema_mix(mix: dict[int, float]) -> None:
+    """Every version writable and known to the contract, every share in [0, 1], total 1."""
+    for version, share in mix.items():
+        if version not in WRITABLE_VERSIONS or not CONTRACT.knows(version):
+            writable = ", ".join(map(str, WRITABLE_VERSIONS))
+            raise ValueError(
+                f"schema version {version} cannot be produced (the generator writes {writable})"
+            )
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share {share} of version {version} must be between 0 and 1")
+    total = sum(mix.values())
+    if not mix or abs(total - 1.0) > 1e-9:
+        raise ValueError(f"the shares must add up to 1, not {total:g}")
 
 
 def _json_safe(text: str) -> str:
@@ -511,6 +574,7 @@ class EventGenerator:
         users: int = 5_000,
         products: int = 2_000,
         concurrent_sessions: int = 256,
+        schema_mix: dict[int, float] | None = None,
     ) -> None:
         ratios = {"bad": bad_ratio, "duplicate": duplicate_ratio, "late": late_ratio}
         for name, ratio in ratios.items():
@@ -528,6 +592,12 @@ class EventGenerator:
         self._recent: deque[Record] = deque(maxlen=512)
         self._ts_cache: dict[int, str] = {}
         self._defects = _Defects(self)
+        mix = dict(DEFAULT_MIX if schema_mix is None else schema_mix)
+        check_schema_mix(mix)
+        self.schema_mix = mix
+        self._versions = tuple(mix)
+        self._version_cum = _cum(list(mix.values())) if len(mix) > 1 else []
+        self._version_rng = random.Random(f"versions-{seed}")  # noqa: S311 - not secrets
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -555,11 +625,15 @@ class EventGenerator:
         user = session.user
         event_id = uuid4_from(rng)
         ts = self._timestamp(now, user)
+        version = self._next_version()
         ref = "" if session.referrer is None else f',"referrer":"{session.referrer}"'
+        url_key = "page_url" if version == 1 else "url"
+        extra = f",{user.v2_extra}" if version > 1 and user.v2_extra else ""
         # Same bytes as orjson.dumps(event_dict(...)): pool strings are checked JSON-safe up front.
         text = (
             f'{{"event_id":"{event_id}","event_type":"{event_type}","timestamp":"{ts}",'
-            f'{session.ids},"page_url":"{session.page_url}"{ref},{user.tail}'
+            f'{session.ids},"{url_key}":"{session.page_url}"{ref},{user.tail},'
+            f'"schema_version":{version}{extra}'
         )
         if props:
             value = b"".join((text.encode(), b',"properties":', orjson.dumps(props), b"}"))
@@ -574,23 +648,34 @@ class EventGenerator:
         """The next event as a dict (the slow path, for defects and for tests of the fast path)."""
         session, event_type, props = self._step()
         user = session.user
+        event_id = uuid4_from(self._rng)
+        timestamp = self._timestamp(now, user)
+        version = self._next_version()
         event: dict[str, Any] = {
-            "event_id": uuid4_from(self._rng),
+            "event_id": event_id,
             "event_type": event_type,
-            "timestamp": self._timestamp(now, user),
+            "timestamp": timestamp,
             "user_id": user.user_id,
             "session_id": session.session_id,
-            "page_url": session.page_url,
+            "page_url" if version == 1 else "url": session.page_url,
         }
         if session.referrer is not None:
             event["referrer"] = session.referrer
         event["user_agent"] = user.user_agent
         event["ip"] = user.ip
         event["country"] = user.country
-        event["schema_version"] = SCHEMA_VERSION
+        event["schema_version"] = version
+        if version > 1:
+            event.update(v2_fields(user.user_id))
         if props:
             event["properties"] = props
         return session, event
+
+    def _next_version(self) -> int:
+        """The next event's contract version: the mix's only one, or a draw of its own RNG."""
+        if not self._version_cum:
+            return self._versions[0]
+        return self._versions[bisect(self._version_cum, self._version_rng.random())]
 
     def _bad_record(self, now: float) -> Record:
         session, event = self.event_dict(now)
@@ -797,6 +882,11 @@ class _Defects:
     def _choice(self, items: tuple[Any, ...] | list[Any]) -> Any:
         return items[self._rng.randrange(len(items))]
 
+    @staticmethod
+    def _key(event: dict[str, Any], name: str) -> str:
+        """The key that carries field `name` in this event (a v2 event carries page_url as url)."""
+        return "url" if name == "page_url" and "url" in event else name
+
     def _with_product(self, event: dict[str, Any]) -> dict[str, Any]:
         """The event's properties, with product fields added when it has none (still valid)."""
         props = dict(event.get("properties") or {})
@@ -886,7 +976,7 @@ class _Defects:
     def duplicate_key(self, event: dict[str, Any], now: float) -> tuple[bytes | None, bool]:
         rng = self._rng
         if rng.random() < 0.5:  # a top-level key again, with the same or another valid value
-            key = self._choice(REQUIRED_FIELDS[1:])
+            key = self._key(event, self._choice(REQUIRED_FIELDS[1:]))
             value = event[key]
             if key == "event_type" and rng.random() < 0.5:
                 value = self._choice(EVENT_TYPES)
@@ -916,12 +1006,12 @@ class _Defects:
     # -- validate stage ---------------------------------------------------------------------------
 
     def missing_field(self, event: dict[str, Any], now: float) -> tuple[bytes | None, bool]:
-        key = self._choice(REQUIRED_FIELDS)
+        key = self._key(event, self._choice(REQUIRED_FIELDS))
         del event[key]
         return orjson.dumps(event), key == "event_id"
 
     def empty_field(self, event: dict[str, Any], now: float) -> tuple[bytes | None, bool]:
-        key = self._choice(REQUIRED_FIELDS)
+        key = self._key(event, self._choice(REQUIRED_FIELDS))
         event[key] = self._choice(("", None, "   "))
         return orjson.dumps(event), key == "event_id"
 
@@ -944,6 +1034,8 @@ class _Defects:
             event["schema_version"] = self._choice((True, str(SCHEMA_VERSION)))
         elif variant == 7:
             event["properties"] = self._choice(([], "product_id=42"))
+        elif variant == 8 and "url" in event:  # a v2 event: consent answers are booleans
+            event["consent"] = {"analytics": self._choice(("yes", 1)), "marketing": False}
         else:
             event["event_type"] = self._choice((1, ["page_view"]))
         return orjson.dumps(event), False
@@ -956,7 +1048,7 @@ class _Defects:
             )
             return orjson.dumps(event), True
         if variant == 1:
-            event["page_url"] = self._choice(
+            event[self._key(event, "page_url")] = self._choice(
                 (
                     "javascript:alert(1)",
                     "shop.example.com/p/x",
@@ -978,12 +1070,24 @@ class _Defects:
             event["event_type"] = self._choice(
                 ("pageview", "teleport", "checkout_complete", "view")
             )
-        elif variant == 1:
-            event["schema_version"] = self._choice((0, 1_000_000))
+        elif variant == 1 and "url" not in event:  # (v2 at version 0 would also lack page_url)
+            event["schema_version"] = self._choice((0, -1))
+        elif variant < 3 and "url" in event:  # a v2 event: url and page_url disagree, or too long
+            if self._rng.random() < 0.5:
+                event["page_url"] = event["url"] + "x"
+            else:
+                event["app_version"] = "9." * (TEXT_LIMITS["app_version"] // 2) + "1"
         else:
             props = self._with_product(event)
             field_, value = self._choice(_BAD_VALUES)
             props[field_] = value
+        return orjson.dumps(event), False
+
+    def unsupported_schema_version(
+        self, event: dict[str, Any], now: float
+    ) -> tuple[bytes | None, bool]:
+        """An event from a producer newer than this code: held in the DLQ until it knows better."""
+        event["schema_version"] = CONTRACT.newest + self._choice((1, 7, 998))
         return orjson.dumps(event), False
 
     def invalid_timestamp(self, event: dict[str, Any], now: float) -> tuple[bytes | None, bool]:
@@ -1021,23 +1125,17 @@ class _Defects:
         return orjson.dumps(event), False
 
 
-# Ids that break ID_PATTERN: path injection, hidden/temp names, invisible and bidi characters,
-# length.
+# Ids the contract refuses: control and invisible characters (contract.ID_FORBIDDEN_CATEGORIES),
+# and length. (Path-like ids such as `../../etc` or `a/b` are valid: no id shapes a path.)
 _BAD_IDS: Final[tuple[str, ...]] = (
-    "../../etc/passwd",
-    "a/b",
-    "x=y",
-    "%2F",
-    ".hidden",
-    "_tmp",
-    "user_\u202e654",  # right-to-left override
-    "user\u200d456",  # zero-width joiner
-    "user\x00456",
-    "jose\u0301",  # NFD accent
-    "user_\U0001f600",
+    "user_\u202e654",  # right-to-left override (Cf)
+    "user\u200d456",  # zero-width joiner (Cf)
+    "user\u200b456",  # zero-width space (Cf)
+    "user\x00456",  # NUL (Cc)
+    "user\n456",  # newline (Cc)
+    "user\u2028456",  # line separator (Zl)
+    "user\ue000",  # private use (Co)
     "u" * (ID_MAX_LENGTH + 172),
-    "-rf",
-    "user 456",
 )
 _BAD_VALUES: Final[tuple[tuple[str, Any], ...]] = (
     ("price", -4.99),

@@ -29,7 +29,12 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipeline_project.errors import KafkaUnavailableError, PipelineError
-from pipeline_project.events.generator import EventGenerator, Record
+from pipeline_project.events.generator import (
+    EventGenerator,
+    Record,
+    check_schema_mix,
+    parse_schema_mix,
+)
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the `produce` flags (DESIGN.md §3) to a parser."""
+    """Adds the `produce` flags to a parser (their names are part of the project's CLI contract)."""
     parser.add_argument(
         "--rate",
         type=_non_negative,
@@ -94,6 +99,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port"
     )
+    versions = parser.add_mutually_exclusive_group()
+    versions.add_argument(
+        "--schema-version",
+        type=_schema_version,
+        metavar="N",
+        help="contract version of every event (default 1)",
+    )
+    versions.add_argument(
+        "--schema-mix",
+        type=_schema_mix,
+        metavar="V:F,...",
+        help="share of events per contract version, e.g. 1:0.5,2:0.5 (shares add up to 1)",
+    )
     parser.add_argument("--topic", help="topic to produce to (default: PIPELINE_RAW_TOPIC)")
     parser.add_argument(
         "--compression",
@@ -108,6 +126,31 @@ def _ratio(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
     return value
+
+
+def _schema_version(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number")
+    version = int(text)
+    try:
+        check_schema_mix({version: 1.0})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return version
+
+
+def _schema_mix(text: str) -> dict[int, float]:
+    try:
+        return parse_schema_mix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def schema_mix(args: argparse.Namespace) -> dict[int, float] | None:
+    """The mix the flags ask for; None (the generator's default, version 1) without either."""
+    mix = getattr(args, "schema_mix", None)
+    version = getattr(args, "schema_version", None)
+    return mix if mix is not None else None if version is None else {version: 1.0}
 
 
 def _non_negative(text: str) -> float:
@@ -493,6 +536,7 @@ def summary(
         "errors": dict(sorted(tally.errors.items())),
         "stopped_by": reason,
         "rate": args.rate,
+        "schema_mix": {str(v): share for v, share in (schema_mix(args) or {1: 1.0}).items()},
         "send_rate": round(tally.sent.total() / produce_seconds, 1) if produce_seconds else 0.0,
         "seconds": round(seconds, 3),
         "events_per_s": round(delivered / seconds, 1) if seconds else 0.0,
@@ -526,6 +570,7 @@ def run(
         duplicate_ratio=args.duplicate_ratio,
         late_ratio=args.late_ratio,
         clock=clock,
+        schema_mix=schema_mix(args),
     )
     tally = Tally()
     metrics = _Metrics(args.metrics_port) if args.metrics_port is not None else None

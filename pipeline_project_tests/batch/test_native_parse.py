@@ -25,7 +25,9 @@ from pipeline_project.batch.records import RawBatch
 from pipeline_project.errors import SettingsError
 from pipeline_project.health import check_parser
 from pipeline_project.settings import Settings
+from pipeline_project_tests.batch import test_schema_versions as schema
 from pipeline_project_tests.batch.batch_support import (
+    FIRST_OFFSET,
     INGESTED_AT,
     LATENESS_DAYS,
     NOW,
@@ -147,6 +149,72 @@ def test_the_generator_mix_parses_alike(seed: int) -> None:
     assert_same_parse(make_batch(20_000, 0.2, seed=seed))
 
 
+def _version_and_id_values() -> list[bytes | None]:
+    """Every v1/v2/v9 and id case of test_schema_versions, good and bad."""
+    events = [event for event, _ in schema.VALID_URL_FORMS + schema.INVALID_URL_FORMS]
+    events += [schema.v2_event(1, **o) for o, _ in schema.V2_FIELD_CASES + schema.BAD_V2_FIELDS]
+    events += schema.UNKNOWN_VERSIONS
+    events += [good_event(1, user_id=v, properties={"order_id": v}) for v in schema.GOOD_IDS]
+    events += [good_event(1, session_id=v) for v in schema.BAD_IDS.values()]
+    v2 = encode(schema.v2_event(1))
+    consent = b'"consent":{"analytics":true,"marketing":false}'
+    assert consent in v2
+    odd_consents = [
+        b'"consent":{"analytics":true,"analytics":false}',  # a duplicate key
+        b'"consent":{"analytics":true,"x":{"y":1}}',
+        b'"consent":{"analytics":null,"marketing":true}',
+        b'"consent":[]',
+        b'"consent":{"analytics":tru}',
+        b'"consent" : { "marketing" : false }',
+        b'"consent":{"marketing":0}',
+        b'"consent":{}',
+    ]
+    raw = [v2.replace(consent, odd) for odd in odd_consents]
+    return [encode(e) for e in events] + raw + schema.mixed_range()
+
+
+@needs_native
+def test_versions_and_unicode_ids_parse_alike() -> None:
+    values = [v for value in _version_and_id_values() for v in (value, *good_values(1))]
+    assert_same_parse(raw_batch(values))
+
+
+@needs_native
+def test_v2_events_stay_on_the_native_path() -> None:
+    """The decoder reads url, app_version and (a build with `decode_objects`) consent; it defers
+    rows whose page_url only the raw record can judge, whatever their version."""
+    native_ok = [schema.v2_event(i, consent=...) for i in range(3)]
+    native_ok.append(schema.without(schema.v2_event(3), "url", "consent") | {"page_url": "/p"})
+    with_consent = [schema.v2_event(4), schema.v2_event(5, consent={"marketing": None})]
+    deferred = [good_event(6, url="/only-url-in-v1", page_url=...)]
+    deferred.append(schema.v2_event(7, schema_version=9, url=...))
+    deferred.append(schema.v2_event(8, consent={"analytics": True, "analytics ": 1}))
+    deferred.append(schema.v2_event(9, consent={"analytics": 1}))
+    if parse._ALL_OBJECTS_NATIVE:
+        native_ok += with_consent
+    else:
+        deferred = with_consent + deferred
+    values = [encode({k: v for k, v in e.items() if v is not ...}) for e in native_ok + deferred]
+    split = parse.native_split(raw_batch(values))
+    assert split is not None
+    assert split.frame.height == len(native_ok)
+    assert split.deferred[0] == [FIRST_OFFSET + len(native_ok) + i for i in range(len(deferred))]
+
+
+@needs_native
+@pytest.mark.parametrize("mix", [{2: 1.0}, {1: 0.5, 2: 0.5}])
+def test_a_v2_generator_mix_parses_and_maps_alike(
+    mix: dict[int, float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw = make_batch(10_000, 0.2, seed=5, schema_mix=mix)
+    assert_same_parse(raw)
+    native = run(raw)
+    monkeypatch.setattr(parse, "_native", None)
+    python = run(raw)
+    assert_frame_equal(native.good, python.good)
+    assert native.rejects == python.rejects
+
+
 @needs_native
 def test_random_mutations_of_good_records_parse_alike() -> None:
     """Flipped, dropped and inserted bytes: whatever the native side accepts, Python must too."""
@@ -179,12 +247,8 @@ def test_batches_of_only_good_only_bad_and_nothing() -> None:
 @pytest.mark.parametrize("parts", [1, 2, 7, 1000])
 def test_any_split_into_parts_gives_the_same_frame(parts: int) -> None:
     raw = make_batch(3_000, 0.1, seed=3)
-    _, whole = parse._native.decode_columns(  # type: ignore[union-attr]
-        raw.values, parse._NATIVE_TOP, parse._NATIVE_PROPS, parse.MAX_MESSAGE_BYTES, 1
-    )
-    deferred, split = parse._native.decode_columns(  # type: ignore[union-attr]
-        raw.values, parse._NATIVE_TOP, parse._NATIVE_PROPS, parse.MAX_MESSAGE_BYTES, parts
-    )
+    _, whole = parse.native_decode(raw.values, 1)
+    deferred, split = parse.native_decode(raw.values, parts)
     assert (len(split) > 1) == (parts > 1)
     assert_frame_equal(parse._frame_of_parts(split), parse._frame_of_parts(whole))
     assert deferred == sorted(deferred)

@@ -1,4 +1,4 @@
-"""Validate stage: the pandera schema's named rules, one reject per bad record (P4, P10, P11).
+"""Validate stage: the pandera schema's named rules, one reject per bad record.
 
 Each bad record is embedded among 100 good ones and must be the only one rejected, with the
 contract category, the rule name (DLQ `rule`) and the raw-event field (DLQ `field`).
@@ -33,8 +33,26 @@ from pipeline_project_tests.batch.batch_support import (
     raw_batch,
 )
 
-BAD_IDS = ["../../etc/passwd", "a/b", "x=y", "%2F", ".hidden", "_tmp", "user\x00456", "-rf"]
-BAD_IDS += ["user_\u202e654", "user\u200d456", "jose\u0301", "user_\U0001f600", "u" * 300, "a b"]
+# Ids with a control or invisible character (contract.ID_FORBIDDEN_CATEGORIES), or too long.
+BAD_IDS = [
+    "user\x00456",  # Cc: NUL
+    "user\n456",  # Cc: newline
+    "user\x7f",  # Cc: DEL
+    "user\u200b456",  # Cf: zero-width space
+    "user\u200d456",  # Cf: zero-width joiner
+    "user_\u202e654",  # Cf: right-to-left override
+    "\ufeffuser",  # Cf: byte order mark
+    "user\U000e0041",  # Cf: tag letter
+    "user\ue000",  # Co: private use
+    "user\U0010fffe",  # Cn: a noncharacter, never assigned
+    "user\u2028x",  # Zl: line separator
+    "user\u2029x",  # Zp: paragraph separator
+    "u" * 129,
+    "é" * 129,  # 129 characters (258 bytes): the limit counts characters
+]
+# Ids in any language, which earlier contracts refused.
+GOOD_IDS = ["josé", "user_😀", "a/b", "../../etc/passwd", "x=y", "%2F", ".hidden", "_tmp", "-rf"]
+GOOD_IDS += ["a b", "jose\u0301", "ユーザー", "пользователь", "مستخدم", "🇫🇷", "u" * 128, "é" * 128]
 
 CASES: list[tuple[str, dict, str, str, str]] = [
     # (name, overrides, category, rule, field)
@@ -56,7 +74,7 @@ CASES: list[tuple[str, dict, str, str, str]] = [
     ],
     (
         "session_id_path",
-        {"session_id": "../x"},
+        {"session_id": "sess\u200b1"},
         "invalid_format",
         "session_id_format",
         "session_id",
@@ -75,12 +93,22 @@ CASES: list[tuple[str, dict, str, str, str]] = [
     ],
     ("schema_v0", {"schema_version": 0}, "invalid_value", "schema_version_range", "schema_version"),
     (
-        "schema_vbig",
-        {"schema_version": 10**6},
+        "schema_v-1",
+        {"schema_version": -1},
         "invalid_value",
         "schema_version_range",
         "schema_version",
     ),
+    *[
+        (
+            f"schema_v{v}",
+            {"schema_version": v},
+            "unsupported_schema_version",
+            "schema_version_known",
+            "schema_version",
+        )
+        for v in (3, 9, 10**6, 2**63 - 1)
+    ],
     (
         "ua_too_long",
         {"user_agent": "x" * 2049},
@@ -105,8 +133,8 @@ CASES: list[tuple[str, dict, str, str, str]] = [
             ("results_count", -1, "invalid_value", "results_count_range"),
             ("currency", "XYZ", "invalid_value", "currency_known"),
             ("currency", "usd", "invalid_value", "currency_known"),
-            ("product_id", "../p", "invalid_format", "product_id_format"),
-            ("order_id", "o/1", "invalid_format", "order_id_format"),
+            ("product_id", "p\u200b1", "invalid_format", "product_id_format"),
+            ("order_id", "o\x001", "invalid_format", "order_id_format"),
             ("query", "q" * 2049, "invalid_value", "query_max_length"),
         )
     ],
@@ -206,6 +234,9 @@ def test_only_the_bad_record_is_rejected(
         {"country": "de"},
         {"properties": {"query": "shoes \u0000 \u202e \u200d 😀", "results_count": 0}},
         {"properties": {"price": 0, "quantity": 1000, "revenue": 10_000_000}},
+        *({"user_id": i, "session_id": i} for i in GOOD_IDS),
+        *({"properties": {"product_id": i, "order_id": i}} for i in GOOD_IDS),
+        {"properties": {"product_id": " ", "order_id": ""}},  # blank optional id = absent
     ],
 )
 def test_valid_variants_pass(overrides: dict) -> None:
@@ -235,7 +266,7 @@ def test_schema_is_a_pandera_schema_with_named_checks() -> None:
 
 def test_checks_run_even_if_pandera_is_configured_off() -> None:
     """An inherited PANDERA_VALIDATION_* setting must not silently disable the data checks."""
-    bad = encode(good_event(1, user_id="../x"))
+    bad = encode(good_event(1, user_id="user\u200b1"))
     with config_context(validation_enabled=False, validation_depth=ValidationDepth.SCHEMA_ONLY):
         [reject] = _validate([bad]).rejects
     assert reject.rule == "user_id_format"

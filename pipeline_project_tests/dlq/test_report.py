@@ -19,11 +19,27 @@ from dagster import (
     materialize,
 )
 
+from pipeline_project.batch.parse import VERSION_RULE, version_message
 from pipeline_project.batch.run import ingest
 from pipeline_project.definitions import defs
 from pipeline_project.defs.dlq import dlq_report
-from pipeline_project.dlq.report import TABLE_LOG, TABLE_RECORDS, TABLE_SUMMARY
-from pipeline_project.dlq.reprocess import reprocess
+from pipeline_project.dlq import resolution
+from pipeline_project.dlq.records import DlqRecord
+from pipeline_project.dlq.report import (
+    FUTURE_VERSION_CATEGORY,
+    TABLE_LOG,
+    TABLE_RECORDS,
+    TABLE_SUMMARY,
+    Report,
+    category_check,
+    log_rows,
+    markdown,
+    per_source,
+    render_failing,
+    summary_frame,
+)
+from pipeline_project.dlq.reprocess import DlqMessage, reprocess
+from pipeline_project.events.contract import ERROR_STAGE
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.dlq.dlq_support import cli
@@ -138,3 +154,58 @@ def test_reprocess_job_and_schedules_are_loaded() -> None:
     }
     checks = {key.name for key in graph.asset_check_keys if key.asset_key == AssetKey("dlq_report")}
     assert checks == {"dlq_rate_below_threshold", "no_unknown_category", "oldest_unresolved_age"}
+
+
+def _failed(offset: int, category: str, rule: str, message: str) -> DlqMessage:
+    """A DLQ message as the pipeline writes it for a failed raw record."""
+    record = DlqRecord(
+        "raw-events",
+        0,
+        offset,
+        1_740_830_400_000,
+        None,
+        b'{"schema_version":9}',
+        ERROR_STAGE[category],
+        category,
+        rule,
+        "schema_version",
+        message,
+        1,
+        "run-test",
+        "2025-03-01T12:00:00Z",
+    )
+    return DlqMessage(0, offset, record)
+
+
+def test_records_of_a_newer_schema_version_are_named_apart() -> None:
+    """They wait for a release that knows their version: counted per version, not as breakage."""
+    messages = [
+        _failed(i, FUTURE_VERSION_CATEGORY, VERSION_RULE, version_message(9)) for i in range(3)
+    ]
+    messages.append(_failed(3, FUTURE_VERSION_CATEGORY, VERSION_RULE, version_message(12)))
+    messages += [_failed(4 + i, "invalid_json", "json_syntax", "Expecting value") for i in range(2)]
+    log = log_rows(messages)
+    records = per_source(log, resolution.Book())
+    found = Report(
+        records=records,
+        summary=summary_frame(records),
+        dlq_records=log.height,
+        new_records=log.height,
+        malformed=0,
+        new_categories=[],
+        new_rules=[],
+        checks=[],
+        paths={},
+        first=False,
+    )
+    assert found.waiting_versions() == {"9": 3, "12": 1}
+    assert found.counts("category") == {FUTURE_VERSION_CATEGORY: 4, "invalid_json": 2}
+    assert category_check(found).passed, "a contract category, not an unknown failure mode"
+    summary = markdown(found)
+    assert "**Waiting for a newer contract** (unsupported_schema_version): 4 records" in summary
+    assert "(v9: 3, v12: 1)" in summary
+    inspect = render_failing(messages, limit=10)
+    assert inspect.splitlines()[-1] == (
+        "4 of them come from a newer schema version (unsupported_schema_version): "
+        "they wait for a release that knows it"
+    )

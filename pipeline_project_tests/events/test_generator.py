@@ -25,6 +25,7 @@ from pipeline_project.events.generator import (
     TEST_USER,
     EventGenerator,
     Record,
+    parse_schema_mix,
 )
 
 NOW = 1_764_115_199.5  # 2025-11-25T23:59:59.5Z: a half second before UTC midnight
@@ -131,6 +132,7 @@ def _check_type(value: Any, kind: str) -> None:
         "str": isinstance(value, str),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
         "object": isinstance(value, dict),
     }[kind]
     if not ok:
@@ -148,8 +150,49 @@ def _fullmatch(pattern: str, value: str) -> None:
         raise Reject("invalid_format")
 
 
+def _check_id(value: str) -> None:
+    if not contract.is_valid_id(value):
+        raise Reject("invalid_format")
+
+
+def _version(event: dict[str, Any]) -> int:
+    """The event's contract version; a version this code does not know is rejected first."""
+    version = event.get("schema_version")
+    if version is None:
+        return contract.SCHEMA_VERSION
+    _check_type(version, "int")  # the decoder's type check comes before anything else
+    if version >= 1 and not contract.CONTRACT.knows(version):
+        raise Reject("unsupported_schema_version")
+    return version
+
+
+def _versioned(event: dict[str, Any], version: int) -> dict[str, Any]:
+    """Keys of later versions type-checked, then read as the version says (url folded in)."""
+    for name, kind in contract.VERSIONED_FIELDS.items():
+        if event.get(name) is not None:
+            _check_type(event[name], kind)
+    for obj, entries in contract.NESTED_OBJECTS.items():
+        if obj != "properties" and event.get(obj) is not None:
+            _check_type(event[obj], "object")
+            for name, kind in entries.items():
+                if event[obj].get(name) is not None:
+                    _check_type(event[obj][name], kind)
+    if version < 2:
+        return event
+    url, page_url = event.get("url"), event.get("page_url")
+    if url is not None and page_url is not None and url != page_url:
+        raise Reject("invalid_value")
+    app_version = event.get("app_version")
+    if app_version is not None and len(app_version) > contract.TEXT_LIMITS["app_version"]:
+        raise Reject("invalid_value")
+    if "url" in event and (page_url is None):
+        return {**event, "page_url": url}
+    return event
+
+
 def validate(event: dict[str, Any], now: float) -> None:
     """The validate stage, strict: Reject with a validate category, or return for a valid event."""
+    event = _versioned(event, _version(event))
     for name in contract.REQUIRED_FIELDS:
         if name not in event:
             raise Reject("missing_field")
@@ -168,8 +211,8 @@ def validate(event: dict[str, Any], now: float) -> None:
         if props.get(name) is not None:
             _check_type(props[name], kind)
     _fullmatch(contract.UUID_PATTERN, event["event_id"])
-    _fullmatch(contract.ID_PATTERN, event["user_id"])
-    _fullmatch(contract.ID_PATTERN, event["session_id"])
+    _check_id(event["user_id"])
+    _check_id(event["session_id"])
     _fullmatch(contract.URL_PATTERN, event["page_url"])
     if event.get("country") is not None:
         _fullmatch(contract.COUNTRY_PATTERN, event["country"])
@@ -177,9 +220,11 @@ def validate(event: dict[str, Any], now: float) -> None:
         raise Reject("invalid_value")
     if props.get("currency") is not None and props["currency"] not in contract.CURRENCIES:
         raise Reject("invalid_value")
-    for name, value in (*props.items(), ("schema_version", event.get("schema_version"))):
+    for name, value in props.items():
         if value is not None and name in contract.NUMERIC_BOUNDS:
             _check_bounds(name, value)
+    if event.get("schema_version") is not None and event["schema_version"] < 1:
+        raise Reject("invalid_value")
     _check_timestamp(event["timestamp"], now)
 
 
@@ -304,7 +349,11 @@ def _with(event: dict[str, Any], key: str, value: Any) -> bytes:
 
 
 def test_bad_event_variants_cover_the_matrix() -> None:
-    """The specific shapes RELIABILITY.md P1-P13 names are all among the bad records."""
+    """The hostile shapes a pipeline must survive are all among the bad records.
+
+    Non-UTF-8 bytes, a BOM, NaN/Infinity/1e400, lone surrogates, control and invisible characters
+    in ids, timestamps in year 9999 or 2001, deep nesting, and messages at the size cap + 1.
+    """
     values = [r.value for r in EventGenerator(9, bad_ratio=1.0).batch(6_000, NOW)]
     blobs = [v for v in values if v is not None]
     assert any(v is None for v in values)  # tombstone
@@ -316,17 +365,14 @@ def test_bad_event_variants_cover_the_matrix() -> None:
         b"Infinity",
         b"1e400",
         rb"\ud800",
-        b"../../etc",
-        b"x=y",
-        b"%2F",
-        b".hidden",
-        b"_tmp",
+        rb"user\u0000456",
+        rb"user\n456",
         "\u202e".encode(),
         "\u200d".encode(),
+        "\u200b".encode(),
         b"9999-12-31",
         b"2001-09-09",
         b"[[[[[[[[[[",
-        b'"a/b"',
     ]
     for needle in needles:
         assert any(needle in v for v in blobs), needle
@@ -411,3 +457,90 @@ def test_ratios_are_validated() -> None:
         EventGenerator(1, bad_ratio=1.5)
     with pytest.raises(ValueError, match="at most 1"):
         EventGenerator(1, bad_ratio=0.6, duplicate_ratio=0.6)
+
+
+# --- contract versions --------------------------------------------------------------------------
+
+
+def test_a_v1_mix_writes_the_same_bytes_as_no_mix() -> None:
+    """The version draws have an RNG of their own: a mix never changes the v1 stream."""
+    plain = EventGenerator(7, bad_ratio=0.2, duplicate_ratio=0.1).batch(2_000, NOW)
+    v1 = EventGenerator(7, bad_ratio=0.2, duplicate_ratio=0.1, schema_mix={1: 1.0})
+    assert v1.batch(2_000, NOW) == plain
+
+
+def test_v2_events_carry_url_app_version_and_consent() -> None:
+    records = EventGenerator(3, schema_mix={2: 1.0}).batch(3_000, NOW)
+    events = [orjson.loads(r.value or b"") for r in records if r.verdict != DUPLICATE]
+    assert all(e["schema_version"] == 2 and "url" in e and "page_url" not in e for e in events)
+    with_app = [e for e in events if "app_version" in e]
+    with_consent = [e for e in events if "consent" in e]
+    assert 0.5 * len(events) < len(with_app) < len(events)
+    assert 0.5 * len(events) < len(with_consent) < len(events)
+    assert {type(v) for e in with_consent for v in e["consent"].values()} == {bool}
+    by_user = {(e["user_id"], e.get("app_version"), orjson.dumps(e.get("consent"))) for e in events}
+    assert len(by_user) == len({e["user_id"] for e in events}), "a user keeps one client"
+    for r in records:
+        assert classify(r.value) is None, r.value
+
+
+def test_a_mix_draws_versions_in_its_shares() -> None:
+    records = EventGenerator(4, schema_mix={1: 0.3, 2: 0.7}).batch(5_000, NOW)
+    versions = Counter(orjson.loads(r.value or b"")["schema_version"] for r in records)
+    assert set(versions) == {1, 2}
+    assert abs(versions[2] / len(records) - 0.7) < 0.03
+
+
+def test_v2_fast_path_bytes_equal_orjson_of_the_event() -> None:
+    mix = {1: 0.5, 2: 0.5}
+    fast, slow = EventGenerator(5, schema_mix=mix), EventGenerator(5, schema_mix=mix)
+    for _ in range(3_000):
+        record = fast.next_record(NOW)
+        slow.rng.random()  # next_record's bad/duplicate draw
+        _, event = slow.event_dict(NOW)
+        assert record.value == orjson.dumps(event)
+
+
+def test_bad_v2_events_are_detected_with_their_category() -> None:
+    records = EventGenerator(6, bad_ratio=1.0, schema_mix={2: 1.0}).batch(4_000, NOW)
+    assert {r.verdict for r in records} == {contract.bad_verdict(c) for c in BAD_CATEGORIES}
+    for r in records:
+        assert classify(r.value) == r.verdict.removeprefix("bad:"), (r.verdict, r.value)
+    blobs = b"\n".join(r.value for r in records if r.value)
+    assert b'"consent":{"analytics":"yes"' in blobs  # a v2-only defect
+    assert b'"app_version":"9.9.' in blobs
+
+
+def test_unsupported_versions_are_newer_than_the_contract() -> None:
+    records = EventGenerator(8, bad_ratio=1.0).batch(3_000, NOW)
+    future = [r for r in records if r.verdict == "bad:unsupported_schema_version"]
+    assert future
+    versions = {orjson.loads(r.value or b"")["schema_version"] for r in future}
+    assert min(versions) > contract.CONTRACT.newest
+    assert all(r.event_id is not None for r in future), "the event id survives the defect"
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("1:0.5,3:0.5", "schema version 3 cannot be produced"),
+        ("1:0.5,2:0.6", "must add up to 1, not 1.1"),
+        ("1:0.5,2", "'2' is not VERSION:SHARE"),
+        ("1:x", "'1:x' is not VERSION:SHARE"),
+        ("1:0.5,1:0.5", "one VERSION:SHARE per version"),
+        ("1:1.5,2:-0.5", "must be between 0 and 1"),
+        ("", "is not VERSION:SHARE"),
+    ],
+)
+def test_a_bad_mix_is_one_clear_error(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)) as raised:
+        parse_schema_mix(text)
+    assert "\n" not in str(raised.value)
+
+
+def test_good_mixes_parse() -> None:
+    assert parse_schema_mix("1:0.5,2:0.5") == {1: 0.5, 2: 0.5}
+    assert parse_schema_mix(" 2:1 ") == {2: 1.0}
+    assert parse_schema_mix("1:0.25, 2:0.75") == {1: 0.25, 2: 0.75}
+    with pytest.raises(ValueError, match="cannot be produced"):
+        EventGenerator(1, schema_mix={9: 1.0})

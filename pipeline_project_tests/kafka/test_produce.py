@@ -274,3 +274,35 @@ def test_rate_is_held_and_metrics_are_served(kafka_settings: Settings) -> None:
     assert summary["stopped_by"] == "duration"
     assert abs(summary["send_rate"] - 2000) / 2000 < 0.05
     assert abs(summary["sent"] - 8000) / 8000 < 0.05
+
+
+def test_schema_flags_give_the_generator_its_mix() -> None:
+    assert produce.schema_mix(parse_args()) is None  # the generator's default: version 1
+    assert produce.schema_mix(parse_args("--schema-version", "2")) == {2: 1.0}
+    assert produce.schema_mix(parse_args("--schema-version", "1")) == {1: 1.0}
+    mix = produce.schema_mix(parse_args("--schema-mix", "1:0.5,2:0.5"))
+    assert mix == {1: 0.5, 2: 0.5}
+    assert EventGenerator(1, schema_mix=mix).schema_mix == mix
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--schema-version", "3"],
+            "argument --schema-version: schema version 3 cannot be produced",
+        ),
+        (["--schema-version", "two"], "argument --schema-version: 'two' is not a version number"),
+        (["--schema-mix", "1:0.5,2:0.6"], "argument --schema-mix: the shares must add up to 1"),
+        (["--schema-mix", "1=0.5"], "argument --schema-mix: '1=0.5' is not VERSION:SHARE"),
+        (["--schema-version", "2", "--schema-mix", "2:1"], "not allowed with argument"),
+    ],
+)
+def test_bad_schema_flags_are_one_line_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        parse_args(*argv)
+    assert raised.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in last, last
