@@ -184,7 +184,7 @@ def test_records_of_a_newer_schema_version_are_named_apart() -> None:
     ]
     messages.append(_failed(3, FUTURE_VERSION_CATEGORY, VERSION_RULE, version_message(12)))
     messages += [_failed(4 + i, "invalid_json", "json_syntax", "Expecting value") for i in range(2)]
-    log = log_rows(messages)
+    log = log_rows("dead-letter-queue", messages)
     records = per_source(log, resolution.Book())
     found = Report(
         records=records,
@@ -195,7 +195,8 @@ def test_records_of_a_newer_schema_version_are_named_apart() -> None:
         new_categories=[],
         new_rules=[],
         checks=[],
-        paths={},
+        tables={},
+        versions={},
         first=False,
     )
     assert found.waiting_versions() == {"9": 3, "12": 1}
