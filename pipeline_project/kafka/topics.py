@@ -59,7 +59,12 @@ def topic_specs(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> lis
 
 def admin_client(settings: Settings) -> AdminClient:
     """An admin client that stays quiet: errors reach the user as one line, not librdkafka logs."""
-    conf = {**settings.kafka_common(), "socket.timeout.ms": 10_000, "log_level": 0}
+    return AdminClient({**settings.kafka_common(), "socket.timeout.ms": 10_000, "log_level": 0})
+
+
+def admin_client_for(bootstrap: str, extra: dict[str, str]) -> AdminClient:
+    """The same quiet admin client for a login other than the settings' (the broker's own)."""
+    conf = {"bootstrap.servers": bootstrap, **extra, "socket.timeout.ms": 10_000, "log_level": 0}
     return AdminClient(conf)
 
 
