@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata
 
 from pipeline_project.batch import ledger
 from pipeline_project.batch.ledger import Manifest
 from pipeline_project.batch.parse import parse_path
+from pipeline_project.kafka.access import explain_unreachable
 from pipeline_project.kafka.drain import consumer_config
 from pipeline_project.settings import Settings
 
@@ -199,12 +200,15 @@ def record_ages(
 # ----------------------------------------------------------------------------------------- checks
 
 
-def check_broker(settings: Settings, meta: ClusterMetadata | None, seconds: float) -> Check:
+def check_broker(
+    settings: Settings, meta: ClusterMetadata | None, seconds: float, cause: str | None = None
+) -> Check:
+    """Reachable or not; when not, the login/TLS cause if one was found (never a secret)."""
     if meta is None:
         return Check(
             "broker",
             FAIL,
-            f"{settings.bootstrap} did not answer within {KAFKA_TIMEOUT_S:.0f} s",
+            cause or f"{settings.bootstrap} did not answer within {KAFKA_TIMEOUT_S:.0f} s",
             {"reachable": False},
         )
     brokers = len(meta.brokers)
@@ -221,6 +225,10 @@ def check_topics(settings: Settings, meta: ClusterMetadata) -> Check:
     present = {
         name: len(info.partitions) for name, info in meta.topics.items() if info.error is None
     }
+    denied = [n for n, i in meta.topics.items() if n in _our_topics(settings) and _denied(i.error)]
+    if denied:
+        detail = f"not authorized to Describe Topic:{', Topic:'.join(sorted(denied))} (missing ACL)"
+        return Check("topics", FAIL, detail, {"present": {}, "denied": sorted(denied)})
     missing = [t for t in (settings.raw_topic, settings.dlq_topic) if t not in present]
     optional = [] if settings.parked_topic in present else [settings.parked_topic]
     values = {"present": {t: present.get(t) for t in _our_topics(settings)}}
@@ -230,6 +238,10 @@ def check_topics(settings: Settings, meta: ClusterMetadata) -> Check:
     if optional:
         return Check("topics", WARN, f"{listing}; missing {optional[0]}", values)
     return Check("topics", OK, listing, values)
+
+
+def _denied(error: KafkaError | None) -> bool:
+    return error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def _our_topics(settings: Settings) -> tuple[str, ...]:
@@ -345,7 +357,9 @@ def collect(settings: Settings, now: datetime | None = None) -> HealthReport:
     moment = now or datetime.now(UTC)
     started = time.monotonic()
     meta = cluster_metadata(settings)
-    checks = [check_broker(settings, meta, time.monotonic() - started)]
+    seconds = time.monotonic() - started
+    cause = explain_unreachable(settings) if meta is None else None
+    checks = [check_broker(settings, meta, seconds, cause)]
     every = ledger.load_manifests(settings.state_dir)
     manifests = [m for m in every if m.range.topic == settings.raw_topic]
     lags: list[PartitionLag] = []

@@ -55,6 +55,7 @@ from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.dlq.repair import RepairContext, repair
 from pipeline_project.dlq.resolution import Book, Coords, Resolution, Segment
 from pipeline_project.errors import DataLossError
+from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
@@ -541,6 +542,8 @@ def reprocess(
     result = ReprocessResult(run_id or f"cli-{uuid.uuid4()}")
     started = time.perf_counter()
     preflight(settings)
+    dlq, parked = settings.dlq_topic, settings.parked_topic
+    require(settings, {dlq: (READ, WRITE, DESCRIBE), parked: (WRITE, DESCRIBE)})
     consumer = make_consumer(settings)
     try:
         with _locked_run(settings, consumer, selection, result.run_id, now, logger) as run:
@@ -617,6 +620,7 @@ def plan_dlq_ranges(
 def failing_now(settings: Settings) -> list[DlqMessage]:
     """The live heads not reprocessed yet: what is failing right now (read-only, no locks)."""
     book = resolution.load_book(settings.state_dir)
+    require(settings, {settings.dlq_topic: (READ, DESCRIBE)})
     consumer = make_consumer(settings)
     try:
         messages: list[DlqMessage] = []

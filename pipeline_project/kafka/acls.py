@@ -7,6 +7,7 @@ denied (the broker runs with allow.everyone.if.no.acl.found=false).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
@@ -95,3 +96,22 @@ def upsert_users(admin: AdminClient, passwords: dict[str, str]) -> None:
             raise BrokerError(
                 f"setting the SCRAM password of {user} failed: {exc.args[0].str()}"
             ) from None
+
+
+def provision(
+    settings: Settings, bootstrap: str, admin: dict[str, str], topics: bool = True, **topic_args
+) -> list[str]:
+    """As the broker's own principal: the pipeline's topics, then the ACLs; a line per step.
+
+    The two principals cannot create topics themselves (no Create ACL), so this is the one
+    place they come from on a secured cluster.
+    """
+    from pipeline_project.kafka.topics import admin_client_for, ensure_topics
+
+    as_admin = dataclasses.replace(
+        settings, bootstrap=bootstrap, kafka_extra=admin, kafka_config_file=None
+    )
+    lines = ensure_topics(as_admin, **topic_args) if topics else []
+    sent = create_acls(admin_client_for(bootstrap, admin), grants(settings))
+    lines.append(f"ACLs: {sent} for {PIPELINE} and {PRODUCER} (see docs/operations.md)")
+    return lines

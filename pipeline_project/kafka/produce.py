@@ -28,8 +28,9 @@ from typing import IO, Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from pipeline_project.errors import KafkaUnavailableError, PipelineError
+from pipeline_project.errors import PipelineError
 from pipeline_project.events.generator import EventGenerator, Record
+from pipeline_project.kafka.access import WRITE, require, unreachable
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -354,9 +355,10 @@ def check_broker(producer: Producer, settings: Settings, topic: str) -> int:
         try:
             meta = producer.list_topics(timeout=METADATA_TIMEOUT_S)
         except KafkaException as exc:
-            raise KafkaUnavailableError(
+            raise unreachable(
+                settings,
                 f"Kafka at {settings.bootstrap} did not answer within {METADATA_TIMEOUT_S:.0f} s "
-                f"({exc.args[0].str()})"
+                f"({exc.args[0].str()})",
             ) from None
         info = meta.topics.get(topic)
         if info is not None and info.error is None and info.partitions:
@@ -519,6 +521,7 @@ def run(
     }
     producer = Producer(conf)
     check_broker(producer, settings, topic)
+    require(settings, {topic: (WRITE,)}, outcome="nothing was sent")
     errors.quiet = False
     gen = EventGenerator(
         seed,
