@@ -135,8 +135,10 @@ def require(
 ) -> None:
     """KafkaAuthorizationError naming the first operation the principal may not do.
 
-    Uses the operations the broker says the principal may do on each resource (KIP-430). A broker
-    without an authorizer, or one that does not report them, is not second-guessed.
+    Uses the operations the broker says the principal may do on each resource (KIP-430); a
+    resource it may not even describe allows nothing, and the first operation wanted is named
+    (Read and Write imply Describe, so that is the ACL to add). A broker without an authorizer, or
+    one that does not report them, is not second-guessed.
     """
     watch = _Watch(settings)
     admin = AdminClient(watch.conf())
@@ -212,19 +214,16 @@ def _operations(
         try:
             description = future.result()
         except KafkaException as exc:
-            _raise_for(settings, exc.args[0], DESCRIBE, kind, name)
-            continue
+            code = exc.args[0].code()
+            if code in (
+                KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                KafkaError.GROUP_AUTHORIZATION_FAILED,
+            ):
+                found[(kind, name)] = set()  # may not even describe it: nothing is allowed
+            elif code in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._AUTHENTICATION):
+                message = f"Kafka at {settings.bootstrap}: {exc.args[0].str()}"
+                raise unreachable(settings, message) from None
+            continue  # e.g. a group not created yet, or no coordinator: not ours to judge here
         if description.authorized_operations:
             found[(kind, name)] = set(description.authorized_operations)
     return found
-
-
-def _raise_for(settings: Settings, err: KafkaError, op: AclOperation, kind: str, name: str) -> None:
-    """Authorization errors name the ACL; a silent broker gets its cause; others are let be."""
-    if err.code() in (
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        KafkaError.GROUP_AUTHORIZATION_FAILED,
-    ):
-        raise denied(settings, op, kind, name)
-    if err.code() in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._AUTHENTICATION):
-        raise unreachable(settings, f"Kafka at {settings.bootstrap} did not answer: {err.str()}")
