@@ -66,6 +66,7 @@ def _kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.kafka.access import explain_unreachable
     from pipeline_project.kafka.broker import LocalBroker, kafka_version, metadata_ok
     from pipeline_project.kafka.topics import list_topics
 
@@ -74,12 +75,15 @@ def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
     if args.secure and not settings.kafka_extra:  # no client login given: the broker's own
         settings = dataclasses.replace(settings, kafka_extra=broker.admin_properties())
     reachable = metadata_ok(settings.bootstrap, timeout=5.0, extra=settings.kafka_extra)
-    state = "running" if reachable else "stopped"
+    cause = None if reachable else explain_unreachable(settings)
+    state = "running" if reachable else "unreachable" if cause else "stopped"
     owner = f"local, pid {pid}" if pid else "not started by this project" if reachable else "local"
     print(f"broker:   {state} ({owner})")
     print(f"version:  Kafka {kafka_version()}")
     print(f"listener: {settings.bootstrap}")
     if not reachable:
+        if cause:
+            print(f"cause:    {cause}")
         return 1
     topics = list_topics(settings)
     names = ", ".join(f"{name} ({n} partitions)" for name, n in sorted(topics.items())) or "none"

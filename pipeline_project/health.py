@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ClusterMetadata
+from confluent_kafka.admin import ClusterMetadata
 
 from pipeline_project.batch import ledger
 from pipeline_project.batch.ledger import Manifest
 from pipeline_project.batch.parse import parse_path
-from pipeline_project.kafka.access import explain_unreachable
+from pipeline_project.errors import KafkaUnavailableError
+from pipeline_project.kafka import access
 from pipeline_project.kafka.drain import consumer_config
 from pipeline_project.settings import Settings
 
@@ -123,17 +124,16 @@ def _age(seconds: float) -> str:
 
 def cluster_metadata(settings: Settings) -> ClusterMetadata | None:
     """All topics' metadata within KAFKA_TIMEOUT_S, or None when the cluster does not answer."""
-    conf: dict[str, Any] = {
-        **settings.kafka_common(),
-        "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
-        "log_level": 0,
-        "logger": _SILENT,
-    }
-    admin = AdminClient(conf)
+    return metadata_or_cause(settings)[0]
+
+
+def metadata_or_cause(settings: Settings) -> tuple[ClusterMetadata | None, str | None]:
+    """The metadata, or None and why: a refused login or an untrusted certificate is named."""
     try:
-        return admin.list_topics(timeout=KAFKA_TIMEOUT_S)
-    except KafkaException:
-        return None
+        conf = {"socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000)}
+        return access.list_topics(settings, KAFKA_TIMEOUT_S, **conf), None
+    except KafkaUnavailableError as exc:
+        return None, str(exc)
 
 
 def _consumer(settings: Settings) -> Consumer:
@@ -356,10 +356,8 @@ def collect(settings: Settings, now: datetime | None = None) -> HealthReport:
     """Runs every check; Kafka-dependent ones are skipped (warn, unknown) if the broker is down."""
     moment = now or datetime.now(UTC)
     started = time.monotonic()
-    meta = cluster_metadata(settings)
-    seconds = time.monotonic() - started
-    cause = explain_unreachable(settings) if meta is None else None
-    checks = [check_broker(settings, meta, seconds, cause)]
+    meta, cause = metadata_or_cause(settings)
+    checks = [check_broker(settings, meta, time.monotonic() - started, cause)]
     every = ledger.load_manifests(settings.state_dir)
     manifests = [m for m in every if m.range.topic == settings.raw_topic]
     lags: list[PartitionLag] = []

@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from concurrent.futures import Future, wait
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
-from confluent_kafka.admin import AclOperation, AdminClient
+from confluent_kafka.admin import AclOperation, AdminClient, ClusterMetadata
 
 from pipeline_project.errors import KafkaAuthorizationError, KafkaUnavailableError
 from pipeline_project.settings import Settings
 
-PROBE_TIMEOUT_S = 6.0
+PROBE_TIMEOUT_S = 3.0  # a refused login shows in ~0.4 s, an untrusted certificate at once
 ACCESS_TIMEOUT_S = 15.0
 READ, WRITE, DESCRIBE = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE
 
@@ -73,6 +73,30 @@ def unreachable(settings: Settings | None, message: str) -> KafkaUnavailableErro
     """
     cause = explain_unreachable(settings) if settings is not None else None
     return KafkaUnavailableError(cause or message)
+
+
+def list_topics(settings: Settings, timeout: float, **conf: object) -> ClusterMetadata:
+    """Cluster metadata within `timeout`, failing as soon as a login or TLS failure shows.
+
+    A refused login otherwise costs the whole timeout before "Broker transport failure".
+    Raises KafkaUnavailableError: the named cause, else the last librdkafka error.
+    """
+    watch = _Watch(settings)
+    admin = AdminClient({**watch.conf(), **conf})
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            return admin.list_topics(timeout=min(0.5, max(deadline - time.monotonic(), 0.01)))
+        except KafkaException as exc:
+            last = exc.args[0].str()
+        admin.poll(0)
+        cause = watch.cause()
+        if cause or time.monotonic() >= deadline:
+            raise KafkaUnavailableError(
+                cause
+                or f"Kafka at {settings.bootstrap} did not answer within {timeout:.0f} s ({last})"
+            )
 
 
 def explain_unreachable(settings: Settings, timeout: float = PROBE_TIMEOUT_S) -> str | None:
@@ -132,6 +156,7 @@ def require(
     topics: Mapping[str, tuple[AclOperation, ...]],
     groups: Mapping[str, tuple[AclOperation, ...]] = {},  # noqa: B006 - read only
     outcome: str = "nothing was read or committed",
+    timeout: float = ACCESS_TIMEOUT_S,
 ) -> None:
     """KafkaAuthorizationError naming the first operation the principal may not do.
 
@@ -142,8 +167,8 @@ def require(
     """
     watch = _Watch(settings)
     admin = AdminClient(watch.conf())
-    allowed = _topic_operations(watch, admin, list(topics))
-    allowed.update(_group_operations(watch, admin, list(groups)))
+    allowed = _topic_operations(watch, admin, list(topics), timeout)
+    allowed.update(_group_operations(watch, admin, list(groups), timeout))
     wanted = {("Topic", n): ops for n, ops in topics.items()}
     wanted.update({("Group", n): ops for n, ops in groups.items()})
     for (kind, name), ops in wanted.items():
@@ -173,42 +198,41 @@ def denied(
 
 
 def _topic_operations(
-    watch: _Watch, admin: AdminClient, names: list[str]
+    watch: _Watch, admin: AdminClient, names: list[str], timeout: float
 ) -> dict[tuple[str, str], set[AclOperation]]:
     if not names:
         return {}
     futures = admin.describe_topics(
-        TopicCollection(names), include_authorized_operations=True, request_timeout=ACCESS_TIMEOUT_S
+        TopicCollection(names), include_authorized_operations=True, request_timeout=timeout
     )
-    return _operations(watch, admin, "Topic", futures)
+    return _operations(watch, admin, "Topic", futures, timeout)
 
 
 def _group_operations(
-    watch: _Watch, admin: AdminClient, names: list[str]
+    watch: _Watch, admin: AdminClient, names: list[str], timeout: float
 ) -> dict[tuple[str, str], set[AclOperation]]:
     if not names:
         return {}
     futures = admin.describe_consumer_groups(
-        names, include_authorized_operations=True, request_timeout=ACCESS_TIMEOUT_S
+        names, include_authorized_operations=True, request_timeout=timeout
     )
-    return _operations(watch, admin, "Group", futures)
+    return _operations(watch, admin, "Group", futures, timeout)
 
 
 def _operations(
-    watch: _Watch, admin: AdminClient, kind: str, futures: Mapping[str, Future]
+    watch: _Watch, admin: AdminClient, kind: str, futures: Mapping[str, Future], timeout: float
 ) -> dict[tuple[str, str], set[AclOperation]]:
     """Each resource's authorized operations; a login or TLS failure is named as soon as seen."""
     settings = watch.settings
-    deadline = time.monotonic() + ACCESS_TIMEOUT_S
+    silent = f"Kafka at {settings.bootstrap} did not answer within {timeout:.0f} s"
+    deadline = time.monotonic() + timeout + 1  # the requests' own timeout fires first
     while wait(list(futures.values()), timeout=0.1).not_done:
         admin.poll(0)
         cause = watch.cause()
         if cause:
             raise KafkaUnavailableError(cause)
         if time.monotonic() > deadline:
-            raise KafkaUnavailableError(
-                f"Kafka at {settings.bootstrap} did not answer within {ACCESS_TIMEOUT_S:.0f} s"
-            )
+            raise KafkaUnavailableError(silent)
     found: dict[tuple[str, str], set[AclOperation]] = {}
     for name, future in futures.items():
         try:
@@ -221,8 +245,9 @@ def _operations(
             ):
                 found[(kind, name)] = set()  # may not even describe it: nothing is allowed
             elif code in (KafkaError._TRANSPORT, KafkaError._TIMED_OUT, KafkaError._AUTHENTICATION):
-                message = f"Kafka at {settings.bootstrap}: {exc.args[0].str()}"
-                raise unreachable(settings, message) from None
+                admin.poll(0)
+                cause = watch.cause() or f"{silent} ({exc.args[0].str()})"
+                raise KafkaUnavailableError(cause) from None
             continue  # e.g. a group not created yet, or no coordinator: not ours to judge here
         if description.authorized_operations:
             found[(kind, name)] = set(description.authorized_operations)

@@ -519,9 +519,10 @@ def run(
         "error_cb": errors,
         "logger": _Librdkafka(),
     }
+    # Before the metadata check: it names a refused login or TLS trust at once, not after 10 s.
+    require(settings, {topic: (WRITE,)}, outcome="nothing was sent", timeout=METADATA_TIMEOUT_S)
     producer = Producer(conf)
     check_broker(producer, settings, topic)
-    require(settings, {topic: (WRITE,)}, outcome="nothing was sent")
     errors.quiet = False
     gen = EventGenerator(
         seed,
