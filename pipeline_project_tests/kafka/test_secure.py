@@ -28,6 +28,7 @@ from dagster import DagsterInstance
 from pipeline_project.batch.run import ingest
 from pipeline_project.definitions import defs
 from pipeline_project.errors import KafkaAuthorizationError, KafkaUnavailableError
+from pipeline_project.kafka import secure
 from pipeline_project.kafka.acls import PIPELINE, PRODUCER, grants
 from pipeline_project.settings import Settings, read_kafka_properties
 from pipeline_project_tests.conftest import SecureKafka
@@ -112,6 +113,23 @@ def files_containing(roots: list[Path], secret: str) -> list[Path]:
     ]
 
 
+def acls_on(secure_kafka: SecureKafka, settings: Settings) -> set[tuple[str, str, str, str]]:
+    """(principal, resource type, name, operation) of every ACL on this test's topics and group."""
+    admin = AdminClient(
+        {"bootstrap.servers": secure_kafka.bootstrap, **read_kafka_properties(secure_kafka.admin)}
+    )
+    every = AclBindingFilter(
+        ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+        AclOperation.ANY, AclPermissionType.ANY,
+    )  # fmt: skip
+    ours = {settings.raw_topic, settings.dlq_topic, settings.parked_topic, settings.consumer_group}
+    return {
+        (b.principal, b.restype.name, b.name, b.operation.name)
+        for b in admin.describe_acls(every, request_timeout=15).result(timeout=15)
+        if b.name in ours
+    }
+
+
 # -- the flow ------------------------------------------------------------------------------------
 def test_least_privilege_flow_end_to_end_leaks_no_secret(
     secure_kafka: SecureKafka,
@@ -121,6 +139,11 @@ def test_least_privilege_flow_end_to_end_leaks_no_secret(
 ) -> None:
     settings, home = secure_settings, tmp_path / "dagster_home"
     home.mkdir()
+    documented = {
+        (g.principal, g.resource.name, g.name, g.operation.name) for g in grants(settings)
+    }
+    assert acls_on(secure_kafka, settings) == documented  # exactly the set, nothing else
+    assert all(g.resource.name != "BROKER" for g in grants(settings))  # no cluster ACL at all
     knobs = {
         "PIPELINE_MIN_BACKLOG_EVENTS": "1",
         "PIPELINE_MAX_WAIT_SECONDS": "0",
@@ -303,3 +326,27 @@ def test_missing_producer_and_parked_acls_fail_the_cli_in_one_line(
     assert done.returncode == 1
     assert f"may not Write Topic:{settings.parked_topic}" in done.stderr
     assert done.stderr.count("\n") == 1
+
+
+# -- the files the secure mode makes (no broker) --------------------------------------------------
+def test_passwords_rotate_for_clients_only_and_stay_owner_only(tmp_path: Path) -> None:
+    files = secure.SecureFiles(tmp_path)
+    first = secure.passwords(files, rotate=secure.CLIENT_USERS)
+    second = secure.passwords(files, rotate=secure.CLIENT_USERS)
+    assert second[secure.BROKER_USER] == first[secure.BROKER_USER]  # its SCRAM record is on disk
+    assert all(second[u] != first[u] for u in secure.CLIENT_USERS)
+    assert len(set(second.values())) == 3 and all(len(p) >= 32 for p in second.values())
+    assert files.secrets_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_tls_material_verifies_and_the_ca_key_is_gone(tmp_path: Path) -> None:
+    files = secure.SecureFiles(tmp_path)
+    secure.make_tls(files)
+    assert sorted(p.name for p in files.tls_dir.iterdir()) == ["broker.pem", "ca.pem"]
+    assert files.broker_pem.stat().st_mode & 0o777 == 0o600
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(files.ca_cert), "-verify_hostname", "localhost",
+         str(files.broker_pem)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stderr
