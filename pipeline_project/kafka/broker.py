@@ -144,7 +144,12 @@ class LocalBroker:
         """Client settings of the broker's own principal (super user); {} for a plaintext broker."""
         if not self.secure:
             return {}
-        password = tls.passwords(self.files, rotate=())[tls.BROKER_USER]
+        password = tls.stored_passwords(self.files).get(tls.BROKER_USER)
+        if password is None:
+            raise BrokerError(
+                f"no secure broker was started under {self.home}: run `pipeline-project kafka "
+                "start --secure` first"
+            )
         return tls.client_properties(self.files, tls.BROKER_USER, password)
 
     @property

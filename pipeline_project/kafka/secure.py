@@ -76,15 +76,20 @@ def passwords(files: SecureFiles, rotate: Iterable[str]) -> dict[str, str]:
     at format time and its JAAS line must match on every restart); the clients' change on every
     start, so a leaked properties file stops working at the next restart.
     """
-    try:
-        current = json.loads(files.secrets_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        current = {}
+    current = stored_passwords(files)
     wanted = (BROKER_USER, *CLIENT_USERS)
     fresh = {u: current[u] if u in current and u not in rotate else new_password() for u in wanted}
     if fresh != current:
         write_private(files.secrets_file, json.dumps(fresh))
     return fresh
+
+
+def stored_passwords(files: SecureFiles) -> dict[str, str]:
+    """The passwords as last written by a start; {} before the first one (nothing is made here)."""
+    try:
+        return json.loads(files.secrets_file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
 
 
 # -- TLS ------------------------------------------------------------------------------------------
@@ -135,7 +140,9 @@ def _openssl(*args: object) -> None:
 
 
 # -- broker and client configuration --------------------------------------------------------------
-def broker_properties(files: SecureFiles, port: int, controller_port: int, password: str) -> dict:
+def broker_properties(
+    files: SecureFiles, port: int, controller_port: int, password: str
+) -> dict[str, str]:
     """The listener, TLS, SASL and authorizer settings of the secure mode.
 
     Clients and the broker itself talk SASL_SSL with SCRAM; the controller listener is TLS with a
