@@ -6,20 +6,21 @@ Metadata and watermark calls only, so the sensor can call it every tick without 
 from __future__ import annotations
 
 from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AclOperation
 
 from pipeline_project.batch.ledger import committed_end
 from pipeline_project.batch.plan import PartitionState
-from pipeline_project.errors import KafkaAuthorizationError, KafkaUnavailableError
-from pipeline_project.kafka.access import unreachable
+from pipeline_project.errors import KafkaUnavailableError
+from pipeline_project.kafka.access import denied, unreachable
 from pipeline_project.kafka.drain import METADATA_TIMEOUT_S, make_consumer, watermarks
 from pipeline_project.settings import Settings
 
 
-def topic_partitions(consumer, topic: str, settings: Settings | None = None) -> list[int]:
+def topic_partitions(consumer, topic: str, settings: Settings) -> list[int]:
     """Partition ids of a topic; KafkaUnavailableError when the topic or the broker is missing.
 
-    With `settings`, a refused login or TLS trust is named, and so is a denied Describe (which a
-    broker reports instead of "unknown topic", to not tell who may not see it whether it exists).
+    A refused login or TLS trust is named, and so is a denied Describe (which a broker reports
+    instead of "unknown topic", so as not to tell one who may not see it whether it exists).
     """
     try:
         meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
@@ -27,12 +28,9 @@ def topic_partitions(consumer, topic: str, settings: Settings | None = None) -> 
         message = f"Kafka did not answer for topic {topic}: {exc.args[0].str()}"
         raise unreachable(settings, message) from None
     info = meta.topics.get(topic)
-    denied_describe = info is not None and info.error is not None
-    if denied_describe and info.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-        raise KafkaAuthorizationError(
-            f"not authorized to Describe Topic:{topic} (missing ACL: ALLOW Describe on "
-            f"Topic:{topic}); nothing was read or committed"
-        )
+    if info is not None and info.error is not None:
+        if info.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise denied(settings, AclOperation.DESCRIBE, "Topic", topic)
     if info is None or info.error is not None or not info.partitions:
         raise KafkaUnavailableError(
             f"topic {topic} does not exist (run `pipeline-project topics ensure`)"

@@ -16,11 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
-from pipeline_project.errors import (
-    DataLossError,
-    DrainError,
-    KafkaAuthorizationError,
-)
+from pipeline_project.errors import DataLossError, DrainError, KafkaAuthorizationError
 from pipeline_project.kafka.access import unreachable
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
