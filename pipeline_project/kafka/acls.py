@@ -8,11 +8,13 @@ denied (the broker runs with allow.everyone.if.no.acl.found=false).
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AclBinding,
+    AclBindingFilter,
     AclOperation,
     AclPermissionType,
     AdminClient,
@@ -74,14 +76,53 @@ def grants(settings: Settings) -> list[Grant]:
 
 
 def create_acls(admin: AdminClient, wanted: list[Grant]) -> int:
-    """Creates the grants (an existing identical ACL is a no-op); returns how many were sent."""
+    """Creates the grants (an existing identical ACL is a no-op); returns how many were sent.
+
+    Returns once the broker enforces them: the controller acknowledges an ACL before the broker's
+    authorizer has loaded it, and a client started in that gap is denied (seen in the tests).
+    """
     futures = admin.create_acls([g.binding() for g in wanted], request_timeout=ADMIN_TIMEOUT_S)
     for binding, future in futures.items():
         try:
             future.result(timeout=ADMIN_TIMEOUT_S)
         except KafkaException as exc:
             raise BrokerError(f"creating ACL {binding} failed: {exc.args[0].str()}") from None
+    _wait_enforced(admin, wanted)
     return len(futures)
+
+
+def _wait_enforced(admin: AdminClient, wanted: list[Grant]) -> None:
+    """Polls the broker's own ACL view (DescribeAcls is answered from its authorizer)."""
+    every = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    missing = {_key(g.binding()) for g in wanted}
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = admin.describe_acls(every, request_timeout=ADMIN_TIMEOUT_S).result()
+        missing -= {_key(b) for b in found}
+        if not missing:
+            return
+        time.sleep(0.05)
+    raise BrokerError(
+        f"{len(missing)} ACL(s) created but not enforced after {ADMIN_TIMEOUT_S:.0f} s"
+    )
+
+
+def _key(binding: AclBinding) -> tuple[str, str, str, str, str]:
+    return (
+        binding.principal,
+        binding.restype.name,
+        binding.name,
+        binding.operation.name,
+        binding.permission_type.name,
+    )
 
 
 def upsert_users(admin: AdminClient, passwords: dict[str, str]) -> None:
