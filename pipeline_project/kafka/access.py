@@ -2,9 +2,11 @@
 
 librdkafka reports a refused login, an untrusted certificate or a plaintext client on a TLS port
 only as connection errors, and the request that was waiting then times out as "Broker transport
-failure". `explain_unreachable` asks again with a short-lived client that listens for those
-errors and names the cause. `require` checks a principal's ACLs before a run touches anything, so
-a missing one stops the run before the first range is read, with the operation and the resource.
+failure". `list_topics` and `require` listen for those errors on their own client and stop as
+soon as one shows; `explain_unreachable` asks again, with a short-lived client, after another
+client's request failed. All of them name the cause, never a secret. `require` checks a
+principal's ACLs before a run touches anything, so a missing one stops the run before the first
+range is read, with the operation and the resource.
 """
 
 from __future__ import annotations
@@ -23,16 +25,6 @@ from pipeline_project.settings import Settings
 PROBE_TIMEOUT_S = 3.0  # a refused login shows in ~0.4 s, an untrusted certificate at once
 ACCESS_TIMEOUT_S = 15.0
 READ, WRITE, DESCRIBE = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE
-
-
-class _Silent(logging.Logger):
-    """Drops librdkafka's own log lines: the one-line cause is what the user sees."""
-
-    def __init__(self) -> None:
-        super().__init__("pipeline_project.kafka.access", level=logging.CRITICAL + 1)
-
-
-_SILENT = _Silent()
 
 
 class _Watch(logging.Logger):
