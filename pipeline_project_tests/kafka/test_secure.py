@@ -248,7 +248,7 @@ def test_login_and_tls_failures_are_one_named_line_and_commit_nothing(
         secure_settings, kafka_config_file=config, kafka_extra=read_kafka_properties(config)
     )
     shell = Shell(env_for(broken))
-    for args in (("produce", "--count", "5"), ("topics", "ensure")):
+    for args in (("produce", "--count", "5"), ("dlq", "replay"), ("topics", "ensure")):
         done = shell.cli(*args)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert done.stderr.count("\n") == 1 and CAUSES[case] in done.stderr, (args, done.stderr)
