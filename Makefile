@@ -9,7 +9,7 @@ NATIVE_STAMP := $(VENV)/.native
 VERSITYGW_STAMP := $(VENV)/.versitygw
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
-.PHONY: help install demo test test-fast lint bench clean kafka-start kafka-stop browser screenshots chaos soak
+.PHONY: help install demo test test-fast lint bench clean kafka-start kafka-stop kafka-start-secure kafka-stop-secure browser screenshots chaos soak
 
 help:
 	@echo "make demo   - broker, topics, producer and the Dagster UI (http://localhost:3000); Ctrl-C stops all"
@@ -86,7 +86,15 @@ kafka-start: install
 kafka-stop: install
 	$(BIN)/pipeline-project kafka stop
 
+# SASL_SSL + SCRAM + ACLs (docs/operations.md#secured-kafka); prints the PIPELINE_KAFKA_CONFIG to use.
+kafka-start-secure: install
+	$(BIN)/pipeline-project kafka start --secure
+
+kafka-stop-secure: install
+	$(BIN)/pipeline-project kafka stop --secure
+
 clean:
 	-test -x $(BIN)/pipeline-project && $(BIN)/pipeline-project kafka stop
 	-test -x $(BIN)/pipeline-project && $(BIN)/pipeline-project s3 stop
+	-test -x $(BIN)/pipeline-project && $(BIN)/pipeline-project kafka stop --secure
 	rm -rf $(VENV) .local data .dagster .pytest_cache .ruff_cache *.egg-info native/target

@@ -7,50 +7,83 @@ exit, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pipeline_project import __version__
 from pipeline_project.errors import PipelineError
 from pipeline_project.settings import Settings
 
+if TYPE_CHECKING:
+    from pipeline_project.kafka.broker import LocalBroker
+
 Handler = Callable[[argparse.Namespace, Settings], int]
+SECURE_HELP = (
+    "SASL_SSL + SCRAM-SHA-512 + ACLs (own storage under .local/kafka-secure): makes a CA, new "
+    "client passwords, the least-privilege ACLs, and prints the PIPELINE_KAFKA_CONFIG files"
+)
 
 
 def _kafka_start(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline_project.kafka.broker import LocalBroker
     from pipeline_project.kafka.topics import ensure_topics
 
-    print(LocalBroker.from_settings(settings).start())
+    broker = LocalBroker.from_settings(settings, secure=args.secure)
+    print(broker.start())
+    if args.secure:
+        return _secure_setup(args, settings, broker)
     if not args.no_topics:
         for line in ensure_topics(settings):
             print(line)
     return 0
 
 
+def _secure_setup(args: argparse.Namespace, settings: Settings, broker: LocalBroker) -> int:
+    """Topics and ACLs as the broker's principal, then the files to use; never a password."""
+    from pipeline_project.kafka.acls import provision
+
+    admin = broker.admin_properties()
+    for line in provision(settings, broker.bootstrap, admin, topics=not args.no_topics):
+        print(line)
+    print("client properties (0600; passwords change at every start):")
+    for name in ("pipeline", "producer", "admin"):
+        print(f"  {name:9} {broker.files.properties(name)}")
+    print(f"export PIPELINE_KAFKA_BOOTSTRAP={broker.bootstrap}")
+    print(f"export PIPELINE_KAFKA_CONFIG={broker.files.properties('pipeline')}")
+    return 0
+
+
 def _kafka_stop(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline_project.kafka.broker import LocalBroker
 
-    print(LocalBroker.from_settings(settings).stop())
+    print(LocalBroker.from_settings(settings, secure=args.secure).stop())
     return 0
 
 
 def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.kafka.access import explain_unreachable
     from pipeline_project.kafka.broker import LocalBroker, kafka_version, metadata_ok
     from pipeline_project.kafka.topics import list_topics
 
-    broker = LocalBroker.from_settings(settings)
+    broker = LocalBroker.from_settings(settings, secure=args.secure)
     pid = broker.pid()
-    reachable = metadata_ok(settings.bootstrap, timeout=5.0)
-    state = "running" if reachable else "stopped"
+    if args.secure and not settings.kafka_extra:  # no client login given: the broker's own
+        settings = dataclasses.replace(settings, kafka_extra=broker.admin_properties())
+    reachable = metadata_ok(settings.bootstrap, timeout=5.0, extra=settings.kafka_extra)
+    cause = None if reachable else explain_unreachable(settings)
+    state = "running" if reachable else "unreachable" if cause else "stopped"
     owner = f"local, pid {pid}" if pid else "not started by this project" if reachable else "local"
     print(f"broker:   {state} ({owner})")
     print(f"version:  Kafka {kafka_version()}")
     print(f"listener: {settings.bootstrap}")
     if not reachable:
+        if cause:
+            print(f"cause:    {cause}")
         return 1
     topics = list_topics(settings)
     names = ", ".join(f"{name} ({n} partitions)" for name, n in sorted(topics.items())) or "none"
@@ -297,13 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--no-topics", action="store_true", help="do not create the pipeline's topics"
     )
+    start.add_argument("--secure", action="store_true", help=SECURE_HELP)
     start.set_defaults(handler=_kafka_start)
-    kafka_cmds.add_parser("stop", help="stop the broker (SIGTERM, then SIGKILL)").set_defaults(
-        handler=_kafka_stop
-    )
-    kafka_cmds.add_parser(
-        "status", help="running/stopped, version, listener and topics"
-    ).set_defaults(handler=_kafka_status)
+    stop = kafka_cmds.add_parser("stop", help="stop the broker (SIGTERM, then SIGKILL)")
+    stop.add_argument("--secure", action="store_true", help="the secure broker (start --secure)")
+    stop.set_defaults(handler=_kafka_stop)
+    status = kafka_cmds.add_parser("status", help="running/stopped, version, listener and topics")
+    status.add_argument("--secure", action="store_true", help="the secure broker (start --secure)")
+    status.set_defaults(handler=_kafka_status)
 
     topics = commands.add_parser("topics", help="the pipeline's Kafka topics")
     topic_cmds = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")

@@ -67,3 +67,7 @@ class DlqDeliveryError(PipelineError):
 
 class StorageError(PipelineError, OSError):
     """The lake or state directory refused a write mid-run (disk full, read-only, quota, I/O)."""
+
+
+class KafkaAuthorizationError(PipelineError):
+    """The principal lacks an ACL the step needs; the message names the operation and resource."""

@@ -30,12 +30,13 @@ from typing import Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ClusterMetadata
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import ClusterMetadata
 
 from pipeline_project.batch.loss import LOSS_KIND
 from pipeline_project.batch.parse import parse_path
-from pipeline_project.errors import LakeError
+from pipeline_project.errors import KafkaUnavailableError, LakeError
+from pipeline_project.kafka import access
 from pipeline_project.kafka.drain import consumer_config
 from pipeline_project.lake.history import read_history
 from pipeline_project.lake.location import Lake, lake_of
@@ -165,17 +166,16 @@ def _age(seconds: float) -> str:
 
 def cluster_metadata(settings: Settings) -> ClusterMetadata | None:
     """All topics' metadata within KAFKA_TIMEOUT_S, or None when the cluster does not answer."""
-    conf: dict[str, Any] = {
-        **settings.kafka_common(),
-        "socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000),
-        "log_level": 0,
-        "logger": _SILENT,
-    }
-    admin = AdminClient(conf)
+    return metadata_or_cause(settings)[0]
+
+
+def metadata_or_cause(settings: Settings) -> tuple[ClusterMetadata | None, str | None]:
+    """The metadata, or None and why: a refused login or an untrusted certificate is named."""
     try:
-        return admin.list_topics(timeout=KAFKA_TIMEOUT_S)
-    except KafkaException:
-        return None
+        conf = {"socket.timeout.ms": int(KAFKA_TIMEOUT_S * 1000)}
+        return access.list_topics(settings, KAFKA_TIMEOUT_S, **conf), None
+    except KafkaUnavailableError as exc:
+        return None, str(exc)
 
 
 def _consumer(settings: Settings) -> Consumer:
@@ -247,12 +247,15 @@ def record_ages(
 # ----------------------------------------------------------------------------------------- checks
 
 
-def check_broker(settings: Settings, meta: ClusterMetadata | None, seconds: float) -> Check:
+def check_broker(
+    settings: Settings, meta: ClusterMetadata | None, seconds: float, cause: str | None = None
+) -> Check:
+    """Reachable or not; when not, the login/TLS cause if one was found (never a secret)."""
     if meta is None:
         return Check(
             "broker",
             FAIL,
-            f"{settings.bootstrap} did not answer within {KAFKA_TIMEOUT_S:.0f} s",
+            cause or f"{settings.bootstrap} did not answer within {KAFKA_TIMEOUT_S:.0f} s",
             {"reachable": False},
         )
     brokers = len(meta.brokers)
@@ -269,6 +272,10 @@ def check_topics(settings: Settings, meta: ClusterMetadata) -> Check:
     present = {
         name: len(info.partitions) for name, info in meta.topics.items() if info.error is None
     }
+    denied = [n for n, i in meta.topics.items() if n in _our_topics(settings) and _denied(i.error)]
+    if denied:
+        detail = f"not authorized to Describe Topic:{', Topic:'.join(sorted(denied))} (missing ACL)"
+        return Check("topics", FAIL, detail, {"present": {}, "denied": sorted(denied)})
     missing = [t for t in (settings.raw_topic, settings.dlq_topic) if t not in present]
     optional = [] if settings.parked_topic in present else [settings.parked_topic]
     values = {"present": {t: present.get(t) for t in _our_topics(settings)}}
@@ -278,6 +285,10 @@ def check_topics(settings: Settings, meta: ClusterMetadata) -> Check:
     if optional:
         return Check("topics", WARN, f"{listing}; missing {optional[0]}", values)
     return Check("topics", OK, listing, values)
+
+
+def _denied(error: KafkaError | None) -> bool:
+    return error is not None and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
 def _our_topics(settings: Settings) -> tuple[str, ...]:
@@ -408,8 +419,8 @@ def collect(settings: Settings, now: datetime | None = None) -> HealthReport:
     """Runs every check; Kafka-dependent ones are skipped (warn, unknown) if the broker is down."""
     moment = now or datetime.now(UTC)
     started = time.monotonic()
-    meta = cluster_metadata(settings)
-    checks = [check_broker(settings, meta, time.monotonic() - started)]
+    meta, cause = metadata_or_cause(settings)
+    checks = [check_broker(settings, meta, time.monotonic() - started, cause)]
     state = read_lake(lake_of(settings))
     lags: list[PartitionLag] = []
     backlog: int | None = None

@@ -2,7 +2,8 @@
 test; one real S3 server (versitygw) per session that needs it, a fresh table location per test.
 
 Tests start their own broker (on free ports, data under .local/test-kafka) unless
-PIPELINE_KAFKA_BOOTSTRAP points at a reachable cluster, in which case they use that one.
+PIPELINE_KAFKA_BOOTSTRAP points at a reachable cluster, in which case they use that one. The
+security tests start a second, secured one (`secure_kafka`) only when they run.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline_project.kafka.acls import provision
 from pipeline_project.kafka.broker import LocalBroker, metadata_ok
 from pipeline_project.kafka.topics import ensure_topics
 from pipeline_project.lake.location import AWS_VARIABLES
 from pipeline_project.lake.s3server import LocalS3, find_versitygw
-from pipeline_project.settings import Settings
+from pipeline_project.settings import Settings, read_kafka_properties
 from pipeline_project_tests.support import REPO_ROOT, S3Lake, free_port_pair, unique
 
 
@@ -113,3 +115,61 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 def lake_settings(kafka_settings: Settings, backend: str) -> Settings:
     """kafka_settings with the lake on the parametrised backend."""
     return dataclasses.replace(kafka_settings, lake_uri=backend)
+
+
+@dataclasses.dataclass(frozen=True)
+class SecureKafka:
+    """The session's secured broker: its bootstrap and the properties file of each principal."""
+
+    broker: LocalBroker
+    pipeline: Path
+    producer: Path
+    admin: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def password(self, name: str) -> str:
+        path = {"pipeline": self.pipeline, "producer": self.producer, "admin": self.admin}[name]
+        return read_kafka_properties(path)["sasl.password"]
+
+
+@pytest.fixture(scope="session")
+def secure_kafka() -> Iterator[SecureKafka]:
+    """A SASL_SSL/SCRAM broker with the authorizer on, started for this session on free ports."""
+    # <local dir>/kafka-secure, as `kafka start --secure` lays it out with PIPELINE_LOCAL_DIR.
+    local_dir = REPO_ROOT / ".local" / f"test-secure-{os.getpid()}"
+    shutil.rmtree(local_dir, ignore_errors=True)
+    broker = LocalBroker(home=local_dir / "kafka-secure", port=free_port_pair(), secure=True)
+    broker.start()
+    files = broker.files
+    try:
+        yield SecureKafka(
+            broker,
+            files.properties("pipeline"),
+            files.properties("producer"),
+            files.properties("admin"),
+        )
+    finally:
+        broker.stop()
+        shutil.rmtree(local_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def secure_settings(secure_kafka: SecureKafka, tmp_path: Path) -> Settings:
+    """The pipeline principal's settings, on fresh topics (raw: 3 partitions) with exactly the
+    documented ACLs, its own consumer group and a fresh data dir."""
+    settings = dataclasses.replace(
+        Settings(),
+        bootstrap=secure_kafka.bootstrap,
+        kafka_config_file=secure_kafka.pipeline,
+        kafka_extra=read_kafka_properties(secure_kafka.pipeline),
+        raw_topic=unique("raw"),
+        dlq_topic=unique("dlq"),
+        consumer_group=unique("group"),
+        data_dir=tmp_path / "data",
+    )
+    admin = read_kafka_properties(secure_kafka.admin)
+    provision(settings, secure_kafka.bootstrap, admin, raw_partitions=3)
+    return settings

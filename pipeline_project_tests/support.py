@@ -25,8 +25,11 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
             "PIPELINE_DLQ_TOPIC": settings.dlq_topic,
             "PIPELINE_DATA_DIR": str(settings.data_dir),
             "PIPELINE_LAKE_URI": settings.lake_uri,
+            "PIPELINE_CONSUMER_GROUP": settings.consumer_group,
         }
     )
+    if settings.kafka_config_file is not None:  # a secured cluster's login (test_secure.py)
+        env["PIPELINE_KAFKA_CONFIG"] = str(settings.kafka_config_file)
     env.update(extra)
     return env
 

@@ -6,10 +6,12 @@ transaction versions are the committed ends), so the sensor can call it every ti
 
 from __future__ import annotations
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AclOperation
 
 from pipeline_project.batch.plan import PartitionState
 from pipeline_project.errors import KafkaUnavailableError
+from pipeline_project.kafka.access import denied, unreachable
 from pipeline_project.kafka.drain import METADATA_TIMEOUT_S, make_consumer, watermarks
 from pipeline_project.lake.location import lake_of
 from pipeline_project.lake.record import app_id
@@ -17,15 +19,21 @@ from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.settings import Settings
 
 
-def topic_partitions(consumer, topic: str) -> list[int]:
-    """Partition ids of a topic; KafkaUnavailableError when the topic or the broker is missing."""
+def topic_partitions(consumer, topic: str, settings: Settings) -> list[int]:
+    """Partition ids of a topic; KafkaUnavailableError when the topic or the broker is missing.
+
+    A refused login or TLS trust is named, and so is a denied Describe (which a broker reports
+    instead of "unknown topic", so as not to tell one who may not see it whether it exists).
+    """
     try:
         meta = consumer.list_topics(topic, timeout=METADATA_TIMEOUT_S)
     except KafkaException as exc:
-        raise KafkaUnavailableError(
-            f"Kafka did not answer for topic {topic}: {exc.args[0].str()}"
-        ) from None
+        message = f"Kafka did not answer for topic {topic}: {exc.args[0].str()}"
+        raise unreachable(settings, message) from None
     info = meta.topics.get(topic)
+    if info is not None and info.error is not None:
+        if info.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise denied(settings, AclOperation.DESCRIBE, "Topic", topic)
     if info is None or info.error is not None or not info.partitions:
         raise KafkaUnavailableError(
             f"topic {topic} does not exist (run `pipeline-project topics ensure`)"
@@ -43,8 +51,8 @@ def partition_states(
     try:
         table = open_table(lake_of(settings))
         states = []
-        for partition in topic_partitions(consumer, topic):
-            low, high = watermarks(consumer, topic, partition)
+        for partition in topic_partitions(consumer, topic, settings):
+            low, high = watermarks(consumer, topic, partition, settings)
             end = txn_version(table, app_id(topic, partition))
             states.append(PartitionState(partition, end, low, high))
         return states

@@ -33,6 +33,7 @@ from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import DataLossError, PipelineError
 from pipeline_project.events.contract import FILTER_REASONS
+from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
 from pipeline_project.lake.commit import check_start, commit_range
@@ -194,6 +195,7 @@ def ingest(
         result = IngestResult(run_id=run_id or f"cli-{uuid.uuid4()}")
     started = time.perf_counter()
     lake = preflight(settings)
+    require_ingest_access(settings)
     consumer = make_consumer(settings)
     dlq = DlqPublisher(settings, settings.dlq_topic)
     try:
@@ -251,6 +253,16 @@ def check_writable(root: Path) -> None:
         raise PipelineError(
             f"{root} is not writable ({exc.strerror}); nothing was consumed"
         ) from None
+
+
+def require_ingest_access(settings: Settings) -> None:
+    """Stops before the first range when an ACL the run needs is missing (see kafka/acls.py).
+
+    Without it a missing Write on the DLQ would surface only after a range was read and
+    processed, and a missing group Read only as a warning per committed range.
+    """
+    topics = {settings.raw_topic: (READ, DESCRIBE), settings.dlq_topic: (WRITE, DESCRIBE)}
+    require(settings, topics, {settings.consumer_group: (READ,)})
 
 
 def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:

@@ -38,6 +38,7 @@ from pipeline_project.dlq.records import PREVIEW_CHARS, escape_payload
 from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
 from pipeline_project.events.contract import ERROR_CATEGORIES
 from pipeline_project.health import OK, check_dlq_rate, read_lake
+from pipeline_project.kafka.access import DESCRIBE, READ, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake.derived import ensure_table, replace_whole, retry_on_conflict
 from pipeline_project.lake.location import Lake, lake_of
@@ -174,6 +175,7 @@ def read_new(settings: Settings, offsets: dict[int, int]) -> pl.DataFrame:
     A partition restarts at its low watermark when retention deleted past the report's offset (or
     the topic was recreated below it).
     """
+    require(settings, {settings.dlq_topic: (READ, DESCRIBE)})
     consumer = make_consumer(settings)
     frames = [pl.DataFrame(schema=LOG_SCHEMA)]
     try:

@@ -68,6 +68,7 @@ from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.dlq.repair import RepairContext, repair
 from pipeline_project.dlq.resolution import Book, Coords, Resolution, Segment
 from pipeline_project.errors import DataLossError, FencingError, LedgerError
+from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake.commit import check_start, commit_range
 from pipeline_project.lake.history import History, read_history
@@ -605,6 +606,8 @@ def reprocess(
     result = ReprocessResult(run_id or f"cli-{uuid.uuid4()}")
     started = time.perf_counter()
     lake = preflight(settings)
+    dlq, parked = settings.dlq_topic, settings.parked_topic
+    require(settings, {dlq: (READ, WRITE, DESCRIBE), parked: (WRITE, DESCRIBE)})
     consumer = make_consumer(settings)
     try:
         with _open_run(settings, lake, consumer, selection, result.run_id, now) as run:
@@ -703,6 +706,7 @@ def plan_dlq_ranges(
 def failing_now(settings: Settings) -> list[DlqMessage]:
     """The live heads not reprocessed yet: what is failing right now (read-only)."""
     ledger = read_ledger(preflight(settings))
+    require(settings, {settings.dlq_topic: (READ, DESCRIBE)})
     consumer = make_consumer(settings)
     try:
         messages: list[DlqMessage] = []

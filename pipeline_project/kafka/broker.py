@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from pipeline_project.errors import BrokerError
+from pipeline_project.kafka import secure as tls
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -112,19 +113,44 @@ def parse_local_bootstrap(bootstrap: str) -> int:
 
 @dataclass
 class LocalBroker:
-    """One local KRaft node: its files under `home`, its listener on localhost:`port`."""
+    """One local KRaft node: its files under `home`, its listener on localhost:`port`.
+
+    `secure` gives it a SASL_SSL listener instead of PLAINTEXT (see `secure.py`): TLS with a CA
+    made at start-up, SCRAM-SHA-512 logins, the StandardAuthorizer and no ACL for anyone yet.
+    """
 
     home: Path
     port: int = 9092
     heap: str = "768m"
     start_timeout: float = 60.0
+    secure: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalBroker:
+    def from_settings(cls, settings: Settings, secure: bool = False) -> LocalBroker:
+        """The project's broker; the secure one keeps its own storage (its users live there)."""
         local_dir = Path(os.environ.get("PIPELINE_LOCAL_DIR") or ".local")
+        name = "kafka-secure" if secure else "kafka"
         return cls(
-            home=(local_dir / "kafka").absolute(), port=parse_local_bootstrap(settings.bootstrap)
+            home=(local_dir / name).absolute(),
+            port=parse_local_bootstrap(settings.bootstrap),
+            secure=secure,
         )
+
+    @property
+    def files(self) -> tls.SecureFiles:
+        return tls.SecureFiles(self.home)
+
+    def admin_properties(self) -> dict[str, str]:
+        """Client settings of the broker's own principal (super user); {} for a plaintext broker."""
+        if not self.secure:
+            return {}
+        password = tls.stored_passwords(self.files).get(tls.BROKER_USER)
+        if password is None:
+            raise BrokerError(
+                f"no secure broker was started under {self.home}: run `pipeline-project kafka "
+                "start --secure` first"
+            )
+        return tls.client_properties(self.files, tls.BROKER_USER, password)
 
     @property
     def controller_port(self) -> int:
@@ -183,8 +209,12 @@ class LocalBroker:
         return cp_file.read_text().strip()
 
     # -- storage ---------------------------------------------------------------------------------
-    def write_config(self) -> Path:
-        """server.properties for one combined node; written on every start so port changes apply."""
+    def write_config(self, secure_props: dict[str, str] | None = None) -> Path:
+        """server.properties for one combined node; written on every start so port changes apply.
+
+        `secure_props` (listeners, TLS, SASL, authorizer) override the plaintext ones; the file is
+        then 0600, as it holds the broker's own password.
+        """
         self.home.mkdir(parents=True, exist_ok=True)
         config = self.home / "server.properties"
         props = {
@@ -211,28 +241,42 @@ class LocalBroker:
             "num.network.threads": "2",
             "num.io.threads": "4",
         }
-        config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        props.update(secure_props or {})
+        tls.write_private(config, "".join(f"{k}={v}\n" for k, v in props.items()))
         return config
 
-    def ensure_formatted(self, java: str, classpath: str, config: Path) -> None:
-        """Formats KRaft storage once; a formatted data dir is left as it is."""
-        if (self.data_dir / "meta.properties").exists():
+    @property
+    def formatted(self) -> bool:
+        return (self.data_dir / "meta.properties").exists()
+
+    def ensure_formatted(
+        self, java: str, classpath: str, config: Path, extra_args: list[str] | None = None
+    ) -> None:
+        """Formats KRaft storage once; a formatted data dir is left as it is.
+
+        The arguments go through a 0600 java @argfile, deleted afterwards: `extra_args` may carry
+        the broker's SCRAM password, which must not show in the process list.
+        """
+        if self.formatted:
             return
-        cluster_id = _kraft_cluster_id()
-        cmd = [
-            java,
-            "-cp",
-            classpath,
+        args = [
             "kafka.tools.StorageTool",
             "format",
             "-t",
-            cluster_id,
+            _kraft_cluster_id(),
             "-c",
             str(config),
             "--standalone",
             "--ignore-formatted",
+            *(extra_args or []),
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        argfile = self.home / "format.args"
+        tls.write_private(argfile, "\n".join(args) + "\n")
+        try:
+            cmd = [java, "-cp", classpath, f"@{argfile}"]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        finally:
+            argfile.unlink(missing_ok=True)
         if done.returncode != 0:
             self.log_file.write_text(done.stdout + done.stderr)
             raise BrokerError(f"formatting KRaft storage failed; see {self.log_file}")
@@ -271,11 +315,47 @@ class LocalBroker:
                 f"Java {major} is too old: Kafka {kafka_version()} needs Java {MIN_JAVA}+ ({java})"
             )
         classpath = self.classpath()
+        if self.secure:
+            return self._start_secure(java, classpath)
         config = self.write_config()
         self.ensure_formatted(java, classpath, config)
         proc = self._spawn(java, classpath, config)
         self._wait_ready(proc)
         return f"broker started (pid {proc.pid}) on {self.bootstrap}, Kafka {kafka_version()}"
+
+    def _start_secure(self, java: str, classpath: str) -> str:
+        """A new CA and certificate, new client passwords, then start, then (re)key the users.
+
+        The broker's own password is kept as long as its storage: it was written into the
+        metadata log at format time. A formatted storage without it cannot be logged into.
+        """
+        files = self.files
+        if self.formatted and not files.secrets_file.exists():
+            raise BrokerError(
+                f"{files.secrets_file} is missing, so nobody can log into the formatted storage "
+                f"under {self.data_dir}; remove {self.home} to start afresh"
+            )
+        secret = tls.passwords(files, rotate=tls.CLIENT_USERS)
+        tls.make_tls(files)
+        props = tls.broker_properties(
+            files, self.port, self.controller_port, secret[tls.BROKER_USER]
+        )
+        config = self.write_config(props)
+        self.ensure_formatted(
+            java, classpath, config, tls.scram_format_args(secret[tls.BROKER_USER])
+        )
+        proc = self._spawn(java, classpath, config)
+        self._wait_ready(proc)
+        from pipeline_project.kafka.acls import upsert_users
+        from pipeline_project.kafka.topics import admin_client_for
+
+        admin = admin_client_for(self.bootstrap, self.admin_properties())
+        upsert_users(admin, {u: secret[u] for u in tls.CLIENT_USERS})
+        tls.write_client_files(files, secret)
+        return (
+            f"secure broker started (pid {proc.pid}) on {self.bootstrap} (SASL_SSL, "
+            f"{tls.MECHANISM}), Kafka {kafka_version()}"
+        )
 
     def _spawn(self, java: str, classpath: str, config: Path) -> subprocess.Popen:
         cmd = [
@@ -314,7 +394,8 @@ class LocalBroker:
                     f"the broker exited with code {proc.returncode} while starting; "
                     f"see {self.log_file}"
                 )
-            if port_in_use(self.port) and metadata_ok(self.bootstrap, timeout=2.0):
+            extra = self.admin_properties()
+            if port_in_use(self.port) and metadata_ok(self.bootstrap, timeout=2.0, extra=extra):
                 return
             time.sleep(0.3)
         self.stop()
@@ -341,13 +422,18 @@ class LocalBroker:
         return f"broker stopped (pid {pid})"
 
 
-def metadata_ok(bootstrap: str, timeout: float = 2.0) -> bool:
-    """True when a cluster at `bootstrap` answers a metadata request within timeout."""
+def metadata_ok(bootstrap: str, timeout: float = 2.0, extra: dict[str, str] | None = None) -> bool:
+    """True when a cluster at `bootstrap` answers a metadata request within timeout.
+
+    `extra` is the client's security settings (PIPELINE_KAFKA_CONFIG): a secured cluster does
+    not answer without them.
+    """
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(
         {
             "bootstrap.servers": bootstrap,
+            **(extra or {}),
             "socket.timeout.ms": int(timeout * 1000),
             "log_level": 0,
             "logger": _SILENT,

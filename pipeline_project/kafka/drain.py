@@ -16,7 +16,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
-from pipeline_project.errors import DataLossError, DrainError, KafkaUnavailableError
+from pipeline_project.errors import DataLossError, DrainError, KafkaAuthorizationError
+from pipeline_project.kafka.access import unreachable
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
 
@@ -64,7 +65,9 @@ def make_consumer(settings: Settings) -> Consumer:
     return Consumer(consumer_config(settings))
 
 
-def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int]:
+def watermarks(
+    consumer: Consumer, topic: str, partition: int, settings: Settings | None = None
+) -> tuple[int, int]:
     """(low, high) watermarks of a partition; KafkaUnavailableError if the broker is silent.
 
     A short first try, then the full bound: a new client's first leader query can go out on the
@@ -80,10 +83,11 @@ def watermarks(consumer: Consumer, topic: str, partition: int) -> tuple[int, int
     try:
         return consumer.get_watermark_offsets(where, timeout=METADATA_TIMEOUT_S)
     except KafkaException as exc:
-        raise KafkaUnavailableError(
+        message = (
             f"could not read offsets of {topic}[{partition}] within {METADATA_TIMEOUT_S:.0f} s: "
             f"{exc.args[0].str()}"
-        ) from None
+        )
+        raise unreachable(settings, message) from None
 
 
 def check_available(consumer: Consumer, rng: Range) -> None:
@@ -170,10 +174,12 @@ def _handle_error(err: KafkaError, offset: int | None, rng: Range) -> bool:
             f"{rng.range_id}: offset out of range while reading ({err.str()}); "
             "retention deleted records this range still owed to the lake"
         )
-    if err.fatal() or code in (
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    ):
+    if code == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+        raise KafkaAuthorizationError(
+            f"{rng.range_id}: not authorized to Read Topic:{rng.topic} (missing ACL: ALLOW Read "
+            f"on Topic:{rng.topic}); nothing of this range was committed"
+        )
+    if err.fatal() or code == KafkaError.UNKNOWN_TOPIC_OR_PART:
         raise DrainError(f"{rng.range_id}: {err.str()}")
     log.warning("transient consumer error on %s: %s", rng.range_id, err.str())
     return False

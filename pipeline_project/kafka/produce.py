@@ -28,13 +28,14 @@ from typing import IO, Any
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from pipeline_project.errors import KafkaUnavailableError, PipelineError
+from pipeline_project.errors import PipelineError
 from pipeline_project.events.generator import (
     EventGenerator,
     Record,
     check_schema_mix,
     parse_schema_mix,
 )
+from pipeline_project.kafka.access import WRITE, require, unreachable
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -397,9 +398,10 @@ def check_broker(producer: Producer, settings: Settings, topic: str) -> int:
         try:
             meta = producer.list_topics(timeout=METADATA_TIMEOUT_S)
         except KafkaException as exc:
-            raise KafkaUnavailableError(
+            raise unreachable(
+                settings,
                 f"Kafka at {settings.bootstrap} did not answer within {METADATA_TIMEOUT_S:.0f} s "
-                f"({exc.args[0].str()})"
+                f"({exc.args[0].str()})",
             ) from None
         info = meta.topics.get(topic)
         if info is not None and info.error is None and info.partitions:
@@ -561,6 +563,8 @@ def run(
         "error_cb": errors,
         "logger": _Librdkafka(),
     }
+    # Before the metadata check: it names a refused login or TLS trust at once, not after 10 s.
+    require(settings, {topic: (WRITE,)}, outcome="nothing was sent", timeout=METADATA_TIMEOUT_S)
     producer = Producer(conf)
     check_broker(producer, settings, topic)
     errors.quiet = False

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AclOperation, AdminClient, NewTopic
 
 from pipeline_project.errors import KafkaUnavailableError
+from pipeline_project.kafka import access
+from pipeline_project.kafka.access import denied
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,10 @@ MAX_MESSAGE_BYTES = 1_048_576
 # Twice the raw limit, so any raw record plus its bounded DLQ headers always fits (RELIABILITY D3).
 DLQ_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 ADMIN_TIMEOUT_S = 15.0
+AUTHORIZATION_FAILED = (
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+)
 
 
 @dataclass(frozen=True)
@@ -59,19 +65,18 @@ def topic_specs(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> lis
 
 def admin_client(settings: Settings) -> AdminClient:
     """An admin client that stays quiet: errors reach the user as one line, not librdkafka logs."""
-    conf = {**settings.kafka_common(), "socket.timeout.ms": 10_000, "log_level": 0}
+    return AdminClient({**settings.kafka_common(), "socket.timeout.ms": 10_000, "log_level": 0})
+
+
+def admin_client_for(bootstrap: str, extra: dict[str, str]) -> AdminClient:
+    """The same quiet admin client for a login other than the settings' (the broker's own)."""
+    conf = {"bootstrap.servers": bootstrap, **extra, "socket.timeout.ms": 10_000, "log_level": 0}
     return AdminClient(conf)
 
 
 def list_topics(settings: Settings, timeout: float = ADMIN_TIMEOUT_S) -> dict[str, int]:
     """Topic name → partition count; KafkaUnavailableError when the cluster does not answer."""
-    try:
-        meta = admin_client(settings).list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise KafkaUnavailableError(
-            f"Kafka at {settings.bootstrap} did not answer within {timeout:.0f} s "
-            f"({exc.args[0].str()})"
-        ) from None
+    meta = access.list_topics(settings, timeout, **{"socket.timeout.ms": 10_000})
     return {name: len(t.partitions) for name, t in meta.topics.items() if not name.startswith("__")}
 
 
@@ -93,6 +98,10 @@ def ensure_topics(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> l
                 futures[spec.name].result(timeout=ADMIN_TIMEOUT_S)
                 lines.append(f"created {spec.name} ({spec.partitions} partitions)")
             except KafkaException as exc:
+                if exc.args[0].code() in AUTHORIZATION_FAILED:
+                    raise denied(
+                        settings, AclOperation.CREATE, "Topic", spec.name, "nothing was created"
+                    ) from None
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise KafkaUnavailableError(
                         f"creating {spec.name} failed: {exc.args[0].str()}"

@@ -81,9 +81,7 @@ def test_files_are_durable_before_the_commit_and_the_commit_after(
     evts = events(trace)
     table = str((settings.lake_dir / "events").resolve())
     log_dir = f"{table}/_delta_log"
-    data_files = sorted(
-        {p[0] for n, p in evts if n == "fsync" and p and p[0].endswith(".parquet")}
-    )
+    data_files = sorted({p[0] for n, p in evts if n == "fsync" and p and p[0].endswith(".parquet")})
     assert data_files, "no data file was fsynced"
     commit = last(evts, "link", lambda p: len(p) == 2 and p[1].startswith(log_dir))
     entry = evts[commit][1][1]
