@@ -42,8 +42,15 @@ def build(root: Path, commits: int, files: int) -> None:
     range record), which takes seconds where committing them one by one takes many minutes.
     """
     lake = parse_lake_uri(str(root), {})
-    frame = pl.DataFrame({"event_id": ["x"], "kafka_topic": [TOPIC], "kafka_partition": [0],
-                          "kafka_offset": [0], "event_date": [datetime(2026, 1, 1).date()]})
+    frame = pl.DataFrame(
+        {
+            "event_id": ["x"],
+            "kafka_topic": [TOPIC],
+            "kafka_partition": [0],
+            "kafka_offset": [0],
+            "event_date": [datetime(2026, 1, 1).date()],
+        }
+    )
     schema = frame.with_columns(pl.col("event_date").alias("date")).to_arrow().schema
     create_table(lake, "events", schema)
     seed = root / "seed.parquet"
@@ -56,18 +63,41 @@ def build(root: Path, commits: int, files: int) -> None:
     now_ms = int(time.time() * 1000)
     for index in range(commits):
         rng = Range(TOPIC, 0, index * 10, index * 10 + 10)
-        record = RangeRecord(rng, "ingest", "bench", moment, moment, 10, offsets_digest(
-            range(rng.start, rng.end)), filtered={"duplicate": tuple(range(rng.start, rng.end))})
-        lines = [{"commitInfo": {"timestamp": now_ms, "operation": "WRITE",
-                                 METADATA_KEY: record.to_metadata(moment)}},
-                 {"txn": {"appId": record.app_id, "version": rng.end, "lastUpdated": now_ms}}]
+        record = RangeRecord(
+            rng,
+            "ingest",
+            "bench",
+            moment,
+            moment,
+            10,
+            offsets_digest(range(rng.start, rng.end)),
+            filtered={"duplicate": tuple(range(rng.start, rng.end))},
+        )
+        lines = [
+            {
+                "commitInfo": {
+                    "timestamp": now_ms,
+                    "operation": "WRITE",
+                    METADATA_KEY: record.to_metadata(moment),
+                }
+            },
+            {"txn": {"appId": record.app_id, "version": rng.end, "lastUpdated": now_ms}},
+        ]
         for k in range(per_commit):
             name = f"part-{index:06d}-{k:03d}.parquet"
             os.link(seed, day_dir / name)
-            lines.append({"add": {"path": f"date=2026-01-01/{name}",
-                                  "partitionValues": {"date": "2026-01-01"},
-                                  "size": seed.stat().st_size, "modificationTime": now_ms,
-                                  "dataChange": True, "stats": json.dumps({"numRecords": 1})}})
+            lines.append(
+                {
+                    "add": {
+                        "path": f"date=2026-01-01/{name}",
+                        "partitionValues": {"date": "2026-01-01"},
+                        "size": seed.stat().st_size,
+                        "modificationTime": now_ms,
+                        "dataChange": True,
+                        "stats": json.dumps({"numRecords": 1}),
+                    }
+                }
+            )
         entry = log_dir / f"{index + 1:020d}.json"
         entry.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     DeltaTable(lake.table_uri("events")).create_checkpoint()
@@ -82,14 +112,26 @@ def timed_start_and_commit(root: str, start: int) -> dict:
     opened = time.perf_counter()
     moment = datetime.now(UTC)
     rng = Range(TOPIC, 0, start, start + 10)
-    record = RangeRecord(rng, "ingest", "bench", moment, moment, 10,
-                         offsets_digest(range(rng.start, rng.end)),
-                         filtered={"duplicate": tuple(range(rng.start, rng.end))})
+    record = RangeRecord(
+        rng,
+        "ingest",
+        "bench",
+        moment,
+        moment,
+        10,
+        offsets_digest(range(rng.start, rng.end)),
+        filtered={"duplicate": tuple(range(rng.start, rng.end))},
+    )
     rows = pl.DataFrame(schema={"event_id": pl.String})
     result = commit_range(lake, record, rows, table=table)  # as a run does: its start's snapshot
     ended = time.perf_counter()
-    return {"txn_version": done, "status": result.status, "open_s": round(opened - began, 3),
-            "commit_s": round(ended - opened, 3), "total_s": round(ended - began, 3)}
+    return {
+        "txn_version": done,
+        "status": result.status,
+        "open_s": round(opened - began, 3),
+        "commit_s": round(ended - opened, 3),
+        "total_s": round(ended - began, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,16 +151,32 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for run in range(RUNS):
             out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.lake_history", "--child", str(root),
-                 str((args.commits + run) * 10)],
-                capture_output=True, text=True, check=True, timeout=600,
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.lake_history",
+                    "--child",
+                    str(root),
+                    str((args.commits + run) * 10),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=600,
             )
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(json.dumps({
-            "commits": args.commits, "files": args.files, "build_s": round(built, 1),
-            "start_plus_commit_s_median": statistics.median(r["total_s"] for r in runs),
-            "runs": runs,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "commits": args.commits,
+                    "files": args.files,
+                    "build_s": round(built, 1),
+                    "start_plus_commit_s_median": statistics.median(r["total_s"] for r in runs),
+                    "runs": runs,
+                },
+                indent=2,
+            )
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0

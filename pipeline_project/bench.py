@@ -135,6 +135,7 @@ def run_bench(base: Settings, n: int) -> dict:
             _raw_consume(settings, end)
         figures["raw_consume"] = _raw_consume(settings, end)
         figures["drain_to_commit"] = _ingest_runs(settings, end, work)
+        figures["drain_to_commit_s3"] = _ingest_runs_s3(settings, end, work)
         figures["small_ranges"] = _small_ranges(settings, end, work)
         figures["per_event_baseline"] = _baseline_runs(settings, end, work)
         path = figures["drain_to_commit"]["events_per_s"]
@@ -146,6 +147,11 @@ def run_bench(base: Settings, n: int) -> dict:
                 path / figures["raw_consume"]["events_per_s"], 3
             ),
         }
+        s3 = figures["drain_to_commit_s3"].get("events_per_s")
+        if s3:
+            figures["ratios"]["drain_to_commit_s3_vs_baseline"] = round(
+                s3 / figures["per_event_baseline"]["events_per_s"], 2
+            )
         return figures
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -247,6 +253,41 @@ def _ingest_runs(settings: Settings, end: int, work: Path) -> dict:
     }
 
 
+def _ingest_runs_s3(settings: Settings, end: int, work: Path) -> dict:
+    """The same drain→commit with the lake on a local S3 server (versitygw on loopback)."""
+    from pipeline_project.errors import PipelineError
+    from pipeline_project.lake.s3server import LocalS3
+
+    server = LocalS3(home=work / "s3", port=free_port_pair())
+    try:
+        server.start()
+    except PipelineError as exc:
+        return {"skipped": str(exc)}
+    try:
+        env = {
+            k: v
+            for k, v in (
+                line.removeprefix("export ").split("=", 1)
+                for line in server.exports()
+                if line.startswith("export ")
+            )
+        }
+        runs = []
+        for index in range(TIMED_RUNS + 1):  # the first warms the server and the S3 client
+            env["PIPELINE_LAKE_URI"] = f"s3://{server.bucket}/bench-{index}"
+            run = _ingest_child(settings, end, work / f"s3-run-{index}", extra=env)
+            if index:
+                runs.append(run)
+        median = _median(runs)
+        return {
+            **median,
+            "runs": [r["seconds"] for r in runs],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+        }
+    finally:
+        server.stop()
+
+
 def _small_ranges(settings: Settings, end: int, work: Path) -> dict:
     """Micro-batch latency: SMALL_RANGES consecutive small ranges up to the log end, one run.
 
@@ -263,7 +304,12 @@ def _small_ranges(settings: Settings, end: int, work: Path) -> dict:
 
 
 def _ingest_child(
-    settings: Settings, end: int, data_dir: Path, start: int = 0, step: int = 0
+    settings: Settings,
+    end: int,
+    data_dir: Path,
+    start: int = 0,
+    step: int = 0,
+    extra: dict[str, str] | None = None,
 ) -> dict:
     done = subprocess.run(
         [
@@ -276,7 +322,7 @@ def _ingest_child(
             str(start),
             str(step),
         ],
-        env={**_env(settings), "PIPELINE_DATA_DIR": str(data_dir)},
+        env={**_env(settings), "PIPELINE_DATA_DIR": str(data_dir), **(extra or {})},
         capture_output=True,
         text=True,
         timeout=900,
