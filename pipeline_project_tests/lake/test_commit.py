@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import polars as pl
@@ -83,7 +84,7 @@ def test_racing_writers_of_one_range_commit_it_exactly_once(lake: Lake) -> None:
     """Two writers (threads) race for each range: one commits, the other changes nothing."""
     outcomes: list[list[str]] = []
     start = 0
-    for trial in range(20):
+    for trial in range(int(os.environ.get("LAKE_RACE_TRIALS", "20"))):  # 100 for the issue
         rng, batch = processed(start, 40)
         results: list[str] = []
         barrier = threading.Barrier(2)
