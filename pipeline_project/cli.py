@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
 from pipeline_project import __version__
@@ -298,8 +298,54 @@ def _lake_stats(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _lake_compact(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.location import lake_of
+    from pipeline_project.lake.upkeep import compact
+
+    day = date.fromisoformat(args.day) if args.day else None
+    result = compact(lake_of(settings), day=day, target_mb=args.target_mb, table_name=args.table)
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
+    return 0
+
+
+def _lake_vacuum(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.location import lake_of
+    from pipeline_project.lake.upkeep import vacuum
+
+    removed = vacuum(
+        lake_of(settings),
+        retention_hours=args.retention_hours,
+        table_name=args.table,
+        dry_run=args.dry_run,
+    )
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{args.table}: {verb} {len(removed)} unreferenced file(s)")
+    return 0
+
+
+def _add_upkeep_commands(lake_cmds: argparse._SubParsersAction) -> None:
+    comp = lake_cmds.add_parser(
+        "compact",
+        help="rewrite a day's small files into files near --target-mb (Delta optimize)",
+        description="Safe while ingestion runs: readers see the small files or the compacted "
+        "ones, never both, and no range commit conflicts with it.",
+    )
+    comp.add_argument("--day", help="YYYY-MM-DD (default: every day with small files)")
+    comp.add_argument("--target-mb", type=int, default=128, help="target file size (MiB)")
+    comp.add_argument("--table", default="events", help="events (default) or sessions")
+    comp.add_argument("--json", action="store_true", help="print JSON")
+    comp.set_defaults(handler=_lake_compact)
+    vac = lake_cmds.add_parser(
+        "vacuum", help="delete files no commit references, older than the retention"
+    )
+    vac.add_argument("--retention-hours", type=int, default=168, help="at least 1 (default 168)")
+    vac.add_argument("--table", default="events", help="events (default) or sessions")
+    vac.add_argument("--dry-run", action="store_true", help="list, do not delete")
+    vac.set_defaults(handler=_lake_vacuum)
+
+
 def _add_lake_commands(commands: argparse._SubParsersAction) -> None:
-    lake = commands.add_parser("lake", help="the Delta tables: migrate, stats")
+    lake = commands.add_parser("lake", help="the Delta tables: migrate, stats, compact, vacuum")
     lake_cmds = lake.add_subparsers(dest="lake_command", required=True, metavar="ACTION")
     lake_cmds.add_parser(
         "migrate",
@@ -311,6 +357,7 @@ def _add_lake_commands(commands: argparse._SubParsersAction) -> None:
     stats.add_argument("--table", default="events", help="events (default) or sessions")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(handler=_lake_stats)
+    _add_upkeep_commands(lake_cmds)
 
 
 def build_parser() -> argparse.ArgumentParser:

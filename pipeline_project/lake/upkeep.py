@@ -1,7 +1,7 @@
 """Table upkeep: compaction of small files, vacuum, checkpoints (`pipeline-project lake ...`).
 
-Micro-batches make small files: one per range and day. Compaction rewrites a day's small files into
-files near PIPELINE_COMPACT_TARGET_MB with Delta's optimize, as one commit that removes the old files
+Micro-batches make small files: one per range and day. Compaction rewrites a day's small files
+into files near the target size with Delta's optimize, as one commit that removes the old files
 and adds the new ones with `dataChange=false`. It runs while ingestion commits to the same day:
 ingestion's appends read no files, so neither commit conflicts with the other, and a reader's
 snapshot holds either the small files or the compacted ones, never both. Vacuum deletes files no
@@ -53,10 +53,9 @@ def compact(
     *,
     day: date | None = None,
     target_mb: int = 128,
-    min_small_files: int = 2,
     table_name: str = TABLE_EVENTS,
 ) -> CompactResult:
-    """Compacts `day` (or every day with at least `min_small_files` small files) of a table."""
+    """Compacts `day` of a table, or every day that has several files well below the target."""
     result = CompactResult(table_name)
     started = time.perf_counter()
     table = open_table(lake, table_name)
@@ -64,9 +63,7 @@ def compact(
         return result
     before = {d["day"]: d for d in table_stats(lake, table_name).days}
     target = target_mb * MIB
-    days = [day.isoformat()] if day else [
-        d for d, s in before.items() if s["files"] >= min_small_files and s["bytes"] < target * s["files"]
-    ]
+    days = [day.isoformat()] if day else [d for d, s in before.items() if _small(s, target)]
     for name in days:
         if name not in before:
             continue
@@ -89,6 +86,11 @@ def compact(
             )
     result.seconds = round(time.perf_counter() - started, 3)
     return result
+
+
+def _small(day: dict[str, Any], target: int, min_files: int = 2) -> bool:
+    """A day worth compacting: several files whose average is well below the target size."""
+    return day["files"] >= min_files and day["bytes"] < target * (day["files"] - 1)
 
 
 def vacuum(
