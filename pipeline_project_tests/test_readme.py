@@ -132,7 +132,7 @@ def run_doc_command(command: str, cwd: Path, settings: Settings) -> str:
 def events_table(settings: Settings) -> pl.DataFrame:
     """The events table as its log says it is (the truth the documented queries must show)."""
     lake = lake_of(settings)
-    return pl.read_delta(lake.table_uri("events"), storage_options=lake.options())
+    return pl.read_delta(lake.table_uri("events"), storage_options=lake.polars_options())
 
 
 def test_duckdb_query_of_a_day(prepared_lake: Settings, tmp_path: Path) -> None:

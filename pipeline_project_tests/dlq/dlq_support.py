@@ -162,7 +162,7 @@ def statuses(settings: Settings) -> Counter[str]:
     """Failed source records by status (recovered, filtered, parked, failing) as the report counts
     them, read-only: every DLQ record folded per source, joined with the ledger in the table's log.
     """
-    log, _ = report.read_new(settings, report.ReportState(settings.dlq_topic))
+    log = report.read_new(settings, {})
     records = report.per_source(log, resolution.load_book(lake_of(settings)))
     return Counter({"failed": records.height, **Counter(records.get_column("status").to_list())})
 

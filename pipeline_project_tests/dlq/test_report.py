@@ -52,7 +52,7 @@ BREAKDOWNS = ("by_category", "by_rule", "by_field", "by_stage", "by_source_parti
 def read_table(settings: Settings, table: str) -> pl.DataFrame:
     """A report table as a user reads it: through the Delta log."""
     lake = lake_of(settings)
-    return pl.read_delta(lake.table_uri(table), storage_options=lake.options())
+    return pl.read_delta(lake.table_uri(table), storage_options=lake.polars_options())
 
 
 def test_report_tables_are_delta_tables_and_the_log_is_the_read_progress(

@@ -22,7 +22,7 @@ SCHEMA = pl.DataFrame(schema={"writer": pl.Int64, "date": pl.Date}).to_arrow().s
 
 
 def read(lake: Lake, table: str) -> pl.DataFrame:
-    return pl.read_delta(lake.table_uri(table), storage_options=lake.options())
+    return pl.read_delta(lake.table_uri(table), storage_options=lake.polars_options())
 
 
 def test_racing_first_writers_leave_one_copy_of_a_day(lake: Lake) -> None:

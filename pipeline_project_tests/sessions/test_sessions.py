@@ -146,7 +146,7 @@ def ingested(kafka_settings: Settings) -> Settings:
 def read_sessions(settings: Settings, day: date | None = None) -> pl.DataFrame:
     """The sessions table as a user reads it (Delta), one day or all, in the table's row order."""
     lake = lake_of(settings)
-    frame = pl.read_delta(lake.table_uri("sessions"), storage_options=lake.options())
+    frame = pl.read_delta(lake.table_uri("sessions"), storage_options=lake.polars_options())
     if day is not None:
         frame = frame.filter(pl.col("date") == day).drop("date")
     return frame.sort("date" if day is None else "session_start", "session_start", "session_id")

@@ -92,7 +92,7 @@ def materialize_days(instance: DagsterInstance, days: set[str]) -> None:
 def session_ids(settings: Settings, day: str) -> set[str]:
     """The day's sessions as a user reads them: through the Delta log."""
     lake = lake_of(settings)
-    frame = pl.read_delta(lake.table_uri("sessions"), storage_options=lake.options())
+    frame = pl.read_delta(lake.table_uri("sessions"), storage_options=lake.polars_options())
     return set(frame.filter(pl.col("date") == date.fromisoformat(day))["session_id"].to_list())
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from pipeline_project.lake.history import read_history
+from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.ingest_support import assert_reconciles, lake_frame, produce
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
@@ -36,13 +38,14 @@ def dagster_execute(env: dict[str, str]) -> subprocess.Popen:
     )
 
 
-def manifests(settings: Settings) -> list[Path]:
-    return sorted((settings.state_dir / "manifests").rglob("*.json"))
+def committed_ranges(settings: Settings) -> set[str]:
+    """Range ids of the commits in the events table's log."""
+    return {r.range.range_id for r in read_history(lake_of(settings)).records}
 
 
 def wait_for_commits(settings: Settings, proc: subprocess.Popen, n: int) -> None:
     deadline = time.monotonic() + 120
-    while len(manifests(settings)) < n:
+    while len(committed_ranges(settings)) < n:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         assert time.monotonic() < deadline, "no commit within 120 s"
         time.sleep(0.05)
@@ -63,7 +66,7 @@ def test_signal_mid_run_then_rerun_reconciles(
     proc.send_signal(sig)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0, output[-2000:]
-    committed = {p.stem for p in manifests(kafka_settings)}
+    committed = committed_ranges(kafka_settings)
     total = -(-EVENTS // RANGE_EVENTS)  # at least this many ranges over all partitions
     assert 2 <= len(committed) < total, "the signal did not land mid-run"
 

@@ -134,7 +134,7 @@ def lake_and_ui(
 def events_table(settings: Settings) -> pl.DataFrame:
     """The events table read through its Delta log, as a user reads it."""
     lake = lake_of(settings)
-    return pl.read_delta(lake.table_uri("events"), storage_options=lake.options())
+    return pl.read_delta(lake.table_uri("events"), storage_options=lake.polars_options())
 
 
 @pytest.fixture(scope="module")
