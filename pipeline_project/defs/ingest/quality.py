@@ -22,8 +22,8 @@ from dagster import (
 
 from pipeline_project import health
 from pipeline_project.batch.quality import unknown_user_agents
-from pipeline_project.defs.assets import EVENTS_KEY
-from pipeline_project.settings import Settings
+from pipeline_project.defs.ingest.assets import EVENTS_KEY
+from pipeline_project.defs.resources import PipelineSettings
 
 FRESHNESS_CHECK = "freshness"
 UNKNOWN_UA_CHECK = "unknown_user_agents"
@@ -52,11 +52,13 @@ def last_update(instance: DagsterInstance) -> datetime | None:
         AutomationCondition.cron_tick_passed(CHECK_CRON) & ~AutomationCondition.in_progress()
     ),
 )
-def events_freshness(context: AssetCheckExecutionContext) -> AssetCheckResult:
+def events_freshness(
+    context: AssetCheckExecutionContext, settings: PipelineSettings
+) -> AssetCheckResult:
     """Same rule as `health`'s last_ingest line; Kafka is asked only when events look old."""
-    settings = Settings.from_env()
+    resolved = settings.for_run()
     updated = last_update(context.instance)
-    verdict = health.events_freshness(settings, updated)
+    verdict = health.events_freshness(resolved, updated)
     age = (datetime.now(UTC) - updated).total_seconds() if updated else -1.0
     return AssetCheckResult(
         passed=verdict.status == health.OK,
@@ -64,7 +66,7 @@ def events_freshness(context: AssetCheckExecutionContext) -> AssetCheckResult:
         description=verdict.detail,
         metadata={
             "age_seconds": MetadataValue.float(round(age, 1)),
-            "max_age_seconds": MetadataValue.float(settings.health_max_ingest_age_seconds),
+            "max_age_seconds": MetadataValue.float(resolved.health_max_ingest_age_seconds),
         },
     )
 
@@ -82,11 +84,11 @@ def events_freshness(context: AssetCheckExecutionContext) -> AssetCheckResult:
         & ~AutomationCondition.in_progress()
     ),
 )
-def events_unknown_user_agents() -> AssetCheckResult:
+def events_unknown_user_agents(settings: PipelineSettings) -> AssetCheckResult:
     """Reads the device/browser columns of the latest day's committed files only."""
-    settings = Settings.from_env()
-    counts = unknown_user_agents(settings)
-    limit = settings.max_unknown_ua_share
+    resolved = settings.for_run()
+    counts = unknown_user_agents(resolved)
+    limit = resolved.max_unknown_ua_share
     return AssetCheckResult(
         passed=counts.share <= limit,
         severity=AssetCheckSeverity.WARN,
