@@ -188,7 +188,7 @@ def env_name(field_name: str) -> str:
 
 
 def _one_line(exc: ValidationError) -> str:
-    """`PIPELINE_X='value': what is wrong` for each bad value, on one line."""
+    """`<variable>='<value>': <what is wrong>` for each bad value, on one line."""
     problems = []
     for error in exc.errors(include_url=False):
         name = str(error["loc"][0]) if error["loc"] else "?"

@@ -1,6 +1,6 @@
 """The lake: deterministic, range-named Parquet files that appear under the root only when complete.
 
-Layout (contract, DESIGN.md §3):
+Layout (a contract, docs/ARCHITECTURE.md):
 `<lake>/<table>/date=YYYY-MM-DD/part-<topic>-<partition>-<first>-<last>.parquet`, first/last = the
 range's `start` and `end - 1` zero-padded to 19 digits, one file per range per day. Files are
 written and fsynced in `<state>/staging/<range_id>/` (same filesystem, outside the root: polars and
@@ -569,7 +569,7 @@ def remove_staging(state_dir: Path, rng: Range) -> bool:
 
 
 def publish(staged: StagedFile, lake_dir: Path) -> Literal["published", "identical"]:
-    """Hard-links a staged file into the lake, never clobbering (DESIGN.md §2 step 7).
+    """Hard-links a staged file into the lake, never clobbering (the protocol's publish step).
 
     An existing target with the same sha256 is an idempotent re-run ("identical"); a different one
     is a fencing violation (a zombie or a non-deterministic writer) and raises FencingError. If the

@@ -1,4 +1,4 @@
-"""`pipeline-project reconcile`: proves the lake against the ledger (RELIABILITY.md §8.1, I1-I4).
+"""`pipeline-project reconcile`: proves the lake against the ledger (invariants I1-I4).
 
 Read-only. Per partition: committed ranges contiguous (I4); every listed file present with the
 manifest's size, sha256, Parquet row count and offset bounds, page CRCs verified on read (I3);

@@ -1,4 +1,4 @@
-"""Start-of-run recovery of one topic-partition (DESIGN.md §2 step 9), under its partition lock.
+"""Start-of-run recovery of one topic-partition (docs/ARCHITECTURE.md, "Run protocol", step 2).
 
 An unfinished range is rolled forward (a "prepared" intent whose files are all intact: publish what
 is missing, write the manifest) or back (staging removed, the intent reset to "started" so a re-run

@@ -1,4 +1,4 @@
-"""The run protocol (DESIGN.md §2): lock, recover, intent, drain, process, stage, publish, commit.
+"""The run protocol (docs/ARCHITECTURE.md): lock, recover, intent, drain, process, stage, commit.
 
 Each range commits on its own, so a run that fails half-way keeps the ranges it finished. The intent
 fixes a range's run_id, ingested_at and reference time on its first attempt; a retry adopts them, so

@@ -1,4 +1,4 @@
-"""The raw-event contract (DESIGN.md §3), defined once for the producer, the validator and the docs.
+"""The raw-event contract, defined once for the producer, the validator and the docs.
 
 A raw event is a UTF-8 JSON object. The required fields alone make a valid event; optional fields
 are validated when present. Error categories double as the producer's `bad:<class>` verdicts and the

@@ -48,7 +48,7 @@ COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the `produce` flags (DESIGN.md §3) to a parser."""
+    """Adds the `produce` flags to a parser."""
     parser.add_argument(
         "--rate",
         type=_non_negative,

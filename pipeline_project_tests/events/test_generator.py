@@ -304,7 +304,7 @@ def _with(event: dict[str, Any], key: str, value: Any) -> bytes:
 
 
 def test_bad_event_variants_cover_the_matrix() -> None:
-    """The specific shapes RELIABILITY.md P1-P13 names are all among the bad records."""
+    """The poison shapes P1-P13 (docs/ARCHITECTURE.md) are all among the bad records."""
     values = [r.value for r in EventGenerator(9, bad_ratio=1.0).batch(6_000, NOW)]
     blobs = [v for v in values if v is not None]
     assert any(v is None for v in values)  # tombstone

@@ -1,4 +1,4 @@
-"""The oracle every fault test ends with (RELIABILITY.md §8.1, I1-I6).
+"""The oracle every fault test ends with: invariants I1-I6 (docs/ARCHITECTURE.md, "Invariants").
 
 Given the ground truth (what the broker acknowledged, with the verdict a correct pipeline reaches),
 it reads the lake, the ledger and the DLQ topic and reports every violated invariant:
