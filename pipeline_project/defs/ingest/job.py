@@ -10,6 +10,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetMaterialization,
     Config,
+    DagsterExecutionInterruptedError,
     MetadataValue,
     OpExecutionContext,
     in_process_executor,
@@ -17,12 +18,16 @@ from dagster import (
     op,
 )
 
+from pipeline_project.batch import ledger
 from pipeline_project.batch import run as protocol
 from pipeline_project.batch.ranges import Range
+from pipeline_project.batch.recover import recover
 from pipeline_project.batch.run import IngestResult
 from pipeline_project.defs.ingest.assets import DLQ_KEY, EVENTS_KEY
 from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.defs.tags import JOB_TAG
+from pipeline_project.errors import PipelineError
+from pipeline_project.settings import Settings
 
 ACCOUNTING_CHECK = "accounting_identity"
 
@@ -56,13 +61,35 @@ def ingest(context: OpExecutionContext, config: IngestConfig, settings: Pipeline
     result = IngestResult(run_id=context.run_id)
     try:
         protocol.ingest(resolved, ranges, log=context.log, result=result)
-    except BaseException:
+    except BaseException as exc:
         # A failed range or a termination (Dagster raises an interrupt inside the op) must not hide
         # the ranges that committed before it: `sessions` reacts to these materializations.
         if result.committed:
             report(context, result)
+        if isinstance(exc, DagsterExecutionInterruptedError | KeyboardInterrupt):
+            settle(context, resolved, ranges or [])
         raise
     report(context, result)
+
+
+def settle(context: OpExecutionContext, settings: Settings, ranges: list[Range]) -> None:
+    """After an interrupt, brings each range's partition to a committed state before exiting.
+
+    The interrupt can land anywhere in the protocol; the next run's recovery would settle it too,
+    but a stopped deployment (Ctrl-C on `make demo`) may have no next run soon, and until then
+    `reconcile` reports the unfinished intent. Recovery rolls a prepared range forward and a
+    started one back, under the partition lock. Fast (one partition's ledger); a partition whose
+    lock another run holds is left to that run.
+    """
+    topic, state = settings.raw_topic, settings.state_dir
+    for partition in sorted({r.partition for r in ranges}):
+        try:
+            with ledger.partition_lock(state, topic, partition):
+                done = recover(settings.lake_dir, state, topic, partition)
+        except PipelineError as exc:
+            context.log.warning("partition %d left to the next run: %s", partition, exc)
+            continue
+        context.log.info("interrupted: %s", done.summary())
 
 
 def report(context: OpExecutionContext, result: IngestResult) -> None:
