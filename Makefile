@@ -57,10 +57,10 @@ screenshots: install browser
 	UI_SCREENSHOTS_DIR=docs/images $(BIN)/pytest pipeline_project_tests/ui -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check pipeline_project pipeline_project_tests
+	$(BIN)/ruff check pipeline_project pipeline_project_tests benchmarks
 
 bench: install
-	$(BIN)/python -m pipeline_project.bench
+	$(BIN)/python -m benchmarks.bench
 
 # Not part of `make test`: minutes of random SIGKILLs, then the oracle (pipeline_project_tests/faults).
 chaos: install

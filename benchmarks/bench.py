@@ -80,6 +80,8 @@ from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.kafka.topics import ensure_topics
 from pipeline_project.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parent.parent  # `-m benchmarks.…` children import from here
+
 EVENTS = 200_000
 TIMED_RUNS = 3
 # Untimed reads of the whole range first. A broker the bench starts is seconds old, and until its
@@ -158,8 +160,9 @@ def run_bench(base: Settings, n: int) -> dict:
 def _producer_bench(settings: Settings) -> dict:
     """The producer's own figures (1M events at full speed, rate accuracy at 1k and 20k eps)."""
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline_project.kafka.produce_bench"],
+        [sys.executable, "-m", "benchmarks.produce_bench"],
         env=_env(settings),
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=1200,
@@ -273,7 +276,7 @@ def _ingest_child(
         [
             sys.executable,
             "-m",
-            "pipeline_project.bench",
+            "benchmarks.bench",
             "--child-ingest",
             settings.raw_topic,
             str(end),
@@ -281,6 +284,7 @@ def _ingest_child(
             str(step),
         ],
         env={**_env(settings), "PIPELINE_DATA_DIR": str(data_dir)},
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=900,
