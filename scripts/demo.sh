@@ -28,11 +28,20 @@ PRODUCER=$!
 echo "producer: $RATE events/s into raw-events (log: $LOCAL/producer.log)"
 
 DAGSTER=""
-# A run interrupted by the INT settles its partition (rolls its range forward or back) within about a
-# second; dagster dev itself then waits up to 60 s for its webserver, daemon and code server, which
-# hold nothing of ours. So it gets DAGSTER_GRACE seconds, then its process group is killed.
+# A run interrupted by the INT settles its partition (rolls its range forward or back) and exits within
+# a second or two; dagster dev itself would then wait up to 60 s for its webserver, daemon and code
+# server, which hold nothing of ours. So once no run worker is left (or after DAGSTER_GRACE seconds),
+# dagster dev's process group is killed.
 DAGSTER_GRACE="${DAGSTER_GRACE:-5}"
 PRODUCER_GRACE=3
+# runs_left PGID: run workers (and their step processes) still alive in dagster dev's process group.
+runs_left() { pgrep -g "$1" -f "multiprocessing.spawn|execute_run|execute_step" >/dev/null; }
+stop_dagster() {
+  local deadline=$((SECONDS + DAGSTER_GRACE))
+  sleep 0.5  # the INT reaches every run worker before it is asked for
+  while runs_left "$1" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+  kill -KILL -- "-$1" 2>/dev/null || true
+}
 # wait_or_kill PID SECONDS: wait up to SECONDS for PID to exit, then SIGKILL its process group.
 wait_or_kill() {
   timeout "$2" tail --pid="$1" -f /dev/null || kill -KILL -- "-$1" 2>/dev/null || true
@@ -44,7 +53,7 @@ stop_all() {
   echo; echo "stopping: dagster (UI, daemon, runs) and producer, then the broker"
   [ -n "$DAGSTER" ] && kill -INT -- "-$DAGSTER" 2>/dev/null
   kill -TERM -- "-$PRODUCER" 2>/dev/null  # it flushes what it sent, then prints its summary
-  [ -n "$DAGSTER" ] && wait_or_kill "$DAGSTER" "$DAGSTER_GRACE"
+  [ -n "$DAGSTER" ] && stop_dagster "$DAGSTER"
   wait_or_kill "$PRODUCER" "$PRODUCER_GRACE"
   $BIN/pipeline-project kafka stop || true
 }

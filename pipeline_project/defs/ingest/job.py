@@ -26,7 +26,6 @@ from pipeline_project.batch.run import IngestResult
 from pipeline_project.defs.ingest.assets import DLQ_KEY, EVENTS_KEY
 from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.defs.tags import JOB_TAG
-from pipeline_project.errors import PipelineError
 from pipeline_project.settings import Settings
 
 ACCOUNTING_CHECK = "accounting_identity"
@@ -86,7 +85,7 @@ def settle(context: OpExecutionContext, settings: Settings, ranges: list[Range])
         try:
             with ledger.partition_lock(state, topic, partition):
                 done = recover(settings.lake_dir, state, topic, partition)
-        except PipelineError as exc:
+        except Exception as exc:  # noqa: BLE001 - the interrupt, not this, is what the run reports
             context.log.warning("partition %d left to the next run: %s", partition, exc)
             continue
         context.log.info("interrupted: %s", done.summary())
