@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 RAW_PARTITIONS = 6
 DAY_MS = 24 * 3600 * 1000
 MAX_MESSAGE_BYTES = 1_048_576
-# Twice the raw limit, so any raw record plus its bounded DLQ headers always fits (RELIABILITY D3).
+# Twice the raw limit, so any raw record plus its bounded DLQ headers always fits (fault D3 in
+# docs/ARCHITECTURE.md).
 DLQ_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 ADMIN_TIMEOUT_S = 15.0
 AUTHORIZATION_FAILED = (

@@ -27,13 +27,13 @@ from dagster import DagsterInstance
 
 from pipeline_project.batch.run import ingest
 from pipeline_project.definitions import defs
+from pipeline_project.defs.resources import SETTINGS_KEY, PipelineSettings
 from pipeline_project.errors import KafkaAuthorizationError, KafkaUnavailableError
 from pipeline_project.kafka import secure
 from pipeline_project.kafka.acls import PIPELINE, PRODUCER, grants
 from pipeline_project.settings import Settings, read_kafka_properties
 from pipeline_project_tests.conftest import SecureKafka
 from pipeline_project_tests.defs.test_ingest_e2e import tick_until_caught_up
-from pipeline_project_tests.ingest_support import pipeline_env
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 EVENTS = 300
@@ -156,12 +156,13 @@ def test_least_privilege_flow_end_to_end_leaks_no_secret(
     bad = sum(1 for t in truth if t["verdict"].startswith("bad:"))
     assert bad > 0
 
-    # The sensor plans, Dagster runs ingest_events, as User:pipeline (env only, as in a deployment).
-    with (
-        pipeline_env(monkeypatch, settings, **knobs),
-        DagsterInstance.local_temp(tempdir=str(home)) as instance,
-    ):
-        assert tick_until_caught_up(instance)
+    # The sensor plans, Dagster runs ingest_events, as User:pipeline (env only, as in a deployment:
+    # the `settings` resource with no field set reads every PIPELINE_* variable at the tick or run).
+    for name, value in env_for(settings, **knobs).items():
+        if name.startswith("PIPELINE_"):
+            monkeypatch.setenv(name, value)
+    with DagsterInstance.local_temp(tempdir=str(home)) as instance:
+        assert tick_until_caught_up(instance, {SETTINGS_KEY: PipelineSettings()})
         # Reprocess (a job) once: every record is tried a second time, and parked at the limit.
         assert defs.resolve_job_def("reprocess_dlq").execute_in_process(instance=instance).success
         assert defs.resolve_job_def("dlq_report_job").execute_in_process(instance=instance).success
