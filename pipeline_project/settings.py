@@ -10,6 +10,7 @@ error message shows them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -99,7 +100,7 @@ class Settings:
 
     def kafka_properties(self) -> dict[str, str]:
         """The properties file's settings revealed, for a librdkafka client config only."""
-        return {key: _reveal(value) for key, value in self.kafka_extra.items()}
+        return reveal_properties(self.kafka_extra)
 
     def kafka_property(self, key: str, default: str | None = None) -> str | None:
         """One property revealed (security.protocol, sasl.username, ...), or `default`."""
@@ -130,6 +131,11 @@ class Settings:
 
 def _reveal(value: SecretStr | str) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def reveal_properties(props: Mapping[str, SecretStr | str]) -> dict[str, str]:
+    """Kafka properties with their values revealed: for a librdkafka config, never for a log."""
+    return {key: _reveal(value) for key, value in props.items()}
 
 
 def _cron(value: str | None) -> str | None:

@@ -34,7 +34,7 @@ from pipeline_project.kafka.acls import PIPELINE, PRODUCER, grants
 from pipeline_project.settings import Settings, read_kafka_properties
 from pipeline_project_tests.conftest import SecureKafka
 from pipeline_project_tests.defs.test_ingest_e2e import tick_until_caught_up
-from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
+from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, plain_properties
 
 EVENTS = 300
 
@@ -87,7 +87,7 @@ def topic_size(secure_kafka: SecureKafka, topic: str) -> int:
     consumer = Consumer(
         {
             "bootstrap.servers": secure_kafka.bootstrap,
-            **read_kafka_properties(secure_kafka.admin),
+            **plain_properties(secure_kafka.admin),
             "group.id": "test-size",
         }
     )
@@ -116,7 +116,7 @@ def files_containing(roots: list[Path], secret: str) -> list[Path]:
 def acls_on(secure_kafka: SecureKafka, settings: Settings) -> set[tuple[str, str, str, str]]:
     """(principal, resource type, name, operation) of every ACL on this test's topics and group."""
     admin = AdminClient(
-        {"bootstrap.servers": secure_kafka.bootstrap, **read_kafka_properties(secure_kafka.admin)}
+        {"bootstrap.servers": secure_kafka.bootstrap, **plain_properties(secure_kafka.admin)}
     )
     every = AclBindingFilter(
         ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
@@ -213,7 +213,7 @@ def test_kafka_start_secure_provisions_and_prints_files_not_passwords(
 # -- login and TLS failures ------------------------------------------------------------------------
 def bad_config(case: str, secure_kafka: SecureKafka, tmp_path: Path) -> Path:
     """The pipeline's properties file, broken one way."""
-    props = read_kafka_properties(secure_kafka.pipeline)
+    props = plain_properties(secure_kafka.pipeline)
     if case == "wrong_password":
         props["sasl.password"] = "not-the-password"
     elif case == "unknown_ca":
@@ -272,7 +272,7 @@ def revoke(secure_kafka: SecureKafka, principal: str, kind: ResourceType, name: 
            operation: AclOperation) -> None:  # fmt: skip
     """Deletes one ACL of the documented set, with the broker's own login."""
     admin = AdminClient(
-        {"bootstrap.servers": secure_kafka.bootstrap, **read_kafka_properties(secure_kafka.admin)}
+        {"bootstrap.servers": secure_kafka.bootstrap, **plain_properties(secure_kafka.admin)}
     )
     target = AclBindingFilter(
         kind, name, ResourcePatternType.LITERAL, principal, "*", operation, AclPermissionType.ALLOW
