@@ -71,7 +71,7 @@ lint: install
 	$(BIN)/ruff check pipeline_project pipeline_project_tests benchmarks
 
 bench: install
-	$(BIN)/python -m pipeline_project.bench
+	$(BIN)/python -m benchmarks.bench
 	$(BIN)/python -m benchmarks.lake_history
 
 # Not part of `make test`: minutes of random SIGKILLs, then the oracle (pipeline_project_tests/faults).

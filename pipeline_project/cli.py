@@ -74,7 +74,7 @@ def _kafka_status(args: argparse.Namespace, settings: Settings) -> int:
     pid = broker.pid()
     if args.secure and not settings.kafka_extra:  # no client login given: the broker's own
         settings = dataclasses.replace(settings, kafka_extra=broker.admin_properties())
-    reachable = metadata_ok(settings.bootstrap, timeout=5.0, extra=settings.kafka_extra)
+    reachable = metadata_ok(settings.bootstrap, timeout=5.0, extra=settings.kafka_properties())
     cause = None if reachable else explain_unreachable(settings)
     state = "running" if reachable else "unreachable" if cause else "stopped"
     owner = f"local, pid {pid}" if pid else "not started by this project" if reachable else "local"

@@ -1,60 +1,38 @@
 """Settings from PIPELINE_* environment variables, one place for the CLI and the Dagster resources.
 
-The names and defaults of the Kafka and data-dir settings are a contract (DESIGN.md §3); the batch
-sizing settings are ours. Secrets from PIPELINE_KAFKA_CONFIG are never logged or printed.
+Parsing and validation are pydantic-settings' (`EnvSettings`: env prefix PIPELINE_, types, bounds);
+a bad value becomes one SettingsError line naming the variable. `Settings` stays a frozen dataclass
+holding every default once, so callers derive variants with `dataclasses.replace` (the tests do,
+per topic and data dir). The names and defaults are documented in the README's settings table.
+Secrets from the PIPELINE_KAFKA_CONFIG properties file are held as SecretStr: no repr, log line or
+error message shows them.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any
+
+from croniter import croniter
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline_project.errors import SettingsError
+from pipeline_project.kafka.names import check_topic_name
+
+ENV_PREFIX = "PIPELINE_"
 
 
-def _env_int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
-    return value
+def read_kafka_properties(path: Path) -> dict[str, SecretStr]:
+    """Reads a librdkafka properties file (key=value lines, # comments) for SASL/SSL settings.
 
-
-def _env_float(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={value} must be at least {minimum}")
-    return value
-
-
-def _env_bool(name: str, default: bool) -> bool:
-    raw = (os.environ.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SettingsError(f"{name}={raw!r} is not true/false")
-
-
-def read_kafka_properties(path: Path) -> dict[str, str]:
-    """Reads a librdkafka properties file (key=value lines, # comments) for SASL/SSL settings."""
+    Every value is a SecretStr: passwords and keys must not reach a repr or a log line.
+    """
     if not path.is_file():
         raise SettingsError(f"PIPELINE_KAFKA_CONFIG={path} does not exist or is not a file")
-    props: dict[str, str] = {}
+    props: dict[str, SecretStr] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith(("#", "!")):
@@ -62,13 +40,13 @@ def read_kafka_properties(path: Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep or not key.strip():
             raise SettingsError(f"PIPELINE_KAFKA_CONFIG={path}:{number}: expected key=value")
-        props[key.strip()] = value.strip()
+        props[key.strip()] = SecretStr(value.strip())
     return props
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable, resolved once from the environment."""
+    """Everything configurable: `Settings()` the defaults, `Settings.from_env()` the environment."""
 
     bootstrap: str = "localhost:9092"
     kafka_config_file: Path | None = None
@@ -101,7 +79,9 @@ class Settings:
     dlq_reprocess_cron: str = "0 * * * *"
     dlq_naive_as_utc: bool = True
     dlq_max_unresolved_age_hours: float = 24.0
-    kafka_extra: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # From the PIPELINE_KAFKA_CONFIG file: SASL/SSL settings, secrets among them (SecretStr; plain
+    # str where the code builds them itself, e.g. the local broker's admin login).
+    kafka_extra: dict[str, SecretStr | str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def lake_dir(self) -> Path:
@@ -118,59 +98,119 @@ class Settings:
         """Where DLQ records go after too many failed repair attempts."""
         return f"{self.dlq_topic}.parked"
 
+    def kafka_properties(self) -> dict[str, str]:
+        """The properties file's settings revealed, for a librdkafka client config only."""
+        return reveal_properties(self.kafka_extra)
+
+    def kafka_property(self, key: str, default: str | None = None) -> str | None:
+        """One property revealed (security.protocol, sasl.username, ...), or `default`."""
+        value = self.kafka_extra.get(key)
+        return default if value is None else _reveal(value)
+
     def kafka_common(self) -> dict[str, str]:
         """Librdkafka settings every client shares: bootstrap plus the optional properties file."""
-        conf = {"bootstrap.servers": self.bootstrap}
-        conf.update(self.kafka_extra)
-        return conf
+        return {"bootstrap.servers": self.bootstrap, **self.kafka_properties()}
 
     @classmethod
-    def from_env(cls) -> Settings:
-        """Reads PIPELINE_* variables; a malformed one raises SettingsError naming it."""
-        env = os.environ
-        config_file = env.get("PIPELINE_KAFKA_CONFIG") or None
-        extra = read_kafka_properties(Path(config_file)) if config_file else {}
-        bootstrap = env.get("PIPELINE_KAFKA_BOOTSTRAP") or "localhost:9092"
-        for topic_var in ("PIPELINE_RAW_TOPIC", "PIPELINE_DLQ_TOPIC"):
-            value = env.get(topic_var)
-            if value is not None and not _valid_topic(value):
-                raise SettingsError(f"{topic_var}={value!r} is not a valid Kafka topic name")
-        return cls(
-            bootstrap=bootstrap,
-            kafka_config_file=Path(config_file) if config_file else None,
-            raw_topic=env.get("PIPELINE_RAW_TOPIC") or "raw-events",
-            dlq_topic=env.get("PIPELINE_DLQ_TOPIC") or "dead-letter-queue",
-            data_dir=Path(env.get("PIPELINE_DATA_DIR") or "data"),
-            lake_uri=(env.get("PIPELINE_LAKE_URI") or "").strip(),
-            max_range_events=_env_int("PIPELINE_MAX_RANGE_EVENTS", 200_000, minimum=1),
-            min_backlog_events=_env_int("PIPELINE_MIN_BACKLOG_EVENTS", 5_000, minimum=1),
-            max_wait_seconds=_env_float("PIPELINE_MAX_WAIT_SECONDS", 30.0),
-            drain_timeout_seconds=_env_float("PIPELINE_DRAIN_TIMEOUT_SECONDS", 120.0, minimum=1),
-            dlq_timeout_seconds=_env_float("PIPELINE_DLQ_TIMEOUT_SECONDS", 30.0, minimum=1),
-            max_lateness_days=_env_int("PIPELINE_MAX_LATENESS_DAYS", 7, minimum=0),
-            max_clock_skew_seconds=_env_int("PIPELINE_MAX_CLOCK_SKEW_SECONDS", 300, minimum=0),
-            consumer_group=env.get("PIPELINE_CONSUMER_GROUP") or "pipeline-project-lake",
-            health_max_lag_records=_env_int("PIPELINE_HEALTH_MAX_LAG_RECORDS", 100_000),
-            health_max_lag_seconds=_env_float("PIPELINE_HEALTH_MAX_LAG_SECONDS", 300.0),
-            health_max_ingest_age_seconds=_env_float(
-                "PIPELINE_HEALTH_MAX_INGEST_AGE_SECONDS", 600.0, minimum=1
-            ),
-            health_max_dlq_rate=_env_float("PIPELINE_HEALTH_MAX_DLQ_RATE", 0.10),
-            health_window_seconds=_env_float("PIPELINE_HEALTH_WINDOW_SECONDS", 900.0, minimum=1),
-            health_min_free_disk_mb=_env_int("PIPELINE_HEALTH_MIN_FREE_DISK_MB", 1_024),
-            max_unknown_ua_share=_env_float("PIPELINE_MAX_UNKNOWN_UA_SHARE", 0.05),
-            native_parse=_env_bool("PIPELINE_NATIVE_PARSE", True),
-            dlq_max_attempts=_env_int("PIPELINE_DLQ_MAX_ATTEMPTS", 3, minimum=2),
-            dlq_reprocess_cron=env.get("PIPELINE_DLQ_REPROCESS_CRON") or "0 * * * *",
-            dlq_naive_as_utc=_env_bool("PIPELINE_DLQ_NAIVE_AS_UTC", True),
-            dlq_max_unresolved_age_hours=_env_float(
-                "PIPELINE_DLQ_MAX_UNRESOLVED_AGE_HOURS", 24.0, minimum=0.01
-            ),
-            kafka_extra=extra,
-        )
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Reads PIPELINE_* variables; `overrides` (field names) win over them.
+
+        A malformed value raises one SettingsError line naming the variable, so the CLI, a run
+        and a sensor tick can all show it as it is.
+        """
+        try:
+            found = EnvSettings(**overrides)
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+        values = found.model_dump(exclude_none=True)
+        config_file = values.get("kafka_config_file")
+        if config_file is not None:
+            values["kafka_extra"] = read_kafka_properties(config_file)
+        return cls(**values)
 
 
-def _valid_topic(name: str) -> bool:
-    """Kafka's own rule: 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'."""
-    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-    return 0 < len(name) <= 249 and name not in (".", "..") and set(name) <= allowed
+def _reveal(value: SecretStr | str) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def reveal_properties(props: Mapping[str, SecretStr | str]) -> dict[str, str]:
+    """Kafka properties with their values revealed: for a librdkafka config, never for a log."""
+    return {key: _reveal(value) for key, value in props.items()}
+
+
+def _cron(value: str | None) -> str | None:
+    if value is not None and not croniter.is_valid(value):
+        raise ValueError("is not a cron expression (minute hour day month weekday)")
+    return value
+
+
+def _topic(value: str | None) -> str | None:
+    if value is not None:
+        check_topic_name(value)
+    return value
+
+
+Topic = Annotated[str, AfterValidator(_topic)]
+Cron = Annotated[str, AfterValidator(_cron)]
+
+
+class EnvSettings(BaseSettings):
+    """The environment's view of `Settings`: every field optional, None = not set = the default.
+
+    The field names are `Settings`' (so `Settings(**dump)` works); the variable is PIPELINE_ plus
+    the upper-cased name, except where an alias says otherwise.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        str_strip_whitespace=True,
+        validate_by_name=True,
+    )
+
+    bootstrap: str | None = Field(None, validation_alias="PIPELINE_KAFKA_BOOTSTRAP")
+    kafka_config_file: Path | None = Field(None, validation_alias="PIPELINE_KAFKA_CONFIG")
+    raw_topic: Topic | None = None
+    dlq_topic: Topic | None = None
+    data_dir: Path | None = None
+    lake_uri: str | None = None
+    max_range_events: int | None = Field(None, ge=1)
+    min_backlog_events: int | None = Field(None, ge=1)
+    max_wait_seconds: float | None = Field(None, ge=0)
+    drain_timeout_seconds: float | None = Field(None, ge=1)
+    dlq_timeout_seconds: float | None = Field(None, ge=1)
+    max_lateness_days: int | None = Field(None, ge=0)
+    max_clock_skew_seconds: int | None = Field(None, ge=0)
+    consumer_group: str | None = None
+    health_max_lag_records: int | None = Field(None, ge=0)
+    health_max_lag_seconds: float | None = Field(None, ge=0)
+    health_max_ingest_age_seconds: float | None = Field(None, ge=1)
+    health_max_dlq_rate: float | None = Field(None, ge=0)
+    health_window_seconds: float | None = Field(None, ge=1)
+    health_min_free_disk_mb: int | None = Field(None, ge=0)
+    max_unknown_ua_share: float | None = Field(None, ge=0)
+    native_parse: bool | None = None
+    dlq_max_attempts: int | None = Field(None, ge=2)
+    dlq_reprocess_cron: Cron | None = None
+    dlq_naive_as_utc: bool | None = None
+    dlq_max_unresolved_age_hours: float | None = Field(None, ge=0.01)
+
+
+def env_name(field_name: str) -> str:
+    """The PIPELINE_* variable that sets `field_name`."""
+    alias = EnvSettings.model_fields[field_name].validation_alias
+    return alias if isinstance(alias, str) else ENV_PREFIX + field_name.upper()
+
+
+def _one_line(exc: ValidationError) -> str:
+    """`<variable>='<value>': <what is wrong>` for each bad value, on one line."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        if name in EnvSettings.model_fields:
+            name = env_name(name)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}={error.get('input')!r}: {message}")
+    return "; ".join(problems)

@@ -22,7 +22,13 @@ from pipeline_project.kafka.topics import ensure_topics
 from pipeline_project.lake.location import AWS_VARIABLES
 from pipeline_project.lake.s3server import LocalS3, find_versitygw
 from pipeline_project.settings import Settings, read_kafka_properties
-from pipeline_project_tests.support import REPO_ROOT, S3Lake, free_port_pair, unique
+from pipeline_project_tests.support import (
+    REPO_ROOT,
+    S3Lake,
+    free_port_pair,
+    plain_properties,
+    unique,
+)
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +138,7 @@ class SecureKafka:
 
     def password(self, name: str) -> str:
         path = {"pipeline": self.pipeline, "producer": self.producer, "admin": self.admin}[name]
-        return read_kafka_properties(path)["sasl.password"]
+        return plain_properties(path)["sasl.password"]
 
 
 @pytest.fixture(scope="session")

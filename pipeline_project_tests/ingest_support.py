@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import polars as pl
-import pytest
 from confluent_kafka import Consumer, TopicPartition
+from dagster import Definitions
 
+from pipeline_project.definitions import build_defs
+from pipeline_project.defs.resources import SETTINGS_KEY, PipelineSettings
 from pipeline_project.dlq.records import decode_headers
 from pipeline_project.lake.location import lake_of
 from pipeline_project.lake.table import open_table
@@ -96,15 +97,15 @@ def dlq_records(settings: Settings) -> list[dict]:
     return out
 
 
-@contextmanager
-def pipeline_env(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings, **extra: str
-) -> Iterator[None]:
-    """Points Settings.from_env() (used by the Dagster layer) at the test's topics and data dir."""
-    for name, value in env_for(settings, **extra).items():
-        if name.startswith("PIPELINE_"):
-            monkeypatch.setenv(name, value)
-    yield
+def dagster_resources(settings: Settings, **overrides: Any) -> dict[str, PipelineSettings]:
+    """The code location's resources pointed at the test's topics and data dir, plus `overrides`
+    (Settings field names), whatever PIPELINE_* variables the test process has."""
+    return {SETTINGS_KEY: PipelineSettings.of(settings, **overrides)}
+
+
+def defs_for(settings: Settings, **overrides: Any) -> Definitions:
+    """The code location as deployed, with `dagster_resources(settings, **overrides)`."""
+    return build_defs(dagster_resources(settings, **overrides)[SETTINGS_KEY])
 
 
 def assert_reconciles(env: dict[str, str]) -> dict:

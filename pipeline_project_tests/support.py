@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pipeline_project.kafka.broker import free_port_pair  # noqa: F401 - re-exported for tests
-from pipeline_project.settings import Settings
+from pipeline_project.settings import Settings, read_kafka_properties, reveal_properties
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -32,6 +32,11 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         env["PIPELINE_KAFKA_CONFIG"] = str(settings.kafka_config_file)
     env.update(extra)
     return env
+
+
+def plain_properties(path: Path) -> dict[str, str]:
+    """A Kafka properties file's values as plain text, for a test's own librdkafka client."""
+    return reveal_properties(read_kafka_properties(path))
 
 
 def unique(prefix: str) -> str:

@@ -1,4 +1,4 @@
-"""Deterministic kill points for crash tests (RELIABILITY.md §8.1): test-only by intent.
+"""Deterministic kill points for crash tests (docs/lake.md, "Kill points"): test-only.
 
 `fault_point("K4")` is a no-op unless the environment variable PIPELINE_FAULT_POINT equals "K4";
 then the process SIGKILLs itself at exactly that spot, so a test can prove recovery from a crash

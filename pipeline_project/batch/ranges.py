@@ -6,9 +6,11 @@ import contextlib
 import re
 from dataclasses import dataclass
 
+from pipeline_project.kafka.names import TOPIC_PATTERN
+
 OFFSET_WIDTH = 19
 _RANGE_ID_RE = re.compile(
-    rf"(?P<topic>[A-Za-z0-9._-]{{1,249}})-(?P<partition>\d{{1,10}})"
+    rf"(?P<topic>{TOPIC_PATTERN})-(?P<partition>\d{{1,10}})"
     rf"-(?P<start>\d{{{OFFSET_WIDTH}}})-(?P<end>\d{{{OFFSET_WIDTH}}})"
 )
 

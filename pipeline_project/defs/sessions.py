@@ -1,4 +1,7 @@
-"""Asset `sessions` (daily): one row per session and day, redone when that day of `events` changes.
+"""Sessions domain: asset `sessions` (daily) and `pipeline_automation_sensor`.
+
+One row per session and day, redone when that day of `events` changes; the sensor also runs the
+periodic `events` checks.
 
 Thin over batch.sessions. `events` is materialized by the ingest op (AssetMaterialization events,
 not an asset job); declarative automation sees those like any materialization, which
@@ -17,17 +20,18 @@ from dagster import (
     AutomationCondition,
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
+    Definitions,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
 from pipeline_project.batch import sessions as core
-from pipeline_project.defs.assets import EVENTS_KEY, daily_partitions
-from pipeline_project.defs.jobs import JOB_TAG
-from pipeline_project.defs.quality import events_quality_checks
+from pipeline_project.defs.ingest.assets import EVENTS_KEY, daily_partitions
+from pipeline_project.defs.ingest.quality import events_quality_checks
+from pipeline_project.defs.resources import PipelineSettings
+from pipeline_project.defs.tags import JOB_TAG
 from pipeline_project.lake.location import TABLE_SESSIONS
-from pipeline_project.settings import Settings
 
 SESSIONS_KEY = AssetKey([TABLE_SESSIONS])
 ROWS_CHECK = "rows_on_days_with_events"
@@ -80,10 +84,10 @@ def sessions_condition() -> AutomationCondition:
         "<lake>/sessions, partitioned by date, each day replaced by one overwrite commit."
     ),
 )
-def sessions(context: AssetExecutionContext) -> MaterializeResult:
+def sessions(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
     """Recomputes one day of sessions from the committed `events` rows of that day."""
     day = date.fromisoformat(context.partition_key)
-    out = core.materialize_day(Settings.from_env(), day)
+    out = core.materialize_day(settings.for_run(), day)
     context.log.info(
         "%s: %d sessions from %d events (%d files)", day, out.rows, out.event_rows, out.source_files
     )
@@ -135,3 +139,5 @@ pipeline_automation_sensor = AutomationConditionSensorDefinition(
     run_tags={JOB_TAG: "automation"},  # dagster.yaml: one such run at a time
     description="Runs `sessions` days whose events changed, and the periodic `events` checks.",
 )
+
+defs = Definitions(assets=[sessions], sensors=[pipeline_automation_sensor])

@@ -1,8 +1,8 @@
 """Sends records to the DLQ and proves each one arrived, before the range may commit.
 
 An idempotent producer (acks=all), a bounded message timeout, and a delivery report required for
-every record: `flush()` returning 0 is not proof (RELIABILITY.md D2), a per-record report without
-error is.
+every record: `flush()` returning 0 is not proof (fault D2, docs/ARCHITECTURE.md), a per-record
+report without error is.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The DLQ record contract (DESIGN.md §3): original key and value bytes plus bounded headers.
+"""The DLQ record contract (docs/ARCHITECTURE.md): original key and value bytes, bounded headers.
 
 The source coordinates (topic, partition, offset) identify a failed record, so a re-sent DLQ record
 is recognised as the same one by every reader.

@@ -113,15 +113,15 @@ def _cause(settings: Settings, code: int | None, text: str) -> str | None:
     """One line per security failure librdkafka can report on a connection."""
     where = settings.bootstrap
     config = _config_name(settings)
-    protocol = settings.kafka_extra.get("security.protocol", "PLAINTEXT").upper()
+    protocol = (settings.kafka_property("security.protocol") or "PLAINTEXT").upper()
     if code == KafkaError._AUTHENTICATION and "SSL" not in text:
-        user = settings.kafka_extra.get("sasl.username", "?")
+        user = settings.kafka_property("sasl.username", "?")
         return (
             f"Kafka at {where} refused the login of user {user!r}: wrong username or password "
             f"in {config}"
         )
     if "certificate verify failed" in text:
-        ca = settings.kafka_extra.get("ssl.ca.location", "the system CAs")
+        ca = settings.kafka_property("ssl.ca.location", "the system CAs")
         return (
             f"Kafka at {where} presented a TLS certificate not signed by the CA in {ca} "
             f"(unknown CA; ssl.ca.location in {config})"
@@ -181,7 +181,7 @@ def require(
 
 def logs_in(settings: Settings) -> bool:
     """True when the client authenticates (SASL or TLS), i.e. is a principal ACLs can name."""
-    return settings.kafka_extra.get("security.protocol", "PLAINTEXT").upper() != "PLAINTEXT"
+    return (settings.kafka_property("security.protocol") or "PLAINTEXT").upper() != "PLAINTEXT"
 
 
 def denied(
@@ -192,7 +192,7 @@ def denied(
     outcome: str = "nothing was read or committed",
 ) -> KafkaAuthorizationError:
     """The one line for a missing ACL: who, which operation, which resource."""
-    user = settings.kafka_extra.get("sasl.username")
+    user = settings.kafka_property("sasl.username")
     who = f"User:{user}" if user else "this client"
     verb = op.name.replace("_", " ").title().replace(" ", "")
     return KafkaAuthorizationError(

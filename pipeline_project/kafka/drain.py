@@ -2,8 +2,8 @@
 
 assign() at an explicit offset, no group subscription, no auto commit, `auto.offset.reset=error` (a
 deleted start offset is an error, never a silent jump), read_committed. The loop stops by offset or
-position, never by record count: transaction markers and compaction take offsets (RELIABILITY.md
-§0.5).
+position, never by record count: transaction markers and compaction take offsets (faults KF5, KF6
+in docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations

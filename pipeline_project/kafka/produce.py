@@ -49,7 +49,7 @@ TICK_S = 0.01  # at a set rate, records are released in batches of rate * TICK_S
 MAX_DEBT_S = 1.0  # after a stall, catch up at most this much backlog, then drop the debt
 STATUS_INTERVAL_S = 0.5
 # zstd: on this 2-core box it delivered 139-158k ev/s vs lz4's 103-161k, and stored 500k events
-# in 42 MB vs 77 MB (produce_bench compares them).
+# in 42 MB vs 77 MB (benchmarks/produce_bench.py compares them).
 COMPRESSIONS = ("zstd", "lz4", "snappy", "gzip", "none")
 
 
@@ -169,7 +169,7 @@ def _positive_int(text: str) -> int:
 
 
 def producer_config(settings: Settings, compression: str = COMPRESSIONS[0]) -> dict[str, Any]:
-    """Idempotent, throughput-tuned producer settings (codecs compared in produce_bench)."""
+    """Idempotent, throughput-tuned producer settings (benchmarks/produce_bench.py: codecs)."""
     return {
         **settings.kafka_common(),
         "enable.idempotence": True,

@@ -9,22 +9,25 @@ bounded headers always fits.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AclOperation, AdminClient, NewTopic
+from pydantic import SecretStr
 
 from pipeline_project.errors import KafkaUnavailableError
 from pipeline_project.kafka import access
 from pipeline_project.kafka.access import denied
-from pipeline_project.settings import Settings
+from pipeline_project.settings import Settings, reveal_properties
 
 log = logging.getLogger(__name__)
 
 RAW_PARTITIONS = 6
 DAY_MS = 24 * 3600 * 1000
 MAX_MESSAGE_BYTES = 1_048_576
-# Twice the raw limit, so any raw record plus its bounded DLQ headers always fits (RELIABILITY D3).
+# Twice the raw limit, so any raw record plus its bounded DLQ headers always fits (fault D3 in
+# docs/ARCHITECTURE.md).
 DLQ_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
 ADMIN_TIMEOUT_S = 15.0
 AUTHORIZATION_FAILED = (
@@ -68,9 +71,10 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({**settings.kafka_common(), "socket.timeout.ms": 10_000, "log_level": 0})
 
 
-def admin_client_for(bootstrap: str, extra: dict[str, str]) -> AdminClient:
+def admin_client_for(bootstrap: str, extra: Mapping[str, SecretStr | str]) -> AdminClient:
     """The same quiet admin client for a login other than the settings' (the broker's own)."""
-    conf = {"bootstrap.servers": bootstrap, **extra, "socket.timeout.ms": 10_000, "log_level": 0}
+    login = reveal_properties(extra)
+    conf = {"bootstrap.servers": bootstrap, **login, "socket.timeout.ms": 10_000, "log_level": 0}
     return AdminClient(conf)
 
 

@@ -17,10 +17,10 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from benchmarks.process_bench import make_batch
 from pipeline_project.batch import parse
 from pipeline_project.batch.parse import parse_batch, parse_path
 from pipeline_project.batch.process import Identity, map_rows
-from pipeline_project.batch.process_bench import make_batch
 from pipeline_project.batch.records import RawBatch
 from pipeline_project.errors import SettingsError
 from pipeline_project.health import check_parser

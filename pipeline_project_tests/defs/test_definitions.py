@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,18 @@ from dagster import AssetKey
 
 from pipeline_project.definitions import defs
 from pipeline_project_tests.support import PYTHON, REPO_ROOT
+
+
+def test_resources_are_declared_and_no_private_dagster_api_is_used() -> None:
+    assert set(defs.resources) == {"settings"}
+    # The package only: test_compose parses Dagster's CLI and instance config, which have no
+    # public API.
+    private = [
+        str(path.relative_to(REPO_ROOT))
+        for path in (REPO_ROOT / "pipeline_project").rglob("*.py")
+        if re.search(r"^\s*(from|import) dagster\._", path.read_text(), re.MULTILINE)
+    ]
+    assert private == []
 
 
 def test_contract_names_resolve() -> None:
@@ -35,6 +48,10 @@ def test_dagster_definitions_validate(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=180,
-        env={"PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path)},
+        env={
+            "PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin",
+            "DAGSTER_HOME": str(tmp_path),
+            "PYTHONPATH": str(REPO_ROOT),  # this checkout, not another editable install
+        },
     )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -6,7 +6,6 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -16,26 +15,31 @@ from dagster import (
     build_sensor_context,
 )
 
-from pipeline_project.defs.jobs import PARTITION_TAG, RANGE_TAG, ingest_events
-from pipeline_project.defs.sensors import kafka_backlog_sensor
+from pipeline_project.defs.ingest.job import ingest_events
+from pipeline_project.defs.ingest.sensor import kafka_backlog_sensor
+from pipeline_project.defs.resources import PipelineSettings
+from pipeline_project.defs.tags import PARTITION_TAG, RANGE_TAG
 from pipeline_project.lake.history import read_history
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.ingest_support import (
     assert_reconciles,
+    dagster_resources,
     dlq_records,
     lake_frame,
-    pipeline_env,
     produce,
 )
 from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 
-def tick_until_caught_up(instance: DagsterInstance, max_ticks: int = 40) -> list[RunRequest]:
+def tick_until_caught_up(
+    instance: DagsterInstance, resources: dict[str, PipelineSettings], max_ticks: int = 40
+) -> list[RunRequest]:
     """Ticks the sensor and executes what it asks for, until it says it is caught up."""
     cursor, launched = None, []
     for _ in range(max_ticks):
-        result = kafka_backlog_sensor(build_sensor_context(instance=instance, cursor=cursor))
+        context = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        result = kafka_backlog_sensor(context)
         if isinstance(result, SkipReason):
             assert "caught up" in (result.skip_message or ""), result.skip_message
             return launched
@@ -44,16 +48,17 @@ def tick_until_caught_up(instance: DagsterInstance, max_ticks: int = 40) -> list
         for request in result.run_requests or []:
             assert request.run_key.startswith(request.tags[RANGE_TAG])
             run = ingest_events.execute_in_process(
-                run_config=request.run_config, instance=instance, tags=request.tags
+                run_config=request.run_config,
+                instance=instance,
+                tags=request.tags,
+                resources=resources,
             )
             assert run.success
             launched.append(request)
     raise AssertionError("the sensor never caught up")
 
 
-def test_fifty_thousand_events_land_exactly_once(
-    lake_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fifty_thousand_events_land_exactly_once(lake_settings: Settings, tmp_path: Path) -> None:
     kafka_settings = lake_settings  # on each backend: local disk, then versitygw
     truth = produce(
         kafka_settings,
@@ -67,16 +72,9 @@ def test_fifty_thousand_events_land_exactly_once(
         "0.02",
     )
     assert len(truth) == 50_000
-    with (
-        pipeline_env(
-            monkeypatch,
-            kafka_settings,
-            PIPELINE_MIN_BACKLOG_EVENTS="1",
-            PIPELINE_MAX_RANGE_EVENTS="8000",
-        ),
-        DagsterInstance.ephemeral() as instance,
-    ):
-        requests = tick_until_caught_up(instance)
+    resources = dagster_resources(kafka_settings, min_backlog_events=1, max_range_events=8000)
+    with DagsterInstance.ephemeral() as instance:
+        requests = tick_until_caught_up(instance, resources)
         # One partition per run, ranges of at most 8000 offsets, each key used once.
         assert len({r.run_key for r in requests}) == len(requests) >= 3
         assert {r.tags[PARTITION_TAG] for r in requests} == {
@@ -142,7 +140,7 @@ def test_fifty_thousand_events_land_exactly_once(
             assert name in meta
 
         # A second round is a no-op: the sensor is caught up at once.
-        assert tick_until_caught_up(instance) == []
+        assert tick_until_caught_up(instance, resources) == []
 
     assert_reconciles(env_for(kafka_settings))
 

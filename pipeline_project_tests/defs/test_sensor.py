@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from confluent_kafka import Producer
-from dagster import DagsterInstance, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    SensorResult,
+    SkipReason,
+    build_sensor_context,
+)
 
-from pipeline_project.defs.jobs import PARTITION_TAG, RANGE_TAG
-from pipeline_project.defs.sensors import kafka_backlog_sensor
+from pipeline_project.defs.ingest.job import ingest_events
+from pipeline_project.defs.ingest.sensor import kafka_backlog_sensor
+from pipeline_project.defs.tags import PARTITION_TAG, RANGE_TAG
 from pipeline_project.settings import Settings
-from pipeline_project_tests.ingest_support import pipeline_env
+from pipeline_project_tests.ingest_support import dagster_resources
 
 
 def fill(settings: Settings, partition: int, n: int) -> None:
@@ -22,24 +29,18 @@ def fill(settings: Settings, partition: int, n: int) -> None:
 
 
 def test_sensor_skips_when_caught_up_then_requests_one_run_per_partition(
-    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: Settings,
 ) -> None:
-    with (
-        pipeline_env(
-            monkeypatch,
-            kafka_settings,
-            PIPELINE_MIN_BACKLOG_EVENTS="100",
-            PIPELINE_MAX_WAIT_SECONDS="3600",
-            PIPELINE_MAX_RANGE_EVENTS="150",
-        ),
-        DagsterInstance.ephemeral() as instance,
-    ):
-        first = kafka_backlog_sensor(build_sensor_context(instance=instance))
+    resources = dagster_resources(
+        kafka_settings, min_backlog_events=100, max_wait_seconds=3600, max_range_events=150
+    )
+    with DagsterInstance.ephemeral() as instance:
+        first = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
         assert isinstance(first, SkipReason) and "caught up" in first.skip_message
 
         fill(kafka_settings, 0, 400)
         fill(kafka_settings, 2, 10)
-        result = kafka_backlog_sensor(build_sensor_context(instance=instance))
+        result = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
         assert isinstance(result, SensorResult)
         (request,) = result.run_requests
         topic = kafka_settings.raw_topic
@@ -52,8 +53,12 @@ def test_sensor_skips_when_caught_up_then_requests_one_run_per_partition(
         assert set(cursor["first_seen"]) == {f"{topic}-2"}  # the small backlog waits, remembered
 
         # The small backlog goes once it has waited long enough.
-        monkeypatch.setenv("PIPELINE_MAX_WAIT_SECONDS", "0")
-        later = kafka_backlog_sensor(build_sensor_context(instance=instance, cursor=result.cursor))
+        waited = dagster_resources(
+            kafka_settings, min_backlog_events=100, max_wait_seconds=0, max_range_events=150
+        )
+        later = kafka_backlog_sensor(
+            build_sensor_context(instance=instance, cursor=result.cursor, resources=waited)
+        )
         assert isinstance(later, SensorResult)
         assert sorted(r.tags[PARTITION_TAG] for r in later.run_requests) == [
             f"{topic}-0",
@@ -61,50 +66,39 @@ def test_sensor_skips_when_caught_up_then_requests_one_run_per_partition(
         ]
 
 
-def test_sensor_reports_an_unreachable_broker_as_a_skip(
-    monkeypatch: pytest.MonkeyPatch, kafka_settings: Settings
-) -> None:
-    with (
-        pipeline_env(monkeypatch, kafka_settings, PIPELINE_KAFKA_BOOTSTRAP="127.0.0.1:1"),
-        DagsterInstance.ephemeral() as instance,
-    ):
-        result = kafka_backlog_sensor(build_sensor_context(instance=instance))
+def test_sensor_reports_an_unreachable_broker_as_a_skip(kafka_settings: Settings) -> None:
+    resources = dagster_resources(kafka_settings, bootstrap="127.0.0.1:1")
+    with DagsterInstance.ephemeral() as instance:
+        result = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
     assert isinstance(result, SkipReason) and "cannot read Kafka" in result.skip_message
 
 
-def test_sensor_skips_a_partition_whose_run_is_still_running(
-    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from dagster import DagsterRunStatus
-    from dagster._core.test_utils import create_run_for_test
+def add_run(instance: DagsterInstance, status: DagsterRunStatus, tags: dict[str, str]) -> str:
+    """A run of ingest_events in `status`, stored the way the run launcher would; its id."""
+    run = DagsterRun(job_name=ingest_events.name, status=status, tags=tags)
+    return instance.add_run(run).run_id
 
+
+def test_sensor_skips_a_partition_whose_run_is_still_running(kafka_settings: Settings) -> None:
     topic = kafka_settings.raw_topic
-    with (
-        pipeline_env(monkeypatch, kafka_settings, PIPELINE_MIN_BACKLOG_EVENTS="1"),
-        DagsterInstance.ephemeral() as instance,
-    ):
+    resources = dagster_resources(kafka_settings, min_backlog_events=1)
+    with DagsterInstance.ephemeral() as instance:
         fill(kafka_settings, 0, 20)
         fill(kafka_settings, 1, 20)
-        busy = create_run_for_test(
-            instance,
-            job_name="ingest_events",
-            status=DagsterRunStatus.STARTED,
-            tags={PARTITION_TAG: f"{topic}-0"},
-        )
-        result = kafka_backlog_sensor(build_sensor_context(instance=instance))
+        busy = add_run(instance, DagsterRunStatus.STARTED, {PARTITION_TAG: f"{topic}-0"})
+        result = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
         assert isinstance(result, SensorResult)
         assert [r.tags[PARTITION_TAG] for r in result.run_requests] == [f"{topic}-1"]
 
         # A failed run of a range is retried under a new key (Dagster never reuses a run key).
         failed_key = result.run_requests[0].run_key
-        create_run_for_test(
+        add_run(
             instance,
-            job_name="ingest_events",
-            status=DagsterRunStatus.FAILURE,
-            tags={PARTITION_TAG: f"{topic}-1", RANGE_TAG: failed_key},
+            DagsterRunStatus.FAILURE,
+            {PARTITION_TAG: f"{topic}-1", RANGE_TAG: failed_key},
         )
-        instance.delete_run(busy.run_id)  # the partition-0 run has finished
-        again = kafka_backlog_sensor(build_sensor_context(instance=instance))
+        instance.delete_run(busy)  # the partition-0 run has finished
+        again = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
         assert isinstance(again, SensorResult)
         keys = sorted(r.run_key for r in again.run_requests)
         assert keys == sorted([f"{failed_key}#retry1", f"{topic}-0-{0:019d}-{20:019d}"])

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
-import pytest
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
@@ -22,7 +21,7 @@ from dagster import (
 from pipeline_project.batch.parse import VERSION_RULE, version_message
 from pipeline_project.batch.run import ingest
 from pipeline_project.definitions import defs
-from pipeline_project.defs.dlq import dlq_report
+from pipeline_project.defs.dlq.report import dlq_report
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.dlq.report import (
@@ -43,7 +42,7 @@ from pipeline_project.events.contract import ERROR_STAGE
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.dlq.dlq_support import cli
-from pipeline_project_tests.ingest_support import assert_reconciles, pipeline_env, produce
+from pipeline_project_tests.ingest_support import assert_reconciles, dagster_resources, produce
 from pipeline_project_tests.support import env_for
 
 BREAKDOWNS = ("by_category", "by_rule", "by_field", "by_stage", "by_source_partition", "by_hour")
@@ -56,17 +55,18 @@ def read_table(settings: Settings, table: str) -> pl.DataFrame:
 
 
 def test_report_tables_are_delta_tables_and_the_log_is_the_read_progress(
-    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: Settings, tmp_path: Path
 ) -> None:
     settings = kafka_settings
     produce(settings, tmp_path / "truth.jsonl", 1_000, "--bad-ratio", "0.1", seed=5)
     result = ingest(settings)
     assert result.accounting_ok()
     bad = result.dlq_count  # one DLQ record per failed source record, none reprocessed yet
-    with pipeline_env(monkeypatch, settings), DagsterInstance.ephemeral() as instance:
-        first = materialize([dlq_report], instance=instance)
+    resources = dagster_resources(settings)
+    with DagsterInstance.ephemeral() as instance:
+        first = materialize([dlq_report], instance=instance, resources=resources)
         meta = first.asset_materializations_for_node("dlq_report")[0].metadata
-        second = materialize([dlq_report], instance=instance)
+        second = materialize([dlq_report], instance=instance, resources=resources)
         again = second.asset_materializations_for_node("dlq_report")[0].metadata
     lake = lake_of(settings)
     assert meta["records_table"].value == lake.table_uri(TABLE_RECORDS)
@@ -87,18 +87,16 @@ def test_report_tables_are_delta_tables_and_the_log_is_the_read_progress(
 
 
 def test_report_counts_match_the_truth_and_follow_reprocessing(
-    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: Settings, tmp_path: Path
 ) -> None:
     settings = kafka_settings
     truth = produce(settings, tmp_path / "truth.jsonl", 3_000, "--bad-ratio", "0.1", seed=11)
     assert ingest(settings).accounting_ok()
     bad = Counter(t["verdict"].removeprefix("bad:") for t in truth if t["verdict"] != "good")
     bad = Counter({k: n for k, n in bad.items() if k not in ("duplicate", "bot", "test_user")})
-    with (
-        pipeline_env(monkeypatch, settings, PIPELINE_HEALTH_MAX_DLQ_RATE="0.01"),
-        DagsterInstance.ephemeral() as instance,
-    ):
-        first = materialize([dlq_report], instance=instance)
+    resources = dagster_resources(settings, health_max_dlq_rate=0.01)
+    with DagsterInstance.ephemeral() as instance:
+        first = materialize([dlq_report], instance=instance, resources=resources)
         meta = first.asset_materializations_for_node("dlq_report")[0].metadata
         assert meta["by_category"].data == dict(bad)  # once per failed source record
         assert meta["failed_records"].value == meta["failing"].value == bad.total()
@@ -115,7 +113,7 @@ def test_report_counts_match_the_truth_and_follow_reprocessing(
         assert checks["oldest_unresolved_age"].passed
 
         done = reprocess(settings).counts()
-        second = materialize([dlq_report], instance=instance)
+        second = materialize([dlq_report], instance=instance, resources=resources)
         meta = second.asset_materializations_for_node("dlq_report")[0].metadata
         assert meta["by_category"].data == dict(bad)  # re-sent copies are not new failures
         assert meta["new_dlq_records"].value == done["retried"] + done["deferred"]
@@ -144,7 +142,7 @@ def test_reprocess_job_and_schedules_are_loaded() -> None:
     job = defs.resolve_job_def("reprocess_dlq")
     assert job.tags["pipeline/job"] == "reprocess_dlq"
     schedule = defs.resolve_schedule_def("reprocess_dlq_schedule")
-    assert schedule.job_name == "reprocess_dlq" and schedule.cron_schedule == "0 * * * *"
+    assert schedule.job_name == "reprocess_dlq"
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     report_schedule = defs.resolve_schedule_def("dlq_report_schedule")
     assert report_schedule.default_status == DefaultScheduleStatus.RUNNING

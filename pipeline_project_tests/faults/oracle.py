@@ -1,4 +1,4 @@
-"""The oracle every fault test ends with (the invariants I1-I6 of docs/ARCHITECTURE.md).
+"""The oracle every fault test ends with: invariants I1-I6 (docs/lake.md, "Invariants").
 
 Given the ground truth (what the broker acknowledged, with the verdict a correct pipeline reaches),
 it reads the lake (through the Delta log), the range records of its commits and the DLQ topic and

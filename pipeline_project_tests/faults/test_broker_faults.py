@@ -1,5 +1,6 @@
-"""K1/K2 of the matrix: the broker dies (SIGTERM or SIGKILL) while a run is mid-drain or mid-DLQ-
-produce, on a broker of this module's own (the session's broker is never touched).
+"""KF1/KF2 of the fault matrix (docs/ARCHITECTURE.md): the broker dies mid-drain or mid-DLQ-produce.
+
+SIGTERM or SIGKILL, on a broker of this module's own (the session's broker is never touched).
 
 The run is frozen at the exact spot (K1a: half the range read; K6a: DLQ records handed to the
 producer, none confirmed), the broker is signalled, then the run continues. It either completes (the

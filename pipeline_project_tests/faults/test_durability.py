@@ -1,4 +1,4 @@
-"""Durability order (invariant I7 of docs/ARCHITECTURE.md), checked by tracing: SIGKILL cannot
+"""Durability order (invariant I7 of docs/lake.md), checked by tracing: SIGKILL cannot
 simulate power loss, the page cache survives a process death. One run under `strace -f -y` must
 show every data file of the range and its directory fsynced before the Delta log entry that
 references them is linked into `_delta_log/`, and that entry and `_delta_log/` fsynced after it

@@ -1,5 +1,7 @@
-"""Kafka-side faults on the session broker (matrix K3-K9): retention, ranges past the log end,
-transactions (aborted and open), consumer-group offsets that lie, partitions added mid-run.
+"""Kafka-side faults on the session broker (fault matrix KF3-KF9, docs/ARCHITECTURE.md).
+
+Retention, ranges past the log end, transactions (aborted and open), consumer-group offsets that
+lie, partitions added mid-run.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def spans(settings: Settings) -> dict[int, list[tuple[int, int]]]:
     return {p: sorted(r) for p, r in out.items()}
 
 
-# ------------------------------------------------------------------------------ K3 retention
+# ----------------------------------------------------------------------------- KF3 retention
 
 
 def test_start_offset_deleted_by_retention_fails_loudly_and_commits_nothing(
@@ -119,7 +121,7 @@ def test_an_acknowledged_loss_lets_the_partition_go_on_and_reconcile_pass(
     assert again.returncode == 0 and spans(settings)[0][-1] == (110, 200)  # nothing more to give up
 
 
-# -------------------------------------------------------------------- K4 end beyond the log end
+# ------------------------------------------------------------------- KF4 end beyond the log end
 
 
 def test_a_range_past_the_high_watermark_times_out_without_commit(settings: Settings) -> None:
@@ -137,7 +139,7 @@ def test_a_range_past_the_high_watermark_times_out_without_commit(settings: Sett
     oracle.assert_rerun_is_noop(settings)
 
 
-# ------------------------------------------------------------------------- K5/K6 transactions
+# ----------------------------------------------------------------------- KF5/KF6 transactions
 
 
 def transactional(settings: Settings) -> Producer:
@@ -231,7 +233,7 @@ def test_an_open_transaction_blocks_only_ranges_past_the_stable_offset(
     oracle.assert_rerun_is_noop(settings)
 
 
-# ------------------------------------------------------------------- K8 consumer group offsets
+# ------------------------------------------------------------------ KF8 consumer group offsets
 
 
 def committed_group(settings: Settings) -> dict[int, int]:
@@ -272,7 +274,7 @@ def test_the_ledger_wins_over_reset_or_deleted_group_offsets(settings: Settings)
     oracle.check(settings, truth).assert_ok()
 
 
-# ----------------------------------------------------------------------- K9 partitions added
+# ---------------------------------------------------------------------- KF9 partitions added
 
 
 def test_partitions_added_while_a_run_is_in_flight_start_at_zero(settings: Settings) -> None:

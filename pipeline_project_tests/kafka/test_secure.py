@@ -27,14 +27,14 @@ from dagster import DagsterInstance
 
 from pipeline_project.batch.run import ingest
 from pipeline_project.definitions import defs
+from pipeline_project.defs.resources import SETTINGS_KEY, PipelineSettings
 from pipeline_project.errors import KafkaAuthorizationError, KafkaUnavailableError
 from pipeline_project.kafka import secure
 from pipeline_project.kafka.acls import PIPELINE, PRODUCER, grants
 from pipeline_project.settings import Settings, read_kafka_properties
 from pipeline_project_tests.conftest import SecureKafka
 from pipeline_project_tests.defs.test_ingest_e2e import tick_until_caught_up
-from pipeline_project_tests.ingest_support import pipeline_env
-from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
+from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, plain_properties
 
 EVENTS = 300
 
@@ -87,7 +87,7 @@ def topic_size(secure_kafka: SecureKafka, topic: str) -> int:
     consumer = Consumer(
         {
             "bootstrap.servers": secure_kafka.bootstrap,
-            **read_kafka_properties(secure_kafka.admin),
+            **plain_properties(secure_kafka.admin),
             "group.id": "test-size",
         }
     )
@@ -116,7 +116,7 @@ def files_containing(roots: list[Path], secret: str) -> list[Path]:
 def acls_on(secure_kafka: SecureKafka, settings: Settings) -> set[tuple[str, str, str, str]]:
     """(principal, resource type, name, operation) of every ACL on this test's topics and group."""
     admin = AdminClient(
-        {"bootstrap.servers": secure_kafka.bootstrap, **read_kafka_properties(secure_kafka.admin)}
+        {"bootstrap.servers": secure_kafka.bootstrap, **plain_properties(secure_kafka.admin)}
     )
     every = AclBindingFilter(
         ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
@@ -156,12 +156,13 @@ def test_least_privilege_flow_end_to_end_leaks_no_secret(
     bad = sum(1 for t in truth if t["verdict"].startswith("bad:"))
     assert bad > 0
 
-    # The sensor plans, Dagster runs ingest_events, as User:pipeline (env only, as in a deployment).
-    with (
-        pipeline_env(monkeypatch, settings, **knobs),
-        DagsterInstance.local_temp(tempdir=str(home)) as instance,
-    ):
-        assert tick_until_caught_up(instance)
+    # The sensor plans, Dagster runs ingest_events, as User:pipeline (env only, as in a deployment:
+    # the `settings` resource with no field set reads every PIPELINE_* variable at the tick or run).
+    for name, value in env_for(settings, **knobs).items():
+        if name.startswith("PIPELINE_"):
+            monkeypatch.setenv(name, value)
+    with DagsterInstance.local_temp(tempdir=str(home)) as instance:
+        assert tick_until_caught_up(instance, {SETTINGS_KEY: PipelineSettings()})
         # Reprocess (a job) once: every record is tried a second time, and parked at the limit.
         assert defs.resolve_job_def("reprocess_dlq").execute_in_process(instance=instance).success
         assert defs.resolve_job_def("dlq_report_job").execute_in_process(instance=instance).success
@@ -212,7 +213,7 @@ def test_kafka_start_secure_provisions_and_prints_files_not_passwords(
 # -- login and TLS failures ------------------------------------------------------------------------
 def bad_config(case: str, secure_kafka: SecureKafka, tmp_path: Path) -> Path:
     """The pipeline's properties file, broken one way."""
-    props = read_kafka_properties(secure_kafka.pipeline)
+    props = plain_properties(secure_kafka.pipeline)
     if case == "wrong_password":
         props["sasl.password"] = "not-the-password"
     elif case == "unknown_ca":
@@ -271,7 +272,7 @@ def revoke(secure_kafka: SecureKafka, principal: str, kind: ResourceType, name: 
            operation: AclOperation) -> None:  # fmt: skip
     """Deletes one ACL of the documented set, with the broker's own login."""
     admin = AdminClient(
-        {"bootstrap.servers": secure_kafka.bootstrap, **read_kafka_properties(secure_kafka.admin)}
+        {"bootstrap.servers": secure_kafka.bootstrap, **plain_properties(secure_kafka.admin)}
     )
     target = AclBindingFilter(
         kind, name, ResourcePatternType.LITERAL, principal, "*", operation, AclPermissionType.ALLOW

@@ -33,7 +33,7 @@ def raw_event(
     event_id: str | None = None,
     **props: Any,
 ) -> dict[str, Any]:
-    """One valid raw event (DESIGN.md §3) with optional properties."""
+    """One valid raw event (the contract in events/contract.py) with optional properties."""
     event: dict[str, Any] = {
         "event_id": event_id or str(uuid.uuid4()),
         "event_type": kind,

@@ -10,12 +10,12 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
-import pytest
 from dagster import (
     AssetCheckKey,
     AssetKey,
     AssetSelection,
     DagsterInstance,
+    Definitions,
     FloatMetadataValue,
     IntMetadataValue,
     evaluate_automation_conditions,
@@ -24,12 +24,12 @@ from dagster import (
 
 from pipeline_project.batch.sessions import day_commits_since
 from pipeline_project.definitions import defs
-from pipeline_project.defs.jobs import ingest_events
+from pipeline_project.defs.ingest.job import ingest_events
 from pipeline_project.defs.sessions import ROWS_CHECK, SESSIONS_KEY, sessions
 from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
-from pipeline_project_tests.ingest_support import pipeline_env
+from pipeline_project_tests.ingest_support import defs_for
 from pipeline_project_tests.sessions.session_support import raw_event, send
 
 SELECTION = AssetSelection.assets(SESSIONS_KEY)
@@ -50,20 +50,20 @@ PLOTTED = {
 class Ticks:
     """Successive automation evaluations on one instance, carrying the cursor like the daemon."""
 
-    def __init__(self, instance: DagsterInstance) -> None:
-        self.instance, self.cursor = instance, None
+    def __init__(self, located: Definitions, instance: DagsterInstance) -> None:
+        self.located, self.instance, self.cursor = located, instance, None
 
     def requested(self) -> set[str]:
         result = evaluate_automation_conditions(
-            defs, self.instance, asset_selection=SELECTION, cursor=self.cursor
+            self.located, self.instance, asset_selection=SELECTION, cursor=self.cursor
         )
         self.cursor = result.cursor
         return {p for p in result.get_requested_partitions(SESSIONS_KEY) if p}
 
 
-def ingest(instance: DagsterInstance) -> set[str]:
+def ingest(located: Definitions, instance: DagsterInstance) -> set[str]:
     """One ingest_events run; returns the `events` days it materialized."""
-    run = ingest_events.execute_in_process(instance=instance)
+    run = located.resolve_job_def(ingest_events.name).execute_in_process(instance=instance)
     assert run.success
     events = [
         e for e in run.get_asset_materialization_events() if e.asset_key == AssetKey("events")
@@ -81,9 +81,11 @@ def assert_plottable(metadata: dict) -> None:
         assert isinstance(metadata[name], IntMetadataValue | FloatMetadataValue), name
 
 
-def materialize_days(instance: DagsterInstance, days: set[str]) -> None:
+def materialize_days(located: Definitions, instance: DagsterInstance, days: set[str]) -> None:
     for day in sorted(days):
-        run = materialize([sessions], partition_key=day, instance=instance)
+        run = materialize(
+            [sessions], partition_key=day, instance=instance, resources=located.resources
+        )
         assert run.success
         (check,) = run.get_asset_check_evaluations()
         assert check.check_name == ROWS_CHECK and check.passed
@@ -102,13 +104,14 @@ def day_commits(settings: Settings, day: str) -> list[int]:
 
 
 def test_late_event_rematerializes_its_old_day(
-    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: Settings,
 ) -> None:
     now = datetime.now(UTC)
     old = now - timedelta(days=3)
     old_day, new_day = old.date().isoformat(), now.date().isoformat()
-    with pipeline_env(monkeypatch, kafka_settings), DagsterInstance.ephemeral() as instance:
-        ticks = Ticks(instance)
+    located = defs_for(kafka_settings)
+    with DagsterInstance.ephemeral() as instance:
+        ticks = Ticks(located, instance)
         assert ticks.requested() == set()  # first evaluation: nothing materialized yet
 
         send(
@@ -118,18 +121,18 @@ def test_late_event_rematerializes_its_old_day(
                 raw_event("s_new", "u2", "page_view", now - timedelta(seconds=5), "/"),
             ],
         )
-        assert ingest(instance) == {old_day, new_day}
+        assert ingest(located, instance) == {old_day, new_day}
         assert ticks.requested() == {old_day, new_day}
-        materialize_days(instance, {old_day, new_day})
+        materialize_days(located, instance, {old_day, new_day})
         assert ticks.requested() == set()
         untouched = day_commits(kafka_settings, new_day)
         assert len(untouched) == 1
 
         # A late event for the old day: only that day is requested again, and picks it up.
         send(kafka_settings, [raw_event("s_late", "u3", "click", old + timedelta(minutes=1), "/")])
-        assert ingest(instance) == {old_day}
+        assert ingest(located, instance) == {old_day}
         assert ticks.requested() == {old_day}
-        materialize_days(instance, {old_day})
+        materialize_days(located, instance, {old_day})
         assert session_ids(kafka_settings, old_day) == {"s_old", "s_late"}
         assert ticks.requested() == set()
         assert day_commits(kafka_settings, new_day) == untouched
@@ -137,41 +140,43 @@ def test_late_event_rematerializes_its_old_day(
         # Requested, then another update lands before the run materializes: one more request
         # follows (eager() would drop it, its run's materialization resetting the trigger).
         send(kafka_settings, [raw_event("s_later", "u4", "click", old + timedelta(minutes=2), "/")])
-        ingest(instance)
+        ingest(located, instance)
         assert ticks.requested() == {old_day}
         send(kafka_settings, [raw_event("s_last", "u5", "click", old + timedelta(minutes=3), "/")])
-        ingest(instance)
-        materialize_days(instance, {old_day})
+        ingest(located, instance)
+        materialize_days(located, instance, {old_day})
         assert ticks.requested() == {old_day}
         assert ticks.requested() == set()
 
 
 def test_first_evaluation_catches_up_days_that_have_events(
-    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: Settings,
 ) -> None:
     """Deployed onto an instance that already has `events` days: those days are requested once."""
     day = datetime.now(UTC) - timedelta(days=1)
-    with pipeline_env(monkeypatch, kafka_settings), DagsterInstance.ephemeral() as instance:
+    located = defs_for(kafka_settings)
+    with DagsterInstance.ephemeral() as instance:
         send(kafka_settings, [raw_event("s1", "u1", "page_view", day, "/")])
-        assert ingest(instance) == {day.date().isoformat()}
-        ticks = Ticks(instance)
+        assert ingest(located, instance) == {day.date().isoformat()}
+        ticks = Ticks(located, instance)
         assert ticks.requested() == {day.date().isoformat()}
         assert ticks.requested() == set()
 
 
 def test_events_checks_are_requested_on_their_cron_and_pass(
-    kafka_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    kafka_settings: Settings,
 ) -> None:
     """Freshness on every 5-minute tick, the user-agent share only after `events` changed."""
     keys = {AssetCheckKey(AssetKey("events"), n) for n in ("freshness", "unknown_user_agents")}
     selection = AssetSelection.checks(*keys)
     boundary = datetime.now(UTC).replace(second=0, microsecond=0)
     boundary -= timedelta(minutes=boundary.minute % 5)
-    with pipeline_env(monkeypatch, kafka_settings), DagsterInstance.ephemeral() as instance:
+    located = defs_for(kafka_settings)
+    with DagsterInstance.ephemeral() as instance:
 
         def requested(at: datetime, cursor: object) -> tuple[set[str], object]:
             result = evaluate_automation_conditions(
-                defs, instance, asset_selection=selection, evaluation_time=at, cursor=cursor
+                located, instance, asset_selection=selection, evaluation_time=at, cursor=cursor
             )
             names = {r.key.name for r in result.results if r.true_subset.size}  # type: ignore[union-attr]
             return names, result.cursor
@@ -179,7 +184,7 @@ def test_events_checks_are_requested_on_their_cron_and_pass(
         names, cursor = requested(boundary + timedelta(minutes=1), None)
         assert names == set()
         send(kafka_settings, [raw_event("s1", "u1", "page_view", datetime.now(UTC), "/")])
-        ingest(instance)
+        ingest(located, instance)
         names, cursor = requested(boundary + timedelta(minutes=2), cursor)
         assert names == set()  # between cron ticks
         names, cursor = requested(boundary + timedelta(minutes=5, seconds=10), cursor)
@@ -187,7 +192,7 @@ def test_events_checks_are_requested_on_their_cron_and_pass(
         names, cursor = requested(boundary + timedelta(minutes=10, seconds=10), cursor)
         assert names == {"freshness"}  # events unchanged since the last check
 
-        job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        job = located.resolve_implicit_global_asset_job_def().get_subset(
             asset_selection=set(), asset_check_selection=keys
         )
         run = job.execute_in_process(instance=instance)

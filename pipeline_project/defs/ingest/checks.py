@@ -5,24 +5,23 @@ everything committed so far with the same code as `pipeline-project reconcile` (
 Delta log's range records against the table's rows).
 """
 
-from __future__ import annotations
-
 from dagster import AssetCheckResult, MetadataValue, asset_check
 
-from pipeline_project.defs.assets import events_spec
-from pipeline_project.defs.jobs import ACCOUNTING_CHECK
+from pipeline_project.defs.ingest.assets import EVENTS_KEY
+from pipeline_project.defs.ingest.job import ACCOUNTING_CHECK
+from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.lake.audit import audit, render
 from pipeline_project.lake.location import lake_of
-from pipeline_project.settings import Settings
 
 
 @asset_check(
-    asset=events_spec.key,
+    asset=EVENTS_KEY,
     name=ACCOUNTING_CHECK,
     description="consumed offsets = rows written + DLQ + filtered, for every committed range.",
 )
-def accounting_identity() -> AssetCheckResult:
-    report = audit(lake_of(Settings.from_env()))
+def accounting_identity(settings: PipelineSettings) -> AssetCheckResult:
+    """The same proof as `pipeline-project reconcile`, its table as the check's metadata."""
+    report = audit(lake_of(settings.for_run()))
     return AssetCheckResult(
         passed=report.ok,
         metadata={

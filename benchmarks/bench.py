@@ -76,6 +76,8 @@ from pipeline_project.kafka.topics import ensure_topics
 from pipeline_project.lake import files
 from pipeline_project.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parent.parent  # `-m benchmarks.…` children import from here
+
 EVENTS = 200_000
 TIMED_RUNS = 3
 # Untimed reads of the whole range first. A broker the bench starts is seconds old, and until its
@@ -160,8 +162,9 @@ def run_bench(base: Settings, n: int) -> dict:
 def _producer_bench(settings: Settings) -> dict:
     """The producer's own figures (1M events at full speed, rate accuracy at 1k and 20k eps)."""
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline_project.kafka.produce_bench"],
+        [sys.executable, "-m", "benchmarks.produce_bench"],
         env=_env(settings),
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=1200,
@@ -315,7 +318,7 @@ def _ingest_child(
         [
             sys.executable,
             "-m",
-            "pipeline_project.bench",
+            "benchmarks.bench",
             "--child-ingest",
             settings.raw_topic,
             str(end),
@@ -323,6 +326,7 @@ def _ingest_child(
             str(step),
         ],
         env={**_env(settings), "PIPELINE_DATA_DIR": str(data_dir), **(extra or {})},
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=900,

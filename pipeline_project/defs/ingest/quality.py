@@ -22,7 +22,8 @@ from dagster import (
 
 from pipeline_project import health
 from pipeline_project.batch.quality import unknown_user_agents
-from pipeline_project.defs.assets import EVENTS_KEY
+from pipeline_project.defs.ingest.assets import EVENTS_KEY
+from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 
@@ -58,13 +59,13 @@ def last_update(settings: Settings) -> tuple[datetime | None, str | None]:
         AutomationCondition.cron_tick_passed(CHECK_CRON) & ~AutomationCondition.in_progress()
     ),
 )
-def events_freshness() -> AssetCheckResult:
+def events_freshness(settings: PipelineSettings) -> AssetCheckResult:
     """Same rule as `health`'s last_ingest line; Kafka is asked only when events look old."""
-    settings = Settings.from_env()
-    updated, error = last_update(settings)
+    resolved = settings.for_run()
+    updated, error = last_update(resolved)
     if error is not None:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=error)
-    verdict = health.events_freshness(settings, updated)
+    verdict = health.events_freshness(resolved, updated)
     age = (datetime.now(UTC) - updated).total_seconds() if updated else -1.0
     return AssetCheckResult(
         passed=verdict.status == health.OK,
@@ -72,7 +73,7 @@ def events_freshness() -> AssetCheckResult:
         description=verdict.detail,
         metadata={
             "age_seconds": MetadataValue.float(round(age, 1)),
-            "max_age_seconds": MetadataValue.float(settings.health_max_ingest_age_seconds),
+            "max_age_seconds": MetadataValue.float(resolved.health_max_ingest_age_seconds),
         },
     )
 
@@ -90,11 +91,11 @@ def events_freshness() -> AssetCheckResult:
         & ~AutomationCondition.in_progress()
     ),
 )
-def events_unknown_user_agents() -> AssetCheckResult:
+def events_unknown_user_agents(settings: PipelineSettings) -> AssetCheckResult:
     """Reads the device/browser columns of the latest day's committed files only."""
-    settings = Settings.from_env()
-    counts = unknown_user_agents(settings)
-    limit = settings.max_unknown_ua_share
+    resolved = settings.for_run()
+    counts = unknown_user_agents(resolved)
+    limit = resolved.max_unknown_ua_share
     return AssetCheckResult(
         passed=counts.share <= limit,
         severity=AssetCheckSeverity.WARN,

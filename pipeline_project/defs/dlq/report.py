@@ -1,8 +1,7 @@
-"""Dagster over dlq/: the `dlq_report` asset and its checks, job `reprocess_dlq`, their schedules.
+"""The `dlq_report` asset and its checks, its job and schedule.
 
-Thin: the report is dlq.report.build, the job dlq.reprocess.reprocess; this module only turns their
-results into materializations, metadata and check results. No postponed annotations: Dagster
-reads the `context` annotation at import time.
+Thin: the report is dlq.report.build; this module only turns its result into a materialization,
+metadata and check results. No postponed annotations: Dagster reads the parameters' annotations.
 """
 
 from typing import Any
@@ -13,29 +12,20 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
-    AssetMaterialization,
-    AssetObservation,
     DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
-    OpExecutionContext,
     ScheduleDefinition,
     asset,
     define_asset_job,
     in_process_executor,
-    job,
-    op,
 )
 
-from pipeline_project.defs.assets import DLQ_KEY, EVENTS_KEY
-from pipeline_project.defs.jobs import JOB_TAG
+from pipeline_project.defs.ingest.assets import DLQ_KEY
+from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.dlq import report as dlq_report_core
-from pipeline_project.dlq.reprocess import ReprocessResult
-from pipeline_project.dlq.reprocess import reprocess as reprocess_core
-from pipeline_project.settings import Settings
 
 DLQ_REPORT_KEY = AssetKey(["dlq_report"])
-REPROCESS_JOB = "reprocess_dlq"
 REPORT_CRON = "*/10 * * * *"
 _SEVERITY = {"warn": AssetCheckSeverity.WARN, "error": AssetCheckSeverity.ERROR}
 _CHECKS = {
@@ -62,9 +52,9 @@ _CHECKS = {
         "dlq_report_summary (and the log of DLQ records read, dlq_report_log) beside events."
     ),
 )
-def dlq_report(context: AssetExecutionContext) -> MaterializeResult:
+def dlq_report(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
     """Reads the DLQ since the last materialization and rewrites the report."""
-    found = dlq_report_core.build(Settings.from_env())
+    found = dlq_report_core.build(settings.for_run())
     context.log.info(
         "%d failed source records, %d new DLQ records", found.records.height, found.new_records
     )
@@ -117,60 +107,6 @@ def _metadata_value(value: Any) -> Any:
     return MetadataValue.json(value) if isinstance(value, dict | list) else value
 
 
-@op(
-    description="Repair and re-validate failed records from the DLQ; recovered ones go to the lake."
-)
-def reprocess(context: OpExecutionContext) -> None:
-    result = reprocess_core(Settings.from_env(), run_id=context.run_id, log=context.log)
-    for event in reprocess_events(result):
-        context.log_event(event)
-    context.log.info(result.summary())
-
-
-def reprocess_events(result: ReprocessResult) -> list[AssetMaterialization | AssetObservation]:
-    """An `events` materialization per day rows were recovered into; the outcome counts.
-
-    A day names the Delta commits (versions) and DLQ ranges that wrote it, as ingest runs do.
-    """
-    events: list[AssetMaterialization | AssetObservation] = [
-        AssetMaterialization(
-            asset_key=EVENTS_KEY,
-            partition=day.isoformat(),
-            metadata={
-                "rows_recovered": MetadataValue.int(stats.rows),
-                "commits": MetadataValue.int(len(stats.ranges)),
-                "delta_versions": MetadataValue.json(stats.versions),
-                "dlq_ranges": MetadataValue.json(stats.ranges),
-            },
-        )
-        for day, stats in sorted(result.lake.days().items())
-    ]
-    counts = result.counts()
-    if any(counts.values()):
-        metadata = {name: MetadataValue.int(n) for name, n in counts.items()}
-        events.append(AssetObservation(asset_key=DLQ_KEY, metadata=metadata))
-    return events
-
-
-@job(
-    name=REPROCESS_JOB,
-    executor_def=in_process_executor,
-    tags={JOB_TAG: REPROCESS_JOB},
-    description="DLQ ranges through the lake protocol: repaired records land once, the rest retry "
-    "with attempt + 1 and are parked after PIPELINE_DLQ_MAX_ATTEMPTS.",
-)
-def reprocess_dlq() -> None:
-    reprocess()
-
-
-reprocess_dlq_schedule = ScheduleDefinition(
-    name="reprocess_dlq_schedule",
-    job=reprocess_dlq,
-    cron_schedule=Settings.from_env().dlq_reprocess_cron,
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Reprocesses the DLQ (PIPELINE_DLQ_REPROCESS_CRON, hourly by default).",
-)
 dlq_report_job = define_asset_job(
     "dlq_report_job",
     selection=[DLQ_REPORT_KEY],

@@ -1,6 +1,6 @@
 """Micro-benchmark: process_batch on realistic events vs the same work per event in pure Python.
 
-Run: `python -m pipeline_project.batch.process_bench [--events 200000] [--bad-ratio 0.05]`.
+Run: `python -m benchmarks.process_bench [--events 200000] [--bad-ratio 0.05]`.
 Both sides get the same records and must reach the same counts; only in-memory work is timed.
 """
 

@@ -20,12 +20,10 @@ from dagster import (
 from pipeline_project.batch import run as protocol
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.run import IngestResult
-from pipeline_project.defs.assets import DLQ_KEY, EVENTS_KEY
-from pipeline_project.settings import Settings
+from pipeline_project.defs.ingest.assets import DLQ_KEY, EVENTS_KEY
+from pipeline_project.defs.resources import PipelineSettings
+from pipeline_project.defs.tags import JOB_TAG
 
-PARTITION_TAG = "pipeline/partition"
-RANGE_TAG = "pipeline/range"
-JOB_TAG = "pipeline/job"  # dagster.yaml limits some jobs' concurrency by this tag
 ACCOUNTING_CHECK = "accounting_identity"
 
 
@@ -50,15 +48,18 @@ def range_run_config(ranges: list[Range]) -> dict:
 
 
 @op(description="Drain exact offset ranges, validate, transform, write daily Parquet, DLQ, commit.")
-def ingest(context: OpExecutionContext, config: IngestConfig) -> None:
-    settings = Settings.from_env()
-    ranges = [Range(settings.raw_topic, r.partition, r.start, r.end) for r in config.ranges] or None
+def ingest(context: OpExecutionContext, config: IngestConfig, settings: PipelineSettings) -> None:
+    """Runs the protocol; a bad setting fails the run with one line before anything is read."""
+    resolved = settings.for_run()
+    topic = resolved.raw_topic
+    ranges = [Range(topic, r.partition, r.start, r.end) for r in config.ranges] or None
     result = IngestResult(run_id=context.run_id)
     try:
-        protocol.ingest(settings, ranges, log=context.log, result=result)
+        protocol.ingest(resolved, ranges, log=context.log, result=result)
     except BaseException:
         # A failed range or a termination (Dagster raises an interrupt inside the op) must not hide
-        # the ranges that committed before it: `sessions` reacts to these materializations.
+        # the ranges that committed before it: `sessions` reacts to these materializations. Nothing
+        # to settle after an interrupt: a range is one Delta commit or nothing (docs/lake.md).
         if result.committed:
             report(context, result)
         raise

@@ -1,7 +1,7 @@
 """Producer benchmark: generator speed, full-speed delivery per codec, and rate accuracy.
 
 Run against a live broker (`pipeline-project kafka start`, or PIPELINE_KAFKA_BOOTSTRAP):
-    python -m pipeline_project.kafka.produce_bench [--count 1000000] [--seconds 10]
+    python -m benchmarks.produce_bench [--count 1000000] [--seconds 10]
 Each producer run goes through the real CLI into a fresh topic, which is deleted afterwards.
 Prints a table, then one JSON line with every figure.
 """

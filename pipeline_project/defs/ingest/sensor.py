@@ -6,8 +6,6 @@ range twice; a failed run's key is retried with an attempt suffix, because Dagst
 for ever.
 """
 
-from __future__ import annotations
-
 import json
 import time
 
@@ -21,20 +19,33 @@ from dagster import (
     SkipReason,
     sensor,
 )
-from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.plan import plan_ranges
 from pipeline_project.batch.ranges import Range
-from pipeline_project.defs.jobs import PARTITION_TAG, RANGE_TAG, ingest_events, range_run_config
-from pipeline_project.errors import PipelineError
+from pipeline_project.defs.ingest.job import ingest_events, range_run_config
+from pipeline_project.defs.resources import PipelineSettings
+from pipeline_project.defs.tags import PARTITION_TAG, RANGE_TAG
+from pipeline_project.errors import PipelineError, SettingsError
 from pipeline_project.settings import Settings
+
+# Queued and in-flight runs: a partition with one of these is busy (the run queue and the partition
+# lock allow one run per partition; planning a second range now would only fail on the lock).
+# Dagster's own list of unfinished statuses, which it does not export.
+UNFINISHED = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.SUSPENDED,
+    DagsterRunStatus.CANCELING,
+]
 
 
 def _busy_partitions(context: SensorEvaluationContext, topic: str) -> set[str]:
-    """Partition tags of ingest runs not finished yet (queued runs count, DESIGN.md §4)."""
+    """Partition tags of ingest runs not finished yet (queued runs count)."""
     runs = context.instance.get_runs(
-        filters=RunsFilter(job_name=ingest_events.name, statuses=list(NOT_FINISHED_STATUSES)),
+        filters=RunsFilter(job_name=ingest_events.name, statuses=UNFINISHED),
         limit=200,
     )
     return {
@@ -107,6 +118,15 @@ def evaluate_backlog(
 
 
 @sensor(job=ingest_events, minimum_interval_seconds=15, default_status=DefaultSensorStatus.RUNNING)
-def kafka_backlog_sensor(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-    """Launches an ingest run per partition whose backlog is big enough or waited long enough."""
-    return evaluate_backlog(context, Settings.from_env())
+def kafka_backlog_sensor(
+    context: SensorEvaluationContext, settings: PipelineSettings
+) -> SensorResult | SkipReason:
+    """Launches an ingest run per partition whose backlog is big enough or waited long enough.
+
+    A malformed setting skips the tick with its one line; the code location stays loaded.
+    """
+    try:
+        resolved = settings.resolve()
+    except SettingsError as exc:
+        return SkipReason(f"bad setting: {exc}")
+    return evaluate_backlog(context, resolved)
