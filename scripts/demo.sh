@@ -21,6 +21,11 @@ mkdir -p "$DAGSTER_HOME" "$LOCAL"
 cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 $BIN/pipeline-project kafka start
+# DEMO_LAKE=s3: the lake on a local S3 server (versitygw on 127.0.0.1, built by `make install`).
+if [ "${DEMO_LAKE:-local}" = s3 ]; then
+  eval "$($BIN/pipeline-project s3 start)"
+  echo "lake: $PIPELINE_LAKE_URI on $AWS_ENDPOINT_URL"
+fi
 RATE="${DEMO_RATE:-200}"
 $DEFAULT_INT $BIN/pipeline-project produce --rate "$RATE" --bad-ratio 0.03 --duplicate-ratio 0.01 --late-ratio 0.02 \
   > "$LOCAL/producer.log" 2>&1 &
@@ -56,6 +61,7 @@ stop_all() {
   [ -n "$DAGSTER" ] && stop_dagster "$DAGSTER"
   wait_or_kill "$PRODUCER" "$PRODUCER_GRACE"
   $BIN/pipeline-project kafka stop || true
+  if [ "${DEMO_LAKE:-local}" = s3 ]; then $BIN/pipeline-project s3 stop || true; fi
 }
 trap stop_all INT TERM HUP EXIT
 

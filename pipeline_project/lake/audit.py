@@ -95,6 +95,8 @@ def audit(lake: Lake) -> AuditReport:
         return report
     report.version = table.version()
     history = read_history(lake, table)
+    if table.version() != report.version:  # reading the history may move the table forward
+        table.load_as_version(report.version)
     for version, why in history.unreadable:
         report.problems.append(Problem("unreadable_record", f"commit {version}: {why}"))
     _check_contiguity(report, table, history)
@@ -161,7 +163,11 @@ def _read_rows(lake: Lake, table: DeltaTable, report: AuditReport) -> pl.DataFra
     missing = _check_files(report, lake, table)
     if missing:
         return None  # reported; conservation cannot be judged without those rows
-    scan = pl.scan_delta(lake.table_uri(TABLE_EVENTS), storage_options=lake.polars_options())
+    scan = pl.scan_delta(  # the audited snapshot, not a later one: commits go on meanwhile
+        lake.table_uri(TABLE_EVENTS),
+        version=table.version(),
+        storage_options=lake.polars_options(),
+    )
     names = set(scan.collect_schema().names())
     columns = [c for c in (*ROW_COLUMNS, *RECOVERY_COLUMNS) if c in names]
     with lake_errors(lake, "reading the events table"):

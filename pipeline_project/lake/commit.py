@@ -41,7 +41,13 @@ from pipeline_project.errors import (
     LakeError,
     StorageError,
 )
-from pipeline_project.lake.files import find_commit, storage, sync_log, write_range_files
+from pipeline_project.lake.files import (
+    find_commit,
+    log_entry,
+    storage,
+    sync_log,
+    write_range_files,
+)
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import METADATA_KEY, RangeRecord
 from pipeline_project.lake.table import (
@@ -279,7 +285,7 @@ def _after_error(
     if now == done:
         log.warning("%s: commit failed, retrying: %s", record.range.range_id, error_line(exc))
         return None
-    version = own_commit(table, record.token) if table is not None else None
+    version = own_commit(lake, table_name, table, record.token) if table is not None else None
     if version is not None:
         log.warning("%s: commit call failed but the commit landed", record.range.range_id)
         return version
@@ -289,12 +295,14 @@ def _after_error(
     )
 
 
-def own_commit(table: DeltaTable, token: str) -> int | None:
+def own_commit(lake: Lake, table_name: str, table: DeltaTable, token: str) -> int | None:
     """The version of the commit carrying `token` among the latest ones, or None."""
-    for entry in table.history(limit=OWN_COMMIT_LOOKBACK):
-        meta = entry.get(METADATA_KEY)
-        if isinstance(meta, dict) and meta.get("token") == token:
-            return int(entry["version"])
+    where = storage(lake, table_name)
+    latest = table.version()
+    for version in range(latest, max(latest - OWN_COMMIT_LOOKBACK, -1), -1):
+        text = log_entry(where, version)
+        if text is not None and token.encode() in text:
+            return version
     return None
 
 

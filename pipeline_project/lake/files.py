@@ -177,6 +177,23 @@ def fsync(path: str) -> None:
         os.close(fd)
 
 
+def log_entry(where: Storage, version: int) -> bytes | None:
+    """The raw JSON lines of one commit of the table's log, or None when it does not exist."""
+    try:
+        with where.fs.open_input_stream(f"{where.root}/_delta_log/{version:020d}.json") as entry:
+            return entry.read()
+    except FileNotFoundError:
+        return None
+
+
+def commit_info(text: bytes) -> dict[str, Any]:
+    """The commitInfo action of a log entry (empty when it has none)."""
+    for line in text.splitlines():
+        if b'"commitInfo"' in line:
+            return dict(json.loads(line).get("commitInfo") or {})
+    return {}
+
+
 def find_commit(where: Storage, read_version: int, token: str, lookahead: int = 64) -> int | None:
     """The version of the log entry carrying `token`, committed after `read_version`.
 
@@ -185,11 +202,8 @@ def find_commit(where: Storage, read_version: int, token: str, lookahead: int = 
     table's state, which on a table of 50k files costs more than the commit itself.
     """
     for version in range(read_version + 1, read_version + 1 + lookahead):
-        path = f"{where.root}/_delta_log/{version:020d}.json"
-        try:
-            with where.fs.open_input_stream(path) as entry:
-                text = entry.read()
-        except FileNotFoundError:
+        text = log_entry(where, version)
+        if text is None:
             return None
         if token.encode() in text:
             return version
