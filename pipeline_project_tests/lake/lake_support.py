@@ -35,9 +35,12 @@ def processed(start: int, count: int, *, bad_every: int = 0, partition: int = 0)
     return rng, batch
 
 
-def record_of(rng: Range, batch, run_id: str = "run-test", kind: str = "ingest") -> RangeRecord:
+def record_of(
+    rng: Range, batch, run_id: str = "run-test", kind: str = "ingest", days_shift: int = 0
+) -> RangeRecord:
     """The RangeRecord a run would commit for this processed batch (DLQ offsets made up)."""
-    days = Counter(d.isoformat() for d in batch.good.get_column("event_date").to_list())
+    shifted = batch.good.get_column("event_date").dt.offset_by(f"{days_shift}d")
+    days = Counter(d.isoformat() for d in shifted.to_list())
     dlq = tuple(DlqEntry(r.offset, r.category, 0, 10_000 + i) for i, r in enumerate(batch.rejects))
     return RangeRecord(
         range=rng,

@@ -156,3 +156,46 @@ def test_a_new_column_is_merged_into_the_table_and_old_rows_read_null(lake: Lake
     clash = batch3.good.with_columns(pl.lit(1).alias("app_version"))
     with pytest.raises(LakeError, match="column types changed: app_version"):
         commit_range(lake, record_of(changed, batch3), clash)
+
+
+def test_days_before_and_after_new_columns_read_together_in_polars_and_duckdb(
+    lake: Lake,
+) -> None:
+    """A day written before a column existed and one after: one query each, one schema."""
+    import json
+    import subprocess
+    import sys
+
+    old, batch1 = processed(0, 40)
+    commit_range(lake, record_of(old, batch1), batch1.good.drop("app_version", strict=False))
+    new, batch2 = processed(40, 40)
+    later = batch2.good.with_columns(
+        pl.lit("2.0.1").alias("app_version"),
+        pl.col("event_date").dt.offset_by("1d"),
+    )
+    commit_range(lake, record_of(new, batch2, days_shift=1), later)
+    by_polars = (
+        pl.scan_delta(lake.table_uri("events"), storage_options=lake.polars_options())
+        .group_by("date")
+        .agg(pl.col("app_version").is_not_null().sum().alias("v2"), pl.len().alias("rows"))
+        .sort("date")
+        .collect()
+    )
+    assert by_polars.get_column("v2").to_list() == [0, 40]
+    assert by_polars.get_column("rows").to_list() == [40, 40]
+    script = (
+        "import duckdb, deltalake, json, sys; "
+        "t = deltalake.DeltaTable(sys.argv[1], storage_options=json.loads(sys.argv[2]) or None)"
+        ".to_pyarrow_dataset(); "
+        "print(json.dumps(duckdb.sql('SELECT CAST(date AS VARCHAR), count(app_version), "
+        "count(*) FROM t GROUP BY 1 ORDER BY 1').fetchall()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, lake.table_uri("events"), json.dumps(lake.options() or {})],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    days = json.loads(done.stdout)
+    assert [row[1:] for row in days] == [[0, 40], [40, 40]]
