@@ -35,6 +35,21 @@ TOPIC = "bench-history"
 RUNS = 3
 
 
+def filtered_range(rng: Range, moment: datetime) -> RangeRecord:
+    """A 10-offset range whose records were all filtered: a commit with no rows, only its record."""
+    offsets = tuple(range(rng.start, rng.end))
+    return RangeRecord(
+        rng,
+        "ingest",
+        "bench",
+        moment,
+        moment,
+        len(offsets),
+        offsets_digest(offsets),
+        filtered={"duplicate": offsets},
+    )
+
+
 def build(root: Path, commits: int, files: int) -> None:
     """A table at `root`/events with `commits` range commits over `files` files, then a checkpoint.
 
@@ -63,16 +78,7 @@ def build(root: Path, commits: int, files: int) -> None:
     now_ms = int(time.time() * 1000)
     for index in range(commits):
         rng = Range(TOPIC, 0, index * 10, index * 10 + 10)
-        record = RangeRecord(
-            rng,
-            "ingest",
-            "bench",
-            moment,
-            moment,
-            10,
-            offsets_digest(range(rng.start, rng.end)),
-            filtered={"duplicate": tuple(range(rng.start, rng.end))},
-        )
+        record = filtered_range(rng, moment)
         lines = [
             {
                 "commitInfo": {
@@ -111,17 +117,7 @@ def timed_start_and_commit(root: str, start: int) -> dict:
     done = table.transaction_version(f"{TOPIC}-0")
     opened = time.perf_counter()
     moment = datetime.now(UTC)
-    rng = Range(TOPIC, 0, start, start + 10)
-    record = RangeRecord(
-        rng,
-        "ingest",
-        "bench",
-        moment,
-        moment,
-        10,
-        offsets_digest(range(rng.start, rng.end)),
-        filtered={"duplicate": tuple(range(rng.start, rng.end))},
-    )
+    record = filtered_range(Range(TOPIC, 0, start, start + 10), moment)
     rows = pl.DataFrame(schema={"event_id": pl.String})
     result = commit_range(lake, record, rows, table=table)  # as a run does: its start's snapshot
     ended = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter
 
 import polars as pl
@@ -59,3 +60,31 @@ def record_of(
 def read_events(lake: Lake) -> pl.DataFrame:
     """The committed events table as a reader sees it (through the Delta log)."""
     return pl.read_delta(lake.table_uri("events"), storage_options=lake.polars_options())
+
+
+class LoopingReader:
+    """A thread reading the events table in a loop: (rows, distinct offsets) of every snapshot."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+        self.seen: list[tuple[int, int]] = []
+        self.errors: list[BaseException] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop)
+
+    def _loop(self) -> None:
+        while not self._done.is_set():
+            try:
+                frame = read_events(self.lake).select("kafka_offset")
+                self.seen.append((frame.height, frame.get_column("kafka_offset").n_unique()))
+            except Exception as exc:  # noqa: BLE001 - any failed read is the finding
+                self.errors.append(exc)
+                return
+
+    def __enter__(self) -> LoopingReader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()

@@ -5,44 +5,25 @@ from __future__ import annotations
 import threading
 from itertools import accumulate
 
-import polars as pl
-
 from pipeline_project.lake.commit import commit_range
 from pipeline_project.lake.location import Lake
-from pipeline_project_tests.lake.lake_support import processed, record_of
+from pipeline_project_tests.lake.lake_support import LoopingReader, processed, record_of
 
 
 def test_a_reader_looping_during_commits_sees_only_whole_commits(lake: Lake) -> None:
     batches = [processed(start, 300, bad_every=23) for start in range(0, 4_500, 300)]
     first_rng, first_batch = batches[0]
     commit_range(lake, record_of(first_rng, first_batch), first_batch.good)
-    seen: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def reader() -> None:
-        while not done.is_set():
-            try:
-                frame = pl.read_delta(
-                    lake.table_uri("events"), storage_options=lake.polars_options()
-                ).select("kafka_offset")
-                seen.append((frame.height, frame.get_column("kafka_offset").n_unique()))
-            except Exception as exc:  # noqa: BLE001 - any failed read is the finding
-                errors.append(exc)
-                return
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    for rng, batch in batches[1:]:
-        commit_range(lake, record_of(rng, batch), batch.good)
-    done.set()
-    thread.join()
-    assert not errors, errors
-    assert len(seen) >= 3, "the reader never overlapped the writes"
+    with LoopingReader(lake) as reader:
+        for rng, batch in batches[1:]:
+            commit_range(lake, record_of(rng, batch), batch.good)
+    assert not reader.errors, reader.errors
+    assert len(reader.seen) >= 3, "the reader never overlapped the writes"
     whole = set(accumulate(b.good.height for _rng, b in batches))
-    assert all(rows == distinct for rows, distinct in seen), "a reader saw a row twice"
-    assert all(rows in whole for rows, _ in seen), "a reader saw part of a commit"
-    assert [r for r, _ in seen] == sorted(r for r, _ in seen), "a reader went back in time"
+    assert all(rows == distinct for rows, distinct in reader.seen), "a reader saw a row twice"
+    assert all(rows in whole for rows, _ in reader.seen), "a reader saw part of a commit"
+    rows_seen = [r for r, _ in reader.seen]
+    assert rows_seen == sorted(rows_seen), "a reader went back in time"
 
 
 def test_reconcile_during_commits_audits_one_snapshot(lake: Lake) -> None:

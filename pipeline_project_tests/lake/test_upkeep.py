@@ -5,14 +5,12 @@ from __future__ import annotations
 import threading
 from datetime import date
 
-import polars as pl
-
 from pipeline_project.lake.audit import audit
 from pipeline_project.lake.commit import commit_range
 from pipeline_project.lake.location import Lake
 from pipeline_project.lake.stats import table_stats
 from pipeline_project.lake.upkeep import compact, vacuum
-from pipeline_project_tests.lake.lake_support import processed, record_of
+from pipeline_project_tests.lake.lake_support import LoopingReader, processed, record_of
 
 DAY = date(2025, 3, 1)
 
@@ -21,34 +19,19 @@ def test_compaction_during_ingestion_keeps_every_row_once(lake: Lake) -> None:
     batches = [processed(start, 200, bad_every=31) for start in range(0, 6_000, 200)]
     for rng, batch in batches[:10]:
         commit_range(lake, record_of(rng, batch), batch.good)
-    seen: list[tuple[int, int]] = []
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def reader() -> None:
-        while not done.is_set():
-            try:
-                frame = pl.read_delta(
-                    lake.table_uri("events"), storage_options=lake.polars_options()
-                ).select("kafka_offset")
-                seen.append((frame.height, frame.get_column("kafka_offset").n_unique()))
-            except Exception as exc:  # noqa: BLE001 - any failed read is the finding
-                errors.append(exc)
-                return
 
     def ingest_rest() -> None:
         for rng, batch in batches[10:]:
             commit_range(lake, record_of(rng, batch), batch.good)
 
-    threads = [threading.Thread(target=reader), threading.Thread(target=ingest_rest)]
-    for thread in threads:
-        thread.start()
-    result = compact(lake, day=DAY)
-    threads[1].join()
-    compact(lake, day=DAY)  # what ingestion added during the first pass
-    done.set()
-    threads[0].join()
-    assert not errors, errors
+    with LoopingReader(lake) as reader:
+        writer = threading.Thread(target=ingest_rest)
+        writer.start()
+        result = compact(lake, day=DAY)
+        writer.join()
+        compact(lake, day=DAY)  # what ingestion added during the first pass
+    assert not reader.errors, reader.errors
+    seen = reader.seen
     assert all(rows == distinct for rows, distinct in seen), "a reader saw a row twice"
     (day,) = result.days
     assert day["files_before"] >= 10 and day["files_after"] < day["files_before"]
