@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
-from pipeline_project.lake.commit import check_start, commit_range
+from pipeline_project.lake.commit import StagedFiles, check_start, commit_range, stage_files
 from pipeline_project.lake.location import Lake, lake_of
 from pipeline_project.lake.record import DlqEntry, RangeRecord, app_id, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
@@ -313,11 +314,15 @@ def run_range(
         steps.lap("process")
         offsets, sources = raw.offsets, raw.sources(r.offset for r in batch.rejects)
         del raw  # the values are parsed, and the rejects' kept in `sources`: free ~100 MB
-        deliveries = send_rejects(dlq, rng, sources, batch, run_id, moment)
-        steps.lap("dlq")
+        token = uuid.uuid4().hex
+        staged, deliveries = stage_while_sending(
+            lambda: stage_files(lake, rng.range_id, token, batch.good),
+            lambda: send_rejects(dlq, rng, sources, batch, run_id, moment),
+        )
+        steps.lap("dlq_and_files")
         fault_point("K6")
-        record = range_record(rng, "ingest", identity, offsets, batch, deliveries)
-        committed = commit_range(lake, record, batch.good, table=table)
+        record = range_record(rng, "ingest", identity, offsets, batch, deliveries, token=token)
+        committed = commit_range(lake, record, staged, table=table)
         steps.lap("commit")
         fault_point("K7")
         commit_group_offset(consumer, rng)
@@ -348,8 +353,12 @@ def range_record(
     batch: BatchResult,
     deliveries: Sequence[DlqEntry],
     extra: dict | None = None,
+    token: str | None = None,
 ) -> RangeRecord:
-    """The range's accounting: every consumed offset in the lake, the DLQ or filtered."""
+    """The range's accounting: every consumed offset in the lake, the DLQ or filtered.
+
+    `token`: the one its files were staged under, if they were staged before the record existed.
+    """
     days = batch.good.get_column("event_date").value_counts() if batch.good.height else None
     rows_by_day = {d.isoformat(): int(n) for d, n in days.iter_rows()} if days is not None else {}
     return RangeRecord(
@@ -364,7 +373,26 @@ def range_record(
         dlq=tuple(sorted(deliveries)),
         filtered={reason: tuple(offs) for reason, offs in batch.filtered.items() if offs},
         extra=extra or {},
+        **({"token": token} if token else {}),
     )
+
+
+def stage_while_sending(
+    stage: Callable[[], StagedFiles], send: Callable[[], list[DlqEntry]]
+) -> tuple[StagedFiles, list[DlqEntry]]:
+    """Writes the range's files on a worker thread while this one sends and confirms its rejects.
+
+    The two are independent: staged files stay invisible until the commit, and the commit waits
+    for both. Writing (pyarrow, outside the GIL) and waiting for DLQ acknowledgements overlap
+    instead of adding up. An error of either is raised once both have finished.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage-files") as pool:
+        staging = pool.submit(stage)
+        try:
+            deliveries = send()
+        finally:
+            staged = staging.result()
+    return staged, deliveries
 
 
 def process(

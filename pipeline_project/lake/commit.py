@@ -32,6 +32,7 @@ import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.transaction import AddAction
 
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.errors import (
@@ -79,45 +80,88 @@ class CommitResult:
     attempts: int = 1
 
 
+@dataclass(frozen=True)
+class StagedFiles:
+    """A range's data files, written and synced but not committed: no reader can see them yet.
+
+    Staged apart from the commit so a run can write them while its DLQ records are still being
+    confirmed; the commit then only references them. Their names carry the commit's token.
+    """
+
+    token: str
+    actions: tuple[AddAction, ...]
+    schema: pa.Schema
+    rows: int
+
+
+def stage_files(
+    lake: Lake,
+    range_id: str,
+    token: str,
+    rows: pl.DataFrame,
+    *,
+    table_name: str = TABLE_EVENTS,
+) -> StagedFiles:
+    """Writes the range's day files under the table (retried on a transient store error).
+
+    A disk-side failure (full, read-only, permissions) stops at once with a StorageError.
+    """
+    data = to_delta_rows(rows)
+    where = storage(lake, table_name)
+    errors: list[str] = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            actions = write_range_files(where, range_id, token, data)
+        except (OSError, pa.ArrowException) as exc:
+            raise_storage_error(lake, range_id, exc)
+            errors.append(error_line(exc))
+            log.warning("%s: writing files failed, retrying: %s", range_id, errors[-1])
+            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+            continue
+        fault_point("K5")  # files written and synced, not committed: invisible to every reader
+        return StagedFiles(token, tuple(actions), data.schema, data.num_rows)
+    raise LakeError(
+        f"lake {lake.describe()}: {range_id}: its files could not be written after "
+        f"{MAX_ATTEMPTS} attempts ({errors[-1]}); nothing of it was committed"
+    )
+
+
 def commit_range(
     lake: Lake,
     record: RangeRecord,
-    rows: pl.DataFrame | None,
+    rows: pl.DataFrame | StagedFiles | None,
     *,
     table: DeltaTable | None = None,
     table_name: str = TABLE_EVENTS,
     clock: type[datetime] = datetime,
     last_error: list[str] | None = None,
 ) -> CommitResult:
-    """Commits `rows` (the range's lake rows, any number of days) and `record` exactly once.
+    """Commits the range's rows and `record` exactly once.
 
-    `rows` None commits the record alone: its rows are already in the table (a migrated range,
+    `rows`: the range's lake rows (any number of days; written here), or its files already staged
+    with `stage_files` under `record.token`, or None to commit the record alone (a migrated range,
     whose files an earlier commit adopted). `table`: the caller's snapshot, if it has just read
     one (a run checked the start with it), used for the first attempt instead of a second load.
     """
-    if rows is not None:
-        check_balanced(record, rows)
-    elif not record.balanced():
-        raise AccountingError(f"{record.range.range_id}: its record does not add up")
-    data = to_delta_rows(rows) if rows is not None else None
+    staged = _staged(lake, record, rows, table_name)
     errors = last_error if last_error is not None else []
     for attempt in range(1, MAX_ATTEMPTS + 1):
         table = table if table is not None else open_table(lake, table_name)
         if table is None:
-            if data is None:
+            if staged is None:
                 raise LakeError(f"lake {lake.describe()}: no {table_name} table to commit into")
-            table = create_table(lake, table_name, data.schema)
+            table = create_table(lake, table_name, staged.schema)
         done = txn_version(table, record.app_id)
         if done is not None and done >= record.range.end and done > record.range.start:
             return CommitResult("already_committed", record, _version(table), attempt)
         check_start(record, done)
-        fault_point("KC")  # checked, not yet written: where a zombie freezes in the tests
+        fault_point("KC")  # checked, not yet committed: where a zombie freezes in the tests
         try:
-            version = _write(lake, table_name, table, record, data, clock.now(UTC))
+            version = _commit(lake, table_name, table, record, staged, clock.now(UTC))
         except (CommitFailedError, DeltaError, OSError) as exc:
             landed = _after_error(lake, table_name, record, done, exc)
             if landed is None:
-                raise_storage_error(lake, record, exc)
+                raise_storage_error(lake, record.range.range_id, exc)
             if landed is not None:
                 return CommitResult("committed", record, landed, attempt)
             errors.append(error_line(exc))
@@ -132,6 +176,25 @@ def commit_range(
     )
 
 
+def _staged(
+    lake: Lake, record: RangeRecord, rows: pl.DataFrame | StagedFiles | None, table_name: str
+) -> StagedFiles | None:
+    """The range's files, staged now if given as rows; refuses rows that break the accounting."""
+    if rows is None:
+        if not record.balanced():
+            raise AccountingError(f"{record.range.range_id}: its record does not add up")
+        return None
+    height = rows.rows if isinstance(rows, StagedFiles) else rows.height
+    check_balanced(record, height)
+    if isinstance(rows, StagedFiles):
+        if rows.token != record.token:
+            raise AccountingError(
+                f"{record.range.range_id}: its files were staged for another commit"
+            )
+        return rows
+    return stage_files(lake, record.range.range_id, record.token, rows, table_name=table_name)
+
+
 # Failures an operator fixes on the machine (free space, remount, quota, permissions), not by
 # retrying: the commit stops at once with a StorageError naming the cause.
 STORAGE_ERRNOS = frozenset(
@@ -139,7 +202,7 @@ STORAGE_ERRNOS = frozenset(
 )
 
 
-def raise_storage_error(lake: Lake, record: RangeRecord, exc: BaseException) -> None:
+def raise_storage_error(lake: Lake, range_id: str, exc: BaseException) -> None:
     """Raises StorageError when `exc` is a disk-side failure; returns for anything else."""
     code = errno_of(exc)
     if code not in STORAGE_ERRNOS:
@@ -147,7 +210,7 @@ def raise_storage_error(lake: Lake, record: RangeRecord, exc: BaseException) -> 
     where = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
     raise StorageError(
         code,
-        f"{record.range.range_id}: {os.strerror(code)}{where} in the lake {lake.describe()}; "
+        f"{range_id}: {os.strerror(code)}{where} in the lake {lake.describe()}; "
         "nothing of this range was committed: fix the disk (space, mount, permissions) and "
         "run again",
     ) from None
@@ -161,11 +224,11 @@ def errno_of(exc: BaseException) -> int | None:
     return int(found.group(1) or found.group(2)) if found else None
 
 
-def check_balanced(record: RangeRecord, rows: pl.DataFrame) -> None:
+def check_balanced(record: RangeRecord, rows: int) -> None:
     """Refuses a commit whose rows or counts break consumed = written + DLQ + filtered."""
-    if rows.height != record.written or not record.balanced():
+    if rows != record.written or not record.balanced():
         raise AccountingError(
-            f"{record.range.range_id}: {record.records} records consumed but {rows.height} rows "
+            f"{record.range.range_id}: {record.records} records consumed but {rows} rows "
             f"({record.written} by day) + {len(record.dlq)} DLQ + {record.filtered_count()} "
             "filtered: refusing to commit"
         )
@@ -220,28 +283,25 @@ def create_table(lake: Lake, table_name: str, schema: pa.Schema) -> DeltaTable:
     return table
 
 
-def _write(
+def _commit(
     lake: Lake,
     table_name: str,
     table: DeltaTable,
     record: RangeRecord,
-    data: pa.Table | None,
+    staged: StagedFiles | None,
     committed_at: datetime,
 ) -> int | None:
-    """Our files, durable, then one append commit with the app transaction and the record."""
+    """One append commit of the staged files with the app transaction and the record."""
     where = storage(lake, table_name)
     read_version = table.version()
-    actions = []
-    if data is not None:
-        evolve_schema(lake, table, data.schema)
-        actions = write_range_files(where, record, data)
-    fault_point("K5")  # files written and synced, not committed: invisible to every reader
+    if staged is not None:
+        evolve_schema(lake, table, staged.schema)
     properties = CommitProperties(
         custom_metadata={METADATA_KEY: record.to_metadata(committed_at)},
         app_transactions=[Transaction(app_id=record.app_id, version=record.range.end)],
     )
     table.create_write_transaction(
-        actions,
+        list(staged.actions) if staged is not None else [],
         mode="append",
         schema=table.schema(),
         partition_by=[PARTITION_COLUMN],

@@ -31,7 +31,6 @@ from deltalake.transaction import AddAction
 
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.lake.location import Lake
-from pipeline_project.lake.record import RangeRecord
 from pipeline_project.lake.table import (
     DATE_COLUMN,
     PARTITION_COLUMN,
@@ -91,9 +90,13 @@ def storage(lake: Lake, table: str) -> Storage:
 
 
 def write_range_files(
-    where: Storage, record: RangeRecord, rows: pa.Table, *, now: float | None = None
+    where: Storage, range_id: str, token: str, rows: pa.Table, *, now: float | None = None
 ) -> list[AddAction]:
-    """One file per UTC day of the range's rows; returns their add actions, in day order."""
+    """One file per UTC day of the range's rows; returns their add actions, in day order.
+
+    `token` is the commit's (RangeRecord.token): the file names carry it, so two attempts at one
+    range never write the same object.
+    """
     if rows.num_rows == 0:
         return []
     frame = pl.DataFrame(rows)
@@ -103,14 +106,13 @@ def write_range_files(
     ):
         if index:
             fault_point("K4")  # a crash with some of the range's files written, none committed
-        actions.append(_write_day(where, record, day, part, now))
+        actions.append(_write_day(where, f"part-{range_id}-{token[:12]}.parquet", day, part, now))
     return actions
 
 
 def _write_day(
-    where: Storage, record: RangeRecord, day: date, part: pl.DataFrame, now: float | None
+    where: Storage, name: str, day: date, part: pl.DataFrame, now: float | None
 ) -> AddAction:
-    name = f"part-{record.range.range_id}-{record.token[:12]}.parquet"
     rel = f"{PARTITION_COLUMN}={day.isoformat()}/{name}"
     table = part.drop(PARTITION_COLUMN, strict=False).to_arrow(compat_level=pl.CompatLevel.newest())
     table = table.combine_chunks().replace_schema_metadata(None)
