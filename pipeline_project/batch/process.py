@@ -10,7 +10,7 @@ against the lake) needs every row at once (`finish_batch`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -52,30 +52,61 @@ class MappedRows:
     rejects: list[Reject]
 
 
-def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedRows:
-    """Parse, validate and transform: every step looks at one record at a time.
+@dataclass(frozen=True)
+class ParsedPart:
+    """One drained part of a range, parsed: the native decoder's rows and the Python path's.
 
-    With the native decoder, its rows are validated and transformed on a worker thread (polars
-    and pandera, mostly outside the GIL) while this thread runs the Python parse path over the
-    records it deferred; the two parts are then mapped rows of the same range, merged in offset
-    order. Measured on 200k events: 0.06 s less than one after the other.
+    `native` is None when the native decoder did not run (not built, switched off, no records).
     """
+
+    native: pl.DataFrame | None
+    python: ParsedBatch
+
+
+def parse_part(raw: RawBatch, *, native: bool = True) -> ParsedPart:
+    """Parses one part of a range; parts of a range can be parsed apart, while it is drained."""
     split = native_split(raw) if native else None
     if split is None:
-        return _map_parsed(parse_batch(raw, native=False), raw.topic, raw.partition, identity)
-    # One worker, which maps the two parts one after the other: pandera then never runs on two
-    # threads at once, and more threads would only compete for the same two cores.
+        return ParsedPart(None, parse_batch(raw, native=False))
     frame, deferred = split.frame, split.deferred
     del split
+    return ParsedPart(frame, parse_records(*deferred))
+
+
+def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedRows:
+    """Parse, validate and transform: every step looks at one record at a time."""
+    return map_parts([parse_part(raw, native=native)], raw.topic, raw.partition, identity)
+
+
+def map_parts(
+    parts: Sequence[ParsedPart], topic: str, partition: int, identity: Identity
+) -> MappedRows:
+    """Validates and transforms the parsed parts of one range, as one batch per parse path.
+
+    The native decoder's rows are validated and transformed on a worker thread (polars and
+    pandera, mostly outside the GIL) while this thread maps the Python path's; the two are then
+    merged in offset order. One validation per path, not per part: pandera's checks cost a fixed
+    ~0.2 s a call, whatever the rows.
+    """
+    frames = [p.native for p in parts if p.native is not None]
+    python = ParsedBatch(
+        pl.concat([p.python.frame for p in parts], rechunk=True),
+        sorted((r for p in parts for r in p.python.rejects), key=lambda r: r.offset),
+    )
+    if not frames:
+        return _map_parsed(python, topic, partition, identity)
+    # One worker: pandera then never runs on two threads at once, and more threads would only
+    # compete for the same two cores.
     with (
         quick_gil_handoff(),
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-rows") as pool,
     ):
-        fast = pool.submit(_map_parsed, ParsedBatch(frame, []), raw.topic, raw.partition, identity)
-        del frame
-        slow_parsed = parse_records(*deferred)
-        slow = pool.submit(_map_parsed, slow_parsed, raw.topic, raw.partition, identity)
-        fast_rows, slow_rows = fast.result(), slow.result()
+        native = ParsedBatch(pl.concat(frames, rechunk=True), [])
+        del frames
+        fast = pool.submit(_map_parsed, native, topic, partition, identity)
+        del native
+        slow_rows = _map_parsed(python, topic, partition, identity)
+        fast_rows = fast.result()
     rows = fast_rows.rows.merge_sorted(slow_rows.rows, OFFSET_COLUMN)
     return MappedRows(rows, sorted(fast_rows.rejects + slow_rows.rejects, key=lambda r: r.offset))
 

@@ -45,6 +45,18 @@ class RawBatch:
     def __len__(self) -> int:
         return len(self.offsets)
 
+    def part(self, start: int, stop: int) -> RawBatch:
+        """Records [start, stop) by position, as a batch of their own (the lists are copied)."""
+        return RawBatch(
+            self.topic,
+            self.partition,
+            self.offsets[start:stop],
+            self.timestamps_ms[start:stop],
+            self.keys[start:stop],
+            self.values[start:stop],
+            self.headers[start:stop] if self.headers is not None else None,
+        )
+
     def sources(self, offsets: Iterable[int]) -> dict[int, SourceRecord]:
         """The records at `offsets` (all consumed here), for their DLQ copies.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -24,6 +25,8 @@ from pipeline_project.settings import Settings
 log = logging.getLogger(__name__)
 
 CONSUME_BATCH = 10_000
+# Records a drain hands over at a time when asked to (a range is parsed part by part while read).
+PART_RECORDS = 50_000
 METADATA_TIMEOUT_S = 10.0
 FIRST_QUERY_TIMEOUT_S = 0.15
 
@@ -102,26 +105,58 @@ def check_available(consumer: Consumer, rng: Range) -> None:
 
 
 def drain_range(
-    consumer: Consumer, rng: Range, timeout_s: float, *, with_headers: bool = False
+    consumer: Consumer,
+    rng: Range,
+    timeout_s: float,
+    *,
+    with_headers: bool = False,
+    on_part: Callable[[RawBatch], None] | None = None,
+    part_records: int = PART_RECORDS,
 ) -> RawBatch:
     """Every record of `rng`, in offset order; DrainError if it cannot be completed in time.
 
     `with_headers` keeps each record's headers too (the DLQ's reason and source coordinates).
+    `on_part` is handed each consecutive part of about `part_records` records as soon as it is
+    read (and the last, shorter one at the end), so a caller can work on them during the drain.
     """
     batch = RawBatch(rng.topic, rng.partition, [], [], [], [], [] if with_headers else None)
     if rng.size == 0:
         return batch
     check_available(consumer, rng)
     consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
+    parts = _Parts(batch, on_part, part_records)
     try:
         with paused_gc():
-            _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s)
+            _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s, parts)
     finally:
         consumer.unassign()
+    parts.hand_over(last=True)
     return batch
 
 
-def _consume_until_end(consumer: Consumer, rng: Range, batch: RawBatch, deadline: float) -> None:
+class _Parts:
+    """Hands the drained records over in consecutive parts, each once."""
+
+    def __init__(
+        self, batch: RawBatch, on_part: Callable[[RawBatch], None] | None, size: int
+    ) -> None:
+        self._batch, self._on_part, self._size, self._done = batch, on_part, size, 0
+
+    def hand_over(self, *, last: bool = False) -> None:
+        end = len(self._batch)
+        if (
+            self._on_part is None
+            or end == self._done
+            or (end - self._done < self._size and not last)
+        ):
+            return
+        self._on_part(self._batch.part(self._done, end))
+        self._done = end
+
+
+def _consume_until_end(
+    consumer: Consumer, rng: Range, batch: RawBatch, deadline: float, parts: _Parts
+) -> None:
     offsets, stamps, keys, values = batch.offsets, batch.timestamps_ms, batch.keys, batch.values
     headers = batch.headers
     last = rng.end - 1
@@ -160,6 +195,7 @@ def _consume_until_end(consumer: Consumer, rng: Range, batch: RawBatch, deadline
                 return
         if offsets:
             fault_point("K1a")  # tests: the range is half read (broker faults mid-drain)
+            parts.hand_over()
         if _position(consumer, rng) >= rng.end:
             return
 
