@@ -42,6 +42,7 @@ from pipeline_project.errors import (
     LakeError,
     StorageError,
 )
+from pipeline_project.lake.derived import ensure_table
 from pipeline_project.lake.files import (
     find_commit,
     log_entry,
@@ -265,22 +266,7 @@ def create_table(lake: Lake, table_name: str, schema: pa.Schema) -> DeltaTable:
     Creation is its own commit, before any range's: two first writers racing to create it would
     otherwise both append as "version 0 did not exist when I looked", unfenced.
     """
-    with lake_errors(lake, f"creating {table_name}"):
-        try:
-            DeltaTable.create(
-                lake.table_uri(table_name),
-                schema,
-                mode="ignore",
-                partition_by=[PARTITION_COLUMN],
-                configuration=EVENTS_CONFIGURATION,
-                storage_options=lake.options(),
-            )
-        except (CommitFailedError, DeltaError) as exc:  # lost a creation race: the table exists
-            log.info("creating %s: %s", table_name, error_line(exc))
-    table = open_table(lake, table_name)
-    if table is None:
-        raise LakeError(f"lake {lake.describe()}: {table_name} could not be created")
-    return table
+    return ensure_table(lake, table_name, schema, [PARTITION_COLUMN], EVENTS_CONFIGURATION)
 
 
 def _commit(

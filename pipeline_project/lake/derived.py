@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import polars as pl
 import pyarrow as pa
@@ -35,9 +35,13 @@ RETRY_PAUSE_SECONDS = 0.2
 
 
 def ensure_table(
-    lake: Lake, table: str, schema: pa.Schema, partition_by: Sequence[str] = ()
+    lake: Lake,
+    table: str,
+    schema: pa.Schema,
+    partition_by: Sequence[str] = (),
+    configuration: Mapping[str, str | None] | None = None,
 ) -> DeltaTable:
-    """The table, created empty (schema, partitioning) in its own commit if it does not exist."""
+    """The table, created empty (schema, partitioning, settings) in its own commit if absent."""
     existing = open_table(lake, table)
     if existing is not None:
         return existing
@@ -48,6 +52,7 @@ def ensure_table(
                 schema,
                 mode="ignore",
                 partition_by=list(partition_by) or None,
+                configuration=dict(configuration) if configuration else None,
                 storage_options=lake.options(),
             )
         except (CommitFailedError, DeltaError) as exc:  # lost the creation race: it exists now
