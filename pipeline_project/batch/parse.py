@@ -41,6 +41,7 @@ from pipeline_project.events.contract import (
     PROPERTY_TYPES,
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
+    UNSUPPORTED_VERSION,
     VERSIONED_FIELDS,
     object_column,
 )
@@ -565,9 +566,7 @@ def _contract_defect(value: bytes, *, missing: bool) -> Defect | None:
     obj = json.loads(value)
     version = obj.get("schema_version")
     if type(version) is int and 1 <= version <= INT64_MAX and not CONTRACT.knows(version):
-        return Defect(
-            "unsupported_schema_version", VERSION_RULE, "schema_version", version_message(version)
-        )
+        return Defect(UNSUPPORTED_VERSION, VERSION_RULE, "schema_version", version_message(version))
     if not missing:
         return None
     known = type(version) is int and CONTRACT.knows(version)

@@ -43,6 +43,7 @@ from pipeline_project.events.contract import (
     SCHEMA_VERSION,
     TEXT_LIMITS,
     TEXT_MAX_LENGTH,
+    UNSUPPORTED_VERSION,
     URL_PATTERN,
     UUID_PATTERN,
     VERSIONED_FIELDS,
@@ -161,9 +162,7 @@ def _required_rule(column: str) -> Rule:
 
 def _rules() -> list[Rule]:
     """Every check. Precedence: PARSED_SCHEMA column order, then this order within a column."""
-    rules: list[Rule] = [
-        Rule(VERSION_RULE, "schema_version", "unsupported_schema_version", _version_known)
-    ]
+    rules: list[Rule] = [Rule(VERSION_RULE, "schema_version", UNSUPPORTED_VERSION, _version_known)]
     rules += [_required_rule(column) for column in REQUIRED_FIELDS]
     rules += [
         Rule("event_id_uuid", "event_id", "invalid_format", lambda c: c.str.contains(UUID_PATTERN)),

@@ -36,7 +36,7 @@ from pipeline_project.batch.run import UNBOUNDED
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.records import PREVIEW_CHARS, escape_payload
 from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
-from pipeline_project.events.contract import ERROR_CATEGORIES
+from pipeline_project.events.contract import ERROR_CATEGORIES, UNSUPPORTED_VERSION
 from pipeline_project.health import OK, check_dlq_rate, read_lake
 from pipeline_project.kafka.access import DESCRIBE, READ, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
@@ -57,7 +57,6 @@ SAMPLES = 5
 FAILING = "failing"  # the status of a record no reprocessing resolved (yet)
 DIMENSIONS = ("category", "rule", "field", "stage", "source_partition", "hour", "status")
 MALFORMED_CATEGORY = "<no source headers>"
-FUTURE_VERSION_CATEGORY = "unsupported_schema_version"
 # The version in a future-version reject's message (parse.version_message).
 _VERSION_IN_MESSAGE = re.compile(r"schema_version='?(-?\d+)")
 
@@ -286,7 +285,7 @@ class Report:
     def waiting_versions(self) -> dict[str, int]:
         """Still-failing records whose schema version is newer than the code, per version."""
         waiting = self.records.filter(
-            (pl.col("status") == FAILING) & (pl.col("last_category") == FUTURE_VERSION_CATEGORY)
+            (pl.col("status") == FAILING) & (pl.col("last_category") == UNSUPPORTED_VERSION)
         )
         versions = Counter(_version_of(m) for m in waiting.get_column("last_message").to_list())
         return dict(sorted(versions.items(), key=lambda kv: (len(kv[0]), kv[0])))
@@ -455,7 +454,7 @@ def _waiting_lines(waiting: dict[str, int]) -> list[str]:
     versions = ", ".join(f"v{v}: {n}" for v, n in waiting.items())
     return [
         "",
-        f"**Waiting for a newer contract** ({FUTURE_VERSION_CATEGORY}): {sum(waiting.values())} "
+        f"**Waiting for a newer contract** ({UNSUPPORTED_VERSION}): {sum(waiting.values())} "
         f"records of schema versions the code does not know yet ({versions}). They are held, "
         "not broken: once a release knows the version, reprocessing brings them in.",
     ]
@@ -491,10 +490,11 @@ def render_failing(messages: Sequence[DlqMessage], limit: int) -> str:
     total = ", ".join(f"{c} {n}" for c, n in counts.most_common())
     more = f" (showing {len(shown)})" if len(messages) > len(shown) else ""
     lines = [*table, "", f"{len(messages)} failing{more}: {total or 'nothing'}"]
-    if counts[FUTURE_VERSION_CATEGORY]:
+    if counts[UNSUPPORTED_VERSION]:
         lines.append(
-            f"{counts[FUTURE_VERSION_CATEGORY]} of them come from a newer schema version "
-            f"({FUTURE_VERSION_CATEGORY}): they wait for a release that knows it"
+            f"{counts[UNSUPPORTED_VERSION]} of them come from a newer schema version "
+            f"({UNSUPPORTED_VERSION}): they wait for a newer contract; reprocessing re-sends them "
+            "without counting an attempt"
         )
     return "\n".join(lines)
 

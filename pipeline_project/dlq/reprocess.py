@@ -68,6 +68,7 @@ from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.dlq.repair import RepairContext, repair
 from pipeline_project.dlq.resolution import Book, Coords, Resolution, Segment
 from pipeline_project.errors import DataLossError, FencingError, LedgerError
+from pipeline_project.events.contract import UNSUPPORTED_VERSION
 from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake.commit import check_start, commit_range
@@ -91,6 +92,10 @@ SKIPPED_REASONS = (ALREADY_RESOLVED, SUPERSEDED, REPEAT, MALFORMED, FOREIGN)
 # Why a live record is re-sent unchanged instead of tried now.
 NOT_SELECTED = "not_selected"
 SOURCE_UNCOMMITTED = "source_uncommitted"
+# Why a tried record is re-sent without counting an attempt: its schema version is still newer than
+# the code's contract. It is held, not broken, so it is never parked; once the code knows the
+# version, the next run brings it in.
+WAITING = "waiting_for_contract"
 # At most this many DLQ records per range: a range's resolutions ride in its commit's metadata
 # (~150 bytes each), which every reader of the log parses; 20k keeps one commit near 3 MB.
 MAX_DLQ_RANGE_EVENTS = 20_000
@@ -480,7 +485,11 @@ def _with_dlq_lineage(
 
 
 def _decide(run: _Run, plan: _Plan, identity: Identity, tries: list[Live], tried: _Tried) -> None:
-    """Outcome per tried record: recovered, filtered, re-sent with attempt + 1, or parked."""
+    """Outcome per tried record: recovered, filtered, re-sent with attempt + 1, or parked.
+
+    A record whose version the contract still does not know is re-sent as it was tried (WAITING):
+    its attempt stays, so waiting for a release never parks it.
+    """
     failed_at = identity.now.astimezone(UTC).isoformat().replace("+00:00", "Z")
     for message, record in tries:
         source, where = record.coordinates, (plan.rng.partition, message.offset)
@@ -509,7 +518,9 @@ def _decide(run: _Run, plan: _Plan, identity: Identity, tries: list[Live], tried
                 run_id=identity.run_id,
                 failed_at=failed_at,
             )
-            if attempt >= run.settings.dlq_max_attempts:
+            if reject.category == UNSUPPORTED_VERSION:
+                plan.resend.append((message, replace(again, attempt=record.attempt), WAITING))
+            elif attempt >= run.settings.dlq_max_attempts:
                 plan.park.append((message, again))
             else:
                 plan.resend.append((message, again, resolution.RETRIED))
@@ -584,12 +595,20 @@ class ReprocessResult:
         names = (*sorted(resolution.OUTCOMES), *SKIPPED_REASONS)
         return {name: counts.get(name, 0) for name in names}
 
+    def waiting(self) -> int:
+        """Records re-sent because their schema version is newer than the code (WAITING)."""
+        return sum(
+            r.outcome == resolution.DEFERRED and r.detail == WAITING for r in self.resolutions
+        )
+
     def summary(self) -> str:
         done = len(self.lake.committed)
         counts = ", ".join(f"{name} {n}" for name, n in self.counts().items() if n)
+        waiting = self.waiting()
+        held = f" ({waiting} of them waiting for a newer contract)" if waiting else ""
         return (
             f"{done} DLQ range(s) committed, {len(self.outcomes) - done} already committed: "
-            f"{counts or 'nothing to do'} in {self.seconds:.2f} s"
+            f"{counts or 'nothing to do'}{held} in {self.seconds:.2f} s"
         )
 
 

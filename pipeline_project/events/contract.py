@@ -135,8 +135,11 @@ PARSE_CATEGORIES: Final[tuple[str, ...]] = (
     "too_deep",  # nesting deeper than MAX_DEPTH
     "not_object",  # valid JSON that is an array, string, number or null
 )
+# A schema_version newer than any this code knows: held in the DLQ, not lost. Reprocessing re-sends
+# such a record without counting an attempt until the code knows its version, then brings it in.
+UNSUPPORTED_VERSION: Final = "unsupported_schema_version"
 VALIDATE_CATEGORIES: Final[tuple[str, ...]] = (
-    "unsupported_schema_version",  # a schema_version newer than any this code knows: held, not lost
+    UNSUPPORTED_VERSION,
     "missing_field",  # a required field is absent
     "empty_field",  # a required field is null or an empty/blank string
     "wrong_type",  # a field of the wrong JSON type (bool for int, "1" for 1, ...)
