@@ -70,10 +70,11 @@ from pipeline_project.events.contract import (
     VERSIONED_COLUMNS,
     is_valid_id,
 )
-from pipeline_project.kafka.broker import LocalBroker, free_port_pair, metadata_ok
+from pipeline_project.kafka.broker import LocalBroker, metadata_ok
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.kafka.topics import ensure_topics
 from pipeline_project.lake import files
+from pipeline_project.local_server import free_port_pair
 from pipeline_project.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # `-m benchmarks.…` children import from here
