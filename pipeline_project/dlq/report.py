@@ -33,6 +33,7 @@ from deltalake import write_deltalake
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.plan import PartitionState, plan_ranges
 from pipeline_project.batch.run import UNBOUNDED
+from pipeline_project.batch.transform import UTC_US
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.records import PREVIEW_CHARS, escape_payload
 from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
@@ -45,6 +46,7 @@ from pipeline_project.lake.location import Lake, lake_of
 from pipeline_project.lake.read import scan_table
 from pipeline_project.lake.table import lake_errors, open_table
 from pipeline_project.settings import Settings
+from pipeline_project.utc import UTC_HOUR_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,6 @@ MALFORMED_CATEGORY = "<no source headers>"
 # The version in a future-version reject's message (parse.version_message).
 _VERSION_IN_MESSAGE = re.compile(r"schema_version='?(-?\d+)")
 
-UTC_US = pl.Datetime("us", "UTC")
 # One row per DLQ record read (every copy); source_* null when its headers were unusable.
 LOG_SCHEMA: dict[str, pl.DataType] = {
     "dlq_topic": pl.String(),
@@ -230,7 +231,7 @@ def _status(book: resolution.Book, key: tuple[str, int, int]) -> tuple[str, str,
 def summary_frame(records: pl.DataFrame) -> pl.DataFrame:
     """Long counts (dimension, key, records) over every DIMENSIONS entry: the summary table."""
     with_hour = records.with_columns(
-        pl.col("source_timestamp").dt.truncate("1h").dt.strftime("%Y-%m-%dT%H:00Z").alias("hour")
+        pl.col("source_timestamp").dt.truncate("1h").dt.strftime(UTC_HOUR_FORMAT).alias("hour")
     )
     parts = [
         with_hour.group_by(pl.col(d).cast(pl.String).fill_null("").alias("key"))

@@ -40,7 +40,6 @@ from confluent_kafka import Consumer
 
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
-from pipeline_project.batch.parse import OFFSET_COLUMN
 from pipeline_project.batch.plan import plan_ranges
 from pipeline_project.batch.process import CommittedIds, Identity
 from pipeline_project.batch.ranges import Range
@@ -55,12 +54,14 @@ from pipeline_project.batch.run import (
     process,
     range_record,
 )
-from pipeline_project.batch.transform import (
+from pipeline_project.batch.transform import empty_lake_frame
+from pipeline_project.columns import (
     DATE_COLUMN,
     DLQ_OFFSET_COLUMN,
     DLQ_PARTITION_COLUMN,
+    KAFKA_TIMESTAMP_COLUMN,
+    OFFSET_COLUMN,
     REPAIR_RULES_COLUMN,
-    empty_lake_frame,
 )
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.publish import DlqDelivery, DlqPublisher
@@ -78,6 +79,7 @@ from pipeline_project.lake.record import METADATA_KEY, DlqEntry, RangeRecord
 from pipeline_project.lake.table import lake_errors, open_table
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
+from pipeline_project.utc import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +447,7 @@ def _arrival_window(good: pl.DataFrame, settings: Settings) -> tuple[pl.DataFram
     `process` judges the window at reprocess time; this keeps an event whose clock ran ahead
     from passing just because time went by since ingestion rejected it.
     """
-    ts, arrived = pl.col("timestamp"), pl.col("kafka_timestamp")
+    ts, arrived = pl.col("timestamp"), pl.col(KAFKA_TIMESTAMP_COLUMN)
     outside = arrived.is_not_null() & (
         (ts > arrived + pl.duration(seconds=settings.max_clock_skew_seconds))
         | (ts < arrived - pl.duration(days=settings.max_lateness_days))
@@ -459,7 +461,9 @@ def _arrival_window(good: pl.DataFrame, settings: Settings) -> tuple[pl.DataFram
             "timestamp",
             f"{ARRIVAL_RULE} failed for timestamp={when.isoformat()} (arrived {at.isoformat()})",
         )
-        for offset, when, at in late.select(OFFSET_COLUMN, "timestamp", "kafka_timestamp").rows()
+        for offset, when, at in late.select(
+            OFFSET_COLUMN, "timestamp", KAFKA_TIMESTAMP_COLUMN
+        ).rows()
     ]
     return good.filter(~outside), rejects
 
@@ -490,7 +494,7 @@ def _decide(run: _Run, plan: _Plan, identity: Identity, tries: list[Live], tried
     A record whose version the contract still does not know is re-sent as it was tried (WAITING):
     its attempt stays, so waiting for a release never parks it.
     """
-    failed_at = identity.now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    failed_at = utc_text(identity.now)
     for message, record in tries:
         source, where = record.coordinates, (plan.rng.partition, message.offset)
         attempt = record.attempt + 1
