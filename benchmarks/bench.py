@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 import resource
@@ -32,7 +31,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import KafkaError, Message, Producer
 
-from pipeline_project.batch.parse import INT64_MAX, INT64_MIN, UTF8_BOM
+from pipeline_project.batch.parse import (
+    INT64_MAX,
+    INT64_MIN,
+    Defect,
+    decode_event,
+    version_message,
+)
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
 from pipeline_project.batch.transform import (
@@ -46,35 +51,42 @@ from pipeline_project.batch.transform import (
     OS_RULES,
     empty_lake_frame,
 )
-from pipeline_project.batch.validate import IP_PATTERN, TIMESTAMP_PATTERN
+from pipeline_project.columns import LINEAGE_COLUMNS
 from pipeline_project.dlq import records as dlq
 from pipeline_project.dlq.publish import producer_config
 from pipeline_project.events.contract import (
     BOT_UA_RE,
     CONTRACT,
-    COUNTRY_PATTERN,
     CURRENCIES,
     ERROR_STAGE,
     EVENT_CATEGORIES,
-    MAX_DEPTH,
-    MAX_KEYS,
-    MAX_MESSAGE_BYTES,
+    FORMAT,
+    FORMAT_RULES,
+    ID_COLUMNS,
+    MAX_LENGTH,
+    NOT_EMPTY,
     NUMERIC_BOUNDS,
     OPTIONAL_FIELDS,
     PROPERTY_TYPES,
+    RANGE,
     REQUIRED_FIELDS,
     TEST_USER_PREFIX,
     TEXT_MAX_LENGTH,
-    URL_PATTERN,
-    UUID_PATTERN,
+    TIMESTAMP_PATTERN,
+    UNSUPPORTED_VERSION,
+    VERSION_RULE,
     VERSIONED_COLUMNS,
     is_valid_id,
+    object_column,
+    rule_name,
 )
-from pipeline_project.kafka.broker import LocalBroker, free_port_pair, metadata_ok
+from pipeline_project.kafka.broker import LocalBroker, metadata_ok
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.kafka.topics import ensure_topics
 from pipeline_project.lake import files
+from pipeline_project.local_server import free_port_pair
 from pipeline_project.settings import Settings
+from pipeline_project.utc import utc_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # `-m benchmarks.…` children import from here
 
@@ -366,18 +378,17 @@ def _child_ingest(topic: str, end: int, start: int = 0, step: int = 0) -> int:
 # ------------------------------------------------------------------------- the per-event baseline
 #
 # The drain→commit path's work, written record by record the way a first version would be: one
-# json.loads per value (hooks for the parse limits), if-checks and regexes per field for every
-# validate rule (in the real path's precedence, so a bad record gets the same reason), a dict per
-# lake row, the same filters, each bad record produced to the DLQ topic and confirmed, and one
-# fsynced zstd Parquet file per event day. What it leaves out is the ledger (intent, manifest).
+# json.loads per value (the parse stage's own per-record check, parse.decode_event), if-checks
+# and regexes per field for every validate rule, taken from the contract's rule definitions
+# (FORMAT_RULES, ID_COLUMNS, rule names) and applied in the real path's precedence, so a bad record
+# gets the same reason; a dict per lake row, the same filters, each bad record produced to the DLQ
+# topic and confirmed, and one fsynced zstd Parquet file per event day. It leaves out the Delta
+# commit.
 
 BASELINE_RUN_ID = "baseline"
-_UUID = re.compile(UUID_PATTERN)
-_URL = re.compile(URL_PATTERN)
-_COUNTRY = re.compile(COUNTRY_PATTERN)
-_IP = re.compile(IP_PATTERN)
+# The contract's rules (events/contract.py), compiled once; the checks below apply them per event.
+_FORMATS = {rule.column: (rule, re.compile(rule.pattern)) for rule in FORMAT_RULES}
 _TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # The user-agent and URL rules are transform.py's own patterns, so the two paths cannot drift.
 _SCHEME_HOST = re.compile(_URL_SCHEME_HOST)
 _BROWSERS = [(name, re.compile(pattern)) for name, pattern in BROWSER_RULES]
@@ -388,10 +399,8 @@ _DESKTOP_UA = re.compile(_DESKTOP)
 _MOBILE_WORD = re.compile("(?i)mobile")
 # JSON type of every known field (what msgspec's typed Struct checks in the real path).
 _FIELD_TYPES: dict[str, str] = {name: "str" for name in REQUIRED_FIELDS} | OPTIONAL_FIELDS
-_ID_PROPERTIES = ("product_id", "order_id")
-_LINEAGE = ("kafka_topic", "kafka_partition", "kafka_offset", "kafka_timestamp", "ingested_at")
 # Lake columns a row must have a value in (else the real path's transform_error).
-_NOT_NULL = [c for c in LAKE_SCHEMA if c not in NULLABLE_COLUMNS and c not in (*_LINEAGE, "run_id")]
+_NOT_NULL = [c for c in LAKE_SCHEMA if c not in NULLABLE_COLUMNS and c not in LINEAGE_COLUMNS]
 
 
 class _Bad(Exception):
@@ -430,7 +439,7 @@ def _baseline(settings: Settings, end: int, out: Path) -> dict:
     high = now + timedelta(seconds=settings.max_clock_skew_seconds)
     rng = Range(settings.raw_topic, 0, 0, end)
     _user_agent_fields.cache_clear()  # each measurement starts cold
-    dlq = _DlqSender(settings, failed_at=now.isoformat().replace("+00:00", "Z"))
+    dlq = _DlqSender(settings, failed_at=utc_text(now))
     consumer = make_consumer(settings)
     try:
         batch = drain_range(consumer, rng, timeout_s=300)
@@ -466,84 +475,30 @@ def _baseline(settings: Settings, end: int, out: Path) -> dict:
 def _baseline_event(value: bytes | None, low: datetime, high: datetime) -> dict[str, Any]:
     """One raw value to a lake row (without lineage); raises _Bad with the first defect found."""
     event = _decode(value)
+    _check_version(event.get("schema_version"))
     _check_types(event, _FIELD_TYPES)
     props = event.get("properties") or {}
     timestamp = _validate(event, props, low, high)
     return _lake_row(event, props, timestamp)
 
 
-# --- parse: strict UTF-8, one JSON object within the size, key, depth and number limits
+# --- parse: the parse stage's own per-record checks (batch/parse.py), in its order
 
 
 def _decode(value: bytes | None) -> dict[str, Any]:
-    """The parse stage's checks, in its order; returns the decoded object."""
-    if value is None:
-        raise _Bad("null_value", "value_not_null", "", "Kafka value is null (tombstone)")
-    if len(value) > MAX_MESSAGE_BYTES:
-        raise _Bad("too_large", "max_message_bytes", "", f"{len(value)} bytes > limit")
-    if value.startswith(UTF8_BOM):
-        raise _Bad("invalid_utf8", "strict_utf8", "", "UTF-8 byte order mark")
-    try:
-        text = value.decode("utf-8")
-        event = json.loads(
-            text,
-            object_pairs_hook=_json_object,
-            parse_constant=_json_constant,
-            parse_float=_json_float,
-        )
-    except UnicodeDecodeError as exc:
-        raise _Bad("invalid_utf8", "strict_utf8", "", str(exc)) from None
-    except RecursionError:
-        raise _Bad("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}") from None
-    except json.JSONDecodeError as exc:
-        raise _Bad("invalid_json", "json_syntax", "", str(exc)) from None
-    except ValueError as exc:  # an integer literal beyond Python's int-string digit limit
-        raise _Bad("invalid_value", "int64_range", "", str(exc)) from None
-    # Cheap guards: deeper than MAX_DEPTH needs that many brackets, a lone surrogate an escape.
-    if text.count("{") + text.count("[") > MAX_DEPTH and _depth(event) > MAX_DEPTH:
-        raise _Bad("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}")
-    if _SURROGATE_ESCAPE.search(text):
-        try:
-            json.dumps(event, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise _Bad("invalid_unicode", "no_lone_surrogates", "", str(exc)) from None
-    if not isinstance(event, dict):
-        raise _Bad("not_object", "json_object", "", f"JSON {type(event).__name__}, not an object")
+    """One json.loads with the parse limits' hooks (parse.decode_event); returns the object."""
+    event, defect = decode_event(value)
+    if event is None:
+        found = defect or Defect("not_object", "json_object", "", "no object")  # not reached
+        raise _Bad(found.category, found.rule, found.field, found.message)
     return event
 
 
-def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """object_pairs_hook: at most MAX_KEYS keys, none of them twice."""
-    if len(pairs) > MAX_KEYS:
-        raise _Bad("too_large", "max_keys", "", f"object with {len(pairs)} keys > {MAX_KEYS}")
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        keys = [key for key, _ in pairs]
-        key = next(k for k in keys if keys.count(k) > 1)
-        raise _Bad("duplicate_key", "unique_keys", key, f"key {key!r} repeated")
-    return obj
-
-
-def _json_constant(name: str) -> float:
-    """parse_constant: NaN and ±Infinity are not JSON numbers."""
-    raise _Bad("non_finite", "finite_numbers", "", f"{name} is not a JSON number")
-
-
-def _json_float(text: str) -> float:
-    """parse_float: a literal such as 1e400 must not become infinity."""
-    number = float(text)
-    if not math.isfinite(number):
-        raise _Bad("non_finite", "finite_numbers", "", f"{text[:40]} overflows to infinity")
-    return number
-
-
-def _depth(node: Any) -> int:
-    """Nesting depth of dicts and lists (a scalar is 0)."""
-    if isinstance(node, dict):
-        return 1 + max((_depth(child) for child in node.values()), default=0)
-    if isinstance(node, list):
-        return 1 + max((_depth(child) for child in node), default=0)
-    return 0
+def _check_version(version: Any) -> None:
+    """A version this code does not know is judged first and alone, before any field's type."""
+    if type(version) is int and version >= 1 and not CONTRACT.knows(version):
+        message = version_message(version)
+        raise _Bad(UNSUPPORTED_VERSION, VERSION_RULE, "schema_version", message)
 
 
 def _check_types(obj: dict[str, Any], types: dict[str, str], prefix: str = "") -> None:
@@ -588,14 +543,12 @@ def _validate(
 ) -> datetime:
     """Checks the record against the contract; returns its timestamp in UTC.
 
-    The version first, as in validate.py; a known version is then read as version 1 (the bench
+    The version was judged first (_check_version); a known one is read as version 1 (the bench
     produces v1 events, so the baseline leaves v2's keys out).
     """
     version = event.get("schema_version")
-    known = version is None or version < 1 or CONTRACT.knows(version)
-    _rule(known, "schema_version_known", "unsupported_schema_version", "schema_version", version)
     event_id = _required(event, "event_id")
-    _rule(_UUID.fullmatch(event_id), "event_id_uuid", "invalid_format", "event_id", event_id)
+    _format(event_id, "event_id")
     event_type = _required(event, "event_type")
     known = event_type in EVENT_CATEGORIES
     _rule(known, "event_type_known", "invalid_value", "event_type", event_type)
@@ -605,24 +558,23 @@ def _validate(
     in_window = low <= timestamp <= high
     _rule(in_window, "timestamp_in_window", "timestamp_out_of_range", "timestamp", stamp)
     for name in ("user_id", "session_id"):
-        value = _required(event, name)
-        _rule(is_valid_id(value), f"{name}_format", "invalid_format", name, value)
+        _id(_required(event, name), name, name)
     page_url = _required(event, "page_url")
-    _rule(_URL.fullmatch(page_url), "page_url_format", "invalid_format", "page_url", page_url)
+    _format(page_url, "page_url")
     _max_length(page_url, "page_url", "page_url")
     _max_length(_required(event, "user_agent"), "user_agent", "user_agent")
     _rule(
         version is None or version >= 1,
-        "schema_version_range",
+        rule_name("schema_version", RANGE),
         "invalid_value",
         "schema_version",
         version,
     )
     referrer = event.get("referrer")
-    _matches_or_blank(_URL, referrer, "referrer", "referrer")
+    _format(referrer, "referrer")
     _max_length(referrer, "referrer", "referrer")
-    _matches_or_blank(_COUNTRY, event.get("country"), "country", "country")
-    _matches_or_blank(_IP, event.get("ip"), "ip", "ip")
+    _format(event.get("country"), "country")
+    _format(event.get("ip"), "ip")
     for name in PROPERTY_TYPES:  # contract order, as the real path's precedence
         value = props.get(name)
         if value is not None:  # null means absent: no rule applies
@@ -638,11 +590,10 @@ def _validate_property(name: str, value: Any) -> None:
     elif name == "currency":
         ok = value in CURRENCIES or _blank(value)
         _rule(ok, "currency_known", "invalid_value", field, value)
-    elif name in _ID_PROPERTIES:
-        ok = _blank(value) or is_valid_id(value)
-        _rule(ok, f"{name}_format", "invalid_format", field, value)
+    elif name in ID_COLUMNS:
+        _id(value, name, field, optional=True)
     else:
-        _max_length(value, "product_category" if name == "category" else name, field)
+        _max_length(value, object_column("properties", name), field)
 
 
 def _rule(passed: Any, rule: str, category: str, field: str, value: Any) -> None:
@@ -654,7 +605,8 @@ def _rule(passed: Any, rule: str, category: str, field: str, value: Any) -> None
 def _required(event: dict[str, Any], name: str) -> str:
     """A required field's text; empty_field when it is null or blank."""
     value = event[name]
-    _rule(value is not None and not _blank(value), f"{name}_not_empty", "empty_field", name, value)
+    ok = value is not None and not _blank(value)
+    _rule(ok, rule_name(name, NOT_EMPTY), "empty_field", name, value)
     return value
 
 
@@ -662,20 +614,28 @@ def _blank(value: str) -> bool:
     return not value.strip()
 
 
-def _matches_or_blank(pattern: re.Pattern[str], value: str | None, column: str, field: str) -> None:
-    """Optional text: absent or blank passes, anything else must match the whole pattern."""
-    ok = value is None or _blank(value) or pattern.fullmatch(value)
-    _rule(ok, f"{column}_format", "invalid_format", field, value)
+def _format(value: str | None, column: str) -> None:
+    """The column's contract FormatRule: the whole value matches (an optional one may be blank)."""
+    rule, pattern = _FORMATS[column]
+    ok = (rule.optional and (value is None or _blank(value))) or pattern.fullmatch(value or "")
+    _rule(ok, rule.name, "invalid_format", rule.column, value)
+
+
+def _id(value: str, column: str, field: str, optional: bool = False) -> None:
+    """An id column (contract.ID_COLUMNS): is_valid_id, or blank where it is optional."""
+    ok = (optional and _blank(value)) or is_valid_id(value)
+    _rule(ok, rule_name(column, FORMAT), "invalid_format", field, value)
 
 
 def _max_length(value: str | None, column: str, field: str) -> None:
     ok = value is None or len(value) <= TEXT_MAX_LENGTH
-    _rule(ok, f"{column}_max_length", "invalid_value", field, value)
+    _rule(ok, rule_name(column, MAX_LENGTH), "invalid_value", field, value)
 
 
 def _in_bounds(value: float | None, name: str, field: str) -> None:
     low, high = NUMERIC_BOUNDS[name]
-    _rule(value is None or low <= value <= high, f"{name}_range", "invalid_value", field, value)
+    ok = value is None or low <= value <= high
+    _rule(ok, rule_name(name, RANGE), "invalid_value", field, value)
 
 
 def _parse_timestamp(text: str) -> datetime | None:

@@ -22,8 +22,8 @@ import polars as pl
 from pipeline_project.batch.process import process_batch
 from pipeline_project.batch.records import RawBatch
 from pipeline_project.batch.transform import LAKE_SCHEMA
-from pipeline_project.batch.validate import IP_PATTERN, TIMESTAMP_PATTERN
 from pipeline_project.events import contract as c
+from pipeline_project.events.contract import IP_PATTERN, TIMESTAMP_PATTERN
 from pipeline_project.events.generator import EventGenerator
 
 NOW_EPOCH = 1_740_830_400.0  # 2025-03-01T12:00:00Z

@@ -1,8 +1,10 @@
 """The Dagster code location (`-w workspace.yaml` or `-m pipeline_project.definitions`).
 
 One `Definitions` per domain under defs/ (ingest, dlq, sessions), merged with the resources they
-take as parameters. Importing this module reads no environment variable: settings are resolved
-when a run or tick starts (defs/resources.py), so a malformed one cannot stop the location loading.
+take as parameters. Importing this module reads one environment variable, PIPELINE_PARTITION_DAYS
+(Dagster fixes partitions at load; a malformed value is one logged line and the default); every
+other setting is resolved when a run or tick starts (defs/resources.py), so a malformed one cannot
+stop the location loading.
 """
 
 from dagster import Definitions

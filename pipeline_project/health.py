@@ -43,6 +43,7 @@ from pipeline_project.lake.location import Lake, lake_of
 from pipeline_project.lake.record import RangeRecord, app_id
 from pipeline_project.lake.table import lake_errors, open_table, txn_version
 from pipeline_project.settings import Settings
+from pipeline_project.utc import utc_text
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
@@ -135,7 +136,7 @@ class HealthReport:
         return {
             "state": self.state,
             "exit_code": self.exit_code,
-            "checked_at": _iso(self.checked_at),
+            "checked_at": utc_text(self.checked_at, "seconds"),
             "checks": [asdict(c) for c in self.checks],
             "partitions": [asdict(p) for p in self.partitions],
         }
@@ -144,10 +145,6 @@ class HealthReport:
         width = max((len(c.name) for c in self.checks), default=0)
         lines = [f"{c.status:<4}  {c.name:<{width}}  {c.detail}" for c in self.checks]
         return "\n".join([*lines, f"state: {self.state}"])
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _age(seconds: float) -> str:
@@ -329,8 +326,9 @@ def check_last_ingest(
         why = "lag unknown" if backlog is None else "nothing to ingest"
         return Check("last_ingest", OK, f"nothing committed yet ({why})")
     age = max((now - latest).total_seconds(), 0.0)
-    values = {"committed_at": _iso(latest), "age_seconds": round(age, 1)}
-    detail = f"{_iso(latest)} ({_age(age)} ago, limit {_age(limit)})"
+    at = utc_text(latest, "seconds")
+    values = {"committed_at": at, "age_seconds": round(age, 1)}
+    detail = f"{at} ({_age(age)} ago, limit {_age(limit)})"
     if age <= limit:
         return Check("last_ingest", OK, detail, values)
     if backlog == 0:

@@ -10,13 +10,14 @@ error message shows them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 from croniter import croniter
-from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, TypeAdapter, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline_project.errors import SettingsError
@@ -63,6 +64,9 @@ class Settings:
     dlq_timeout_seconds: float = 30.0
     max_lateness_days: int = 7
     max_clock_skew_seconds: int = 300
+    # Days before today that Dagster shows as daily partitions (today is one more); read when the
+    # code location loads, as partitions are fixed then (`setting_at_load`).
+    partition_days: int = 7
     consumer_group: str = "pipeline-project-lake"
     # Operator thresholds (`pipeline-project health`, the events checks): past one is "degraded".
     health_max_lag_records: int = 100_000
@@ -183,6 +187,7 @@ class EnvSettings(BaseSettings):
     dlq_timeout_seconds: float | None = Field(None, ge=1)
     max_lateness_days: int | None = Field(None, ge=0)
     max_clock_skew_seconds: int | None = Field(None, ge=0)
+    partition_days: int | None = Field(None, ge=1, le=3660)
     consumer_group: str | None = None
     health_max_lag_records: int | None = Field(None, ge=0)
     health_max_lag_seconds: float | None = Field(None, ge=0)
@@ -202,6 +207,24 @@ def env_name(field_name: str) -> str:
     """The PIPELINE_* variable that sets `field_name`."""
     alias = EnvSettings.model_fields[field_name].validation_alias
     return alias if isinstance(alias, str) else ENV_PREFIX + field_name.upper()
+
+
+def setting_at_load(field_name: str) -> Any:
+    """One setting read alone (its default when unset), for what is fixed when code loads.
+
+    Only that variable is read, so another malformed one cannot get in the way; a malformed value
+    raises the same one SettingsError line as `Settings.from_env`.
+    """
+    variable = env_name(field_name)
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return getattr(Settings(), field_name)
+    info = EnvSettings.model_fields[field_name]
+    try:
+        return TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(raw)
+    except ValidationError as exc:
+        message = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"{variable}={raw!r}: {message}") from None
 
 
 def _one_line(exc: ValidationError) -> str:

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import NamedTuple
 
-from pipeline_project.kafka.broker import free_port_pair  # noqa: F401 - re-exported for tests
+from pipeline_project.local_server import free_port_pair  # noqa: F401 - re-exported for tests
 from pipeline_project.settings import Settings, read_kafka_properties, reveal_properties
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

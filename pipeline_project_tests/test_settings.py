@@ -45,6 +45,7 @@ def test_variables_are_read_and_empty_ones_mean_the_default(
     [
         ("PIPELINE_MAX_RANGE_EVENTS", "lots", "valid integer"),
         ("PIPELINE_DLQ_MAX_ATTEMPTS", "1", "greater than or equal to 2"),
+        ("PIPELINE_PARTITION_DAYS", "0", "greater than or equal to 1"),
         ("PIPELINE_RAW_TOPIC", "raw events", "not a valid Kafka topic name"),
         ("PIPELINE_DLQ_REPROCESS_CRON", "hourly", "not a cron expression"),
         ("PIPELINE_NATIVE_PARSE", "sometimes", "valid boolean"),

@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline_project.batch.records import RawBatch, Reject
+from pipeline_project.columns import OFFSET_COLUMN
 from pipeline_project.events.contract import (
     ALIASES,
     CONTRACT,
@@ -41,6 +42,8 @@ from pipeline_project.events.contract import (
     PROPERTY_TYPES,
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
+    UNSUPPORTED_VERSION,
+    VERSION_RULE,
     VERSIONED_FIELDS,
     object_column,
 )
@@ -83,7 +86,6 @@ FIELD_PATHS: dict[str, str] = {name: name for name in TOP_SCALARS} | {
     for obj, columns in OBJECT_COLUMNS.items()
     for entry, column in columns.items()
 }
-OFFSET_COLUMN = "kafka_offset"
 KAFKA_TS_MS_COLUMN = "kafka_timestamp_ms"
 # Records decoded per chunk: small enough for one chunk's Python objects to stay in cache.
 CHUNK_RECORDS = 4096
@@ -544,13 +546,11 @@ def _diagnose_failure(chunk: _Chunk, pos: int, error: str) -> Reject:
     return defect.reject(offset)
 
 
-# Rule, field and message of a version this code does not know: the validate stage's own words
-# (validate.py's `schema_version_known`), so a record gets the same reject whichever stage sees it.
-VERSION_RULE = "schema_version_known"
-
-
 def version_message(version: object) -> str:
-    """The message of an unsupported_schema_version reject."""
+    """The message of an unsupported_schema_version reject, in the validate stage's own words.
+
+    The rule is VERSION_RULE too, so a record gets the same reject whichever stage sees it.
+    """
     return f"{VERSION_RULE} failed for schema_version={str(version)!r}"
 
 
@@ -565,9 +565,7 @@ def _contract_defect(value: bytes, *, missing: bool) -> Defect | None:
     obj = json.loads(value)
     version = obj.get("schema_version")
     if type(version) is int and 1 <= version <= INT64_MAX and not CONTRACT.knows(version):
-        return Defect(
-            "unsupported_schema_version", VERSION_RULE, "schema_version", version_message(version)
-        )
+        return Defect(UNSUPPORTED_VERSION, VERSION_RULE, "schema_version", version_message(version))
     if not missing:
         return None
     known = type(version) is int and CONTRACT.knows(version)
@@ -596,18 +594,25 @@ _JSON_KINDS: dict[type, str] = {
 
 def diagnose(value: bytes | None) -> Defect | None:
     """Exact parse-stage check of one value (contract.PARSE_CATEGORIES); None when it is clean."""
+    return decode_event(value)[1]
+
+
+def decode_event(value: bytes | None) -> tuple[dict[str, Any] | None, Defect | None]:
+    """One value through every parse-stage check, in order: its JSON object, or its first defect.
+
+    Per record, in Python: the exact classifier's path here, and the bench's per-event baseline.
+    """
     if value is None:
-        return Defect("null_value", "value_not_null", "", "Kafka value is null (tombstone)")
+        return None, Defect("null_value", "value_not_null", "", "Kafka value is null (tombstone)")
     if len(value) > MAX_MESSAGE_BYTES:
-        return Defect(
-            "too_large", "max_message_bytes", "", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}"
-        )
+        message = f"{len(value)} bytes > {MAX_MESSAGE_BYTES}"
+        return None, Defect("too_large", "max_message_bytes", "", message)
     if value.startswith(UTF8_BOM):
-        return Defect("invalid_utf8", "strict_utf8", "", "UTF-8 byte order mark")
+        return None, Defect("invalid_utf8", "strict_utf8", "", "UTF-8 byte order mark")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Defect("invalid_utf8", "strict_utf8", "", str(exc))
+        return None, Defect("invalid_utf8", "strict_utf8", "", str(exc))
     try:
         obj = json.loads(
             text,
@@ -616,14 +621,15 @@ def diagnose(value: bytes | None) -> Defect | None:
             parse_float=_finite_float,
         )
     except _DefectFound as found:
-        return found.defect
+        return None, found.defect
     except RecursionError:
-        return Defect("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}")
+        return None, Defect("too_deep", "max_depth", "", f"nesting deeper than {MAX_DEPTH}")
     except json.JSONDecodeError as exc:
-        return Defect("invalid_json", "json_syntax", "", str(exc))
+        return None, Defect("invalid_json", "json_syntax", "", str(exc))
     except ValueError as exc:  # an integer literal beyond Python's int-string digit limit
-        return Defect("invalid_value", "int64_range", "", str(exc))
-    return _walk_defect(obj, text)
+        return None, Defect("invalid_value", "int64_range", "", str(exc))
+    defect = _walk_defect(obj, text)
+    return (None, defect) if defect is not None else (obj, None)
 
 
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -18,15 +18,15 @@ from datetime import date, datetime
 import polars as pl
 
 from pipeline_project.batch.parse import (
-    OFFSET_COLUMN,
     ParsedBatch,
     native_split,
     parse_batch,
     parse_records,
 )
 from pipeline_project.batch.records import BatchResult, RawBatch, Reject
-from pipeline_project.batch.transform import DATE_COLUMN, filter_rows, to_lake_rows
+from pipeline_project.batch.transform import filter_rows, to_lake_rows
 from pipeline_project.batch.validate import validate_frame
+from pipeline_project.columns import DATE_COLUMN, OFFSET_COLUMN
 from pipeline_project.perf import quick_gil_handoff
 
 # (days, the batch's event ids) -> the (event_date, event_id) pairs among them already committed.

@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 
-from pipeline_project.batch.transform import DATE_COLUMN, UTC_US
+from pipeline_project.batch.transform import UTC_US
+from pipeline_project.columns import DATE_COLUMN, SOURCE_COLUMNS
 from pipeline_project.errors import LakeError
 from pipeline_project.lake.derived import (
     MAX_ATTEMPTS,
@@ -57,17 +58,13 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "country",
     "revenue",
     "currency",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
+    *SOURCE_COLUMNS,
 )
 # Event order within a session: time, then Kafka coordinates, so ties resolve the same every run.
 EVENT_ORDER: tuple[str, ...] = (
     "session_id",
     "timestamp",
-    "kafka_topic",
-    "kafka_partition",
-    "kafka_offset",
+    *SOURCE_COLUMNS,
 )
 
 # The sessions schema, defined once: every sessions file has exactly these columns, in this order.

@@ -16,9 +16,23 @@ from typing import Any
 
 import polars as pl
 
-from pipeline_project.batch.parse import KAFKA_TS_MS_COLUMN, OFFSET_COLUMN, PROPERTY_COLUMNS
+from pipeline_project.batch.parse import KAFKA_TS_MS_COLUMN, PROPERTY_COLUMNS
 from pipeline_project.batch.records import Reject
 from pipeline_project.batch.validate import TIMESTAMP_UTC_COLUMN
+from pipeline_project.columns import (
+    DATE_COLUMN,
+    DLQ_OFFSET_COLUMN,
+    DLQ_PARTITION_COLUMN,
+    INGESTED_AT_COLUMN,
+    KAFKA_PARTITION_COLUMN,
+    KAFKA_TIMESTAMP_COLUMN,
+    LINEAGE_COLUMNS,
+    OFFSET_COLUMN,
+    RECOVERY_COLUMNS,
+    REPAIR_RULES_COLUMN,
+    RUN_ID_COLUMN,
+    TOPIC_COLUMN,
+)
 from pipeline_project.events.contract import (
     BOT_UA_PATTERN,
     EVENT_CATEGORIES,
@@ -30,14 +44,7 @@ from pipeline_project.events.contract import (
     VERSIONED_FIELDS,
 )
 
-# Lineage of rows recovered from the DLQ (null on ingested rows): the DLQ record they came from,
-# and the repair rules that made them valid.
-DLQ_PARTITION_COLUMN = "dlq_partition"
-DLQ_OFFSET_COLUMN = "dlq_offset"
-REPAIR_RULES_COLUMN = "repair_rules"
-
 UTC_US = pl.Datetime("us", "UTC")
-DATE_COLUMN = "event_date"
 _KIND_TYPES: dict[str, pl.DataType] = {
     "str": pl.String(),
     "int": pl.Int64(),
@@ -84,19 +91,19 @@ LAKE_SCHEMA: dict[str, pl.DataType] = {
     DLQ_PARTITION_COLUMN: pl.Int32(),
     DLQ_OFFSET_COLUMN: pl.Int64(),
     REPAIR_RULES_COLUMN: pl.String(),
-    "kafka_topic": pl.String(),
-    "kafka_partition": pl.Int32(),
+    TOPIC_COLUMN: pl.String(),
+    KAFKA_PARTITION_COLUMN: pl.Int32(),
     OFFSET_COLUMN: pl.Int64(),
-    "kafka_timestamp": UTC_US,
-    "ingested_at": UTC_US,
-    "run_id": pl.String(),
+    KAFKA_TIMESTAMP_COLUMN: UTC_US,
+    INGESTED_AT_COLUMN: UTC_US,
+    RUN_ID_COLUMN: pl.String(),
 }
 # Columns that may be null in the lake (optional in the raw event, or absent on the Kafka record).
 NULLABLE_COLUMNS: frozenset[str] = frozenset(
-    {"page_query", "referrer", "country", "ip", "schema_version", "kafka_timestamp"}
+    {"page_query", "referrer", "country", "ip", "schema_version", KAFKA_TIMESTAMP_COLUMN}
     | set(PROPERTY_COLUMNS.values())
     | set(VERSIONED_COLUMNS)
-    | {DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN, REPAIR_RULES_COLUMN}
+    | set(RECOVERY_COLUMNS)
 )
 COMMITTED_IDS_SCHEMA: dict[str, pl.DataType] = {DATE_COLUMN: pl.Date(), "event_id": pl.String()}
 
@@ -123,15 +130,6 @@ _TABLET = r"(?i)ipad|tablet|kindle|silk/|playbook"
 _MOBILE = r"(?i)mobi|iphone|ipod|windows phone|blackberry|opera mini"
 _DESKTOP = r"(?i)windows nt|macintosh|x11|linux|cros"
 _URL_SCHEME_HOST = r"^https?://[^/?#\s]*"
-_LINEAGE = (
-    "kafka_topic",
-    "kafka_partition",
-    OFFSET_COLUMN,
-    "kafka_timestamp",
-    "ingested_at",
-    "run_id",
-)
-_RECOVERY = (DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN, REPAIR_RULES_COLUMN)
 # Optional text: blank means absent and is stored as null.
 _OPTIONAL_TEXT = (
     tuple(name for name, kind in OPTIONAL_FIELDS.items() if kind == "str")
@@ -187,14 +185,18 @@ def to_lake_rows(
         .with_columns(_url_parts())
         .with_columns(_derived())
         .select(
-            *(pl.col(name) for name in LAKE_SCHEMA if name not in _LINEAGE + _RECOVERY),
-            *(pl.lit(None, dtype=LAKE_SCHEMA[name]).alias(name) for name in _RECOVERY),
-            pl.lit(topic, dtype=pl.String).alias("kafka_topic"),
-            pl.lit(partition, dtype=pl.Int32).alias("kafka_partition"),
+            *(
+                pl.col(name)
+                for name in LAKE_SCHEMA
+                if name not in LINEAGE_COLUMNS + RECOVERY_COLUMNS
+            ),
+            *(pl.lit(None, dtype=LAKE_SCHEMA[name]).alias(name) for name in RECOVERY_COLUMNS),
+            pl.lit(topic, dtype=pl.String).alias(TOPIC_COLUMN),
+            pl.lit(partition, dtype=pl.Int32).alias(KAFKA_PARTITION_COLUMN),
             pl.col(OFFSET_COLUMN),
-            _kafka_timestamp().alias("kafka_timestamp"),
-            pl.lit(ingested_at.astimezone(UTC), dtype=UTC_US).alias("ingested_at"),
-            pl.lit(run_id, dtype=pl.String).alias("run_id"),
+            _kafka_timestamp().alias(KAFKA_TIMESTAMP_COLUMN),
+            pl.lit(ingested_at.astimezone(UTC), dtype=UTC_US).alias(INGESTED_AT_COLUMN),
+            pl.lit(run_id, dtype=pl.String).alias(RUN_ID_COLUMN),
         )
     )
     rows = rows.select(pl.col(name).cast(dtype) for name, dtype in LAKE_SCHEMA.items())

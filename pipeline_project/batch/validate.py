@@ -24,38 +24,39 @@ from pandera.errors import SchemaErrors
 from pipeline_project.batch.parse import (
     FIELD_PATHS,
     OBJECT_COLUMNS,
-    OFFSET_COLUMN,
     PARSED_SCHEMA,
-    VERSION_RULE,
 )
 from pipeline_project.batch.records import Reject
+from pipeline_project.columns import OFFSET_COLUMN
 from pipeline_project.events.contract import (
     ALIASES,
     CONTRACT,
-    COUNTRY_PATTERN,
     CURRENCIES,
     EVENT_TYPES,
+    FORMAT,
+    FORMAT_RULES,
+    ID_COLUMNS,
     ID_FORBIDDEN_PATTERN,
     ID_MAX_LENGTH,
+    MAX_LENGTH,
+    NOT_EMPTY,
     NUMERIC_BOUNDS,
     PROPERTY_TYPES,
+    RANGE,
     REQUIRED_FIELDS,
     SCHEMA_VERSION,
     TEXT_LIMITS,
     TEXT_MAX_LENGTH,
-    URL_PATTERN,
-    UUID_PATTERN,
+    TIMESTAMP_PATTERN,
+    UNSUPPORTED_VERSION,
+    VERSION_RULE,
     VERSIONED_FIELDS,
+    FormatRule,
+    rule_name,
 )
 
-# The one accepted timestamp grammar: RFC 3339 date-time, seconds required, 1-9 fraction digits, and
-# a zone (`Z` or ±HH:MM / ±HHMM). Naive times and epoch numbers do not match.
-TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
-# Loose IPv4/IPv6 shape: keeps free text and injection strings out, leaves exact parsing to readers.
-IP_PATTERN = r"^[0-9A-Fa-f:.]{2,45}$"
 TIMESTAMP_UTC_COLUMN = "_timestamp_utc"
 
-_ID_COLUMNS = ("user_id", "session_id", "product_id", "order_id")
 _TEXT_COLUMNS: tuple[str, ...] = ("page_url", "user_agent", "referrer", "product_category")
 _TEXT_COLUMNS += ("query", "element_id", "method")
 _TEXT_COLUMNS += tuple(name for name, kind in VERSIONED_FIELDS.items() if kind == "str")
@@ -151,7 +152,7 @@ def versioned_columns() -> list[pl.Expr]:
 def _required_rule(column: str) -> Rule:
     """A required field must be neither null nor blank (one check: each costs a batch scan)."""
     return Rule(
-        f"{column}_not_empty",
+        rule_name(column, NOT_EMPTY),
         column,
         "empty_field",
         lambda c: c.is_not_null() & ~_is_blank(c),
@@ -161,12 +162,10 @@ def _required_rule(column: str) -> Rule:
 
 def _rules() -> list[Rule]:
     """Every check. Precedence: PARSED_SCHEMA column order, then this order within a column."""
-    rules: list[Rule] = [
-        Rule(VERSION_RULE, "schema_version", "unsupported_schema_version", _version_known)
-    ]
+    rules: list[Rule] = [Rule(VERSION_RULE, "schema_version", UNSUPPORTED_VERSION, _version_known)]
     rules += [_required_rule(column) for column in REQUIRED_FIELDS]
+    rules += [_format_rule(rule) for rule in FORMAT_RULES]
     rules += [
-        Rule("event_id_uuid", "event_id", "invalid_format", lambda c: c.str.contains(UUID_PATTERN)),
         # Exact codes: "PAGE_VIEW" or " click" is the producer's invalid_value, not a spelling.
         Rule("event_type_known", "event_type", "invalid_value", lambda c: c.is_in(EVENT_TYPES)),
         Rule(
@@ -177,22 +176,20 @@ def _rules() -> list[Rule]:
         ),
         # timestamp_in_window is added per call (it depends on `now`).
         Rule(
-            "page_url_format", "page_url", "invalid_format", lambda c: c.str.contains(URL_PATTERN)
+            rule_name("schema_version", RANGE), "schema_version", "invalid_value", lambda c: c >= 1
         ),
-        Rule("schema_version_range", "schema_version", "invalid_value", lambda c: c >= 1),
-        Rule("referrer_format", "referrer", "invalid_format", _matches_or_blank(URL_PATTERN)),
-        Rule("country_format", "country", "invalid_format", _matches_or_blank(COUNTRY_PATTERN)),
-        Rule("ip_format", "ip", "invalid_format", _matches_or_blank(IP_PATTERN)),
         Rule("currency_known", "currency", "invalid_value", _known_or_blank(CURRENCIES)),
     ]
     rules += [
-        Rule(f"{column}_format", column, "invalid_format", lambda c: _is_id(c) | _is_blank(c))
-        for column in _ID_COLUMNS
+        Rule(
+            rule_name(column, FORMAT), column, "invalid_format", lambda c: _is_id(c) | _is_blank(c)
+        )
+        for column in ID_COLUMNS
         if column not in REQUIRED_FIELDS
     ]
     rules += [
-        Rule(f"{column}_format", column, "invalid_format", _is_id)
-        for column in _ID_COLUMNS
+        Rule(rule_name(column, FORMAT), column, "invalid_format", _is_id)
+        for column in ID_COLUMNS
         if column in REQUIRED_FIELDS
     ]
     rules += [_max_length_rule(column) for column in _TEXT_COLUMNS]
@@ -203,7 +200,7 @@ def _rules() -> list[Rule]:
         for alias, target in ALIASES.items()
     ]
     rules += [
-        Rule(f"{name}_range", name, "invalid_value", _bounds(name))
+        Rule(rule_name(name, RANGE), name, "invalid_value", _bounds(name))
         for name in PROPERTY_TYPES
         if name in NUMERIC_BOUNDS
     ]
@@ -213,8 +210,15 @@ def _rules() -> list[Rule]:
 def _max_length_rule(column: str) -> Rule:
     limit = TEXT_LIMITS.get(column, TEXT_MAX_LENGTH)
     return Rule(
-        f"{column}_max_length", column, "invalid_value", lambda c: c.str.len_chars() <= limit
+        rule_name(column, MAX_LENGTH), column, "invalid_value", lambda c: c.str.len_chars() <= limit
     )
+
+
+def _format_rule(rule: FormatRule) -> Rule:
+    """A contract FormatRule as a check: the whole value matches (or, if optional, is blank)."""
+    if rule.optional:
+        return Rule(rule.name, rule.column, "invalid_format", _matches_or_blank(rule.pattern))
+    return Rule(rule.name, rule.column, "invalid_format", lambda c: c.str.contains(rule.pattern))
 
 
 def _bounds(column: str) -> Callable[[pl.Expr], pl.Expr]:

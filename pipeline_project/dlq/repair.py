@@ -27,6 +27,7 @@ from pipeline_project.events.contract import (
     PROPERTY_TYPES,
     UUID_PATTERN,
 )
+from pipeline_project.utc import utc_text
 
 # uuid5 namespace of ids derived from source coordinates: the same record always gets the same id.
 EVENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://pipeline-project/dlq/event_id")
@@ -84,7 +85,7 @@ def _iso(moment: datetime) -> str | None:
     moment = moment.astimezone(UTC)
     if not EPOCH_YEARS[0] <= moment.year <= EPOCH_YEARS[1]:
         return None
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_text(moment, "milliseconds")
 
 
 def _set(event: dict[str, Any], key: str, value: Any) -> bool:

@@ -33,10 +33,11 @@ from deltalake import write_deltalake
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.plan import PartitionState, plan_ranges
 from pipeline_project.batch.run import UNBOUNDED
+from pipeline_project.batch.transform import UTC_US
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.records import PREVIEW_CHARS, escape_payload
 from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
-from pipeline_project.events.contract import ERROR_CATEGORIES
+from pipeline_project.events.contract import ERROR_CATEGORIES, UNSUPPORTED_VERSION
 from pipeline_project.health import OK, check_dlq_rate, read_lake
 from pipeline_project.kafka.access import DESCRIBE, READ, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
@@ -45,6 +46,7 @@ from pipeline_project.lake.location import Lake, lake_of
 from pipeline_project.lake.read import scan_table
 from pipeline_project.lake.table import lake_errors, open_table
 from pipeline_project.settings import Settings
+from pipeline_project.utc import UTC_HOUR_FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,9 @@ SAMPLES = 5
 FAILING = "failing"  # the status of a record no reprocessing resolved (yet)
 DIMENSIONS = ("category", "rule", "field", "stage", "source_partition", "hour", "status")
 MALFORMED_CATEGORY = "<no source headers>"
-FUTURE_VERSION_CATEGORY = "unsupported_schema_version"
 # The version in a future-version reject's message (parse.version_message).
 _VERSION_IN_MESSAGE = re.compile(r"schema_version='?(-?\d+)")
 
-UTC_US = pl.Datetime("us", "UTC")
 # One row per DLQ record read (every copy); source_* null when its headers were unusable.
 LOG_SCHEMA: dict[str, pl.DataType] = {
     "dlq_topic": pl.String(),
@@ -231,7 +231,7 @@ def _status(book: resolution.Book, key: tuple[str, int, int]) -> tuple[str, str,
 def summary_frame(records: pl.DataFrame) -> pl.DataFrame:
     """Long counts (dimension, key, records) over every DIMENSIONS entry: the summary table."""
     with_hour = records.with_columns(
-        pl.col("source_timestamp").dt.truncate("1h").dt.strftime("%Y-%m-%dT%H:00Z").alias("hour")
+        pl.col("source_timestamp").dt.truncate("1h").dt.strftime(UTC_HOUR_FORMAT).alias("hour")
     )
     parts = [
         with_hour.group_by(pl.col(d).cast(pl.String).fill_null("").alias("key"))
@@ -286,7 +286,7 @@ class Report:
     def waiting_versions(self) -> dict[str, int]:
         """Still-failing records whose schema version is newer than the code, per version."""
         waiting = self.records.filter(
-            (pl.col("status") == FAILING) & (pl.col("last_category") == FUTURE_VERSION_CATEGORY)
+            (pl.col("status") == FAILING) & (pl.col("last_category") == UNSUPPORTED_VERSION)
         )
         versions = Counter(_version_of(m) for m in waiting.get_column("last_message").to_list())
         return dict(sorted(versions.items(), key=lambda kv: (len(kv[0]), kv[0])))
@@ -455,7 +455,7 @@ def _waiting_lines(waiting: dict[str, int]) -> list[str]:
     versions = ", ".join(f"v{v}: {n}" for v, n in waiting.items())
     return [
         "",
-        f"**Waiting for a newer contract** ({FUTURE_VERSION_CATEGORY}): {sum(waiting.values())} "
+        f"**Waiting for a newer contract** ({UNSUPPORTED_VERSION}): {sum(waiting.values())} "
         f"records of schema versions the code does not know yet ({versions}). They are held, "
         "not broken: once a release knows the version, reprocessing brings them in.",
     ]
@@ -491,10 +491,11 @@ def render_failing(messages: Sequence[DlqMessage], limit: int) -> str:
     total = ", ".join(f"{c} {n}" for c, n in counts.most_common())
     more = f" (showing {len(shown)})" if len(messages) > len(shown) else ""
     lines = [*table, "", f"{len(messages)} failing{more}: {total or 'nothing'}"]
-    if counts[FUTURE_VERSION_CATEGORY]:
+    if counts[UNSUPPORTED_VERSION]:
         lines.append(
-            f"{counts[FUTURE_VERSION_CATEGORY]} of them come from a newer schema version "
-            f"({FUTURE_VERSION_CATEGORY}): they wait for a release that knows it"
+            f"{counts[UNSUPPORTED_VERSION]} of them come from a newer schema version "
+            f"({UNSUPPORTED_VERSION}): they wait for a newer contract; reprocessing re-sends them "
+            "without counting an attempt"
         )
     return "\n".join(lines)
 

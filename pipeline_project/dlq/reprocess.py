@@ -40,7 +40,6 @@ from confluent_kafka import Consumer
 
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
-from pipeline_project.batch.parse import OFFSET_COLUMN
 from pipeline_project.batch.plan import plan_ranges
 from pipeline_project.batch.process import CommittedIds, Identity
 from pipeline_project.batch.ranges import Range
@@ -55,12 +54,14 @@ from pipeline_project.batch.run import (
     process,
     range_record,
 )
-from pipeline_project.batch.transform import (
+from pipeline_project.batch.transform import empty_lake_frame
+from pipeline_project.columns import (
     DATE_COLUMN,
     DLQ_OFFSET_COLUMN,
     DLQ_PARTITION_COLUMN,
+    KAFKA_TIMESTAMP_COLUMN,
+    OFFSET_COLUMN,
     REPAIR_RULES_COLUMN,
-    empty_lake_frame,
 )
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.publish import DlqDelivery, DlqPublisher
@@ -68,6 +69,7 @@ from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.dlq.repair import RepairContext, repair
 from pipeline_project.dlq.resolution import Book, Coords, Resolution, Segment
 from pipeline_project.errors import DataLossError, FencingError, LedgerError
+from pipeline_project.events.contract import UNSUPPORTED_VERSION
 from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake.commit import check_start, commit_range
@@ -77,6 +79,7 @@ from pipeline_project.lake.record import METADATA_KEY, DlqEntry, RangeRecord
 from pipeline_project.lake.table import lake_errors, open_table
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
+from pipeline_project.utc import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,10 @@ SKIPPED_REASONS = (ALREADY_RESOLVED, SUPERSEDED, REPEAT, MALFORMED, FOREIGN)
 # Why a live record is re-sent unchanged instead of tried now.
 NOT_SELECTED = "not_selected"
 SOURCE_UNCOMMITTED = "source_uncommitted"
+# Why a tried record is re-sent without counting an attempt: its schema version is still newer than
+# the code's contract. It is held, not broken, so it is never parked; once the code knows the
+# version, the next run brings it in.
+WAITING = "waiting_for_contract"
 # At most this many DLQ records per range: a range's resolutions ride in its commit's metadata
 # (~150 bytes each), which every reader of the log parses; 20k keeps one commit near 3 MB.
 MAX_DLQ_RANGE_EVENTS = 20_000
@@ -440,7 +447,7 @@ def _arrival_window(good: pl.DataFrame, settings: Settings) -> tuple[pl.DataFram
     `process` judges the window at reprocess time; this keeps an event whose clock ran ahead
     from passing just because time went by since ingestion rejected it.
     """
-    ts, arrived = pl.col("timestamp"), pl.col("kafka_timestamp")
+    ts, arrived = pl.col("timestamp"), pl.col(KAFKA_TIMESTAMP_COLUMN)
     outside = arrived.is_not_null() & (
         (ts > arrived + pl.duration(seconds=settings.max_clock_skew_seconds))
         | (ts < arrived - pl.duration(days=settings.max_lateness_days))
@@ -454,7 +461,9 @@ def _arrival_window(good: pl.DataFrame, settings: Settings) -> tuple[pl.DataFram
             "timestamp",
             f"{ARRIVAL_RULE} failed for timestamp={when.isoformat()} (arrived {at.isoformat()})",
         )
-        for offset, when, at in late.select(OFFSET_COLUMN, "timestamp", "kafka_timestamp").rows()
+        for offset, when, at in late.select(
+            OFFSET_COLUMN, "timestamp", KAFKA_TIMESTAMP_COLUMN
+        ).rows()
     ]
     return good.filter(~outside), rejects
 
@@ -480,8 +489,12 @@ def _with_dlq_lineage(
 
 
 def _decide(run: _Run, plan: _Plan, identity: Identity, tries: list[Live], tried: _Tried) -> None:
-    """Outcome per tried record: recovered, filtered, re-sent with attempt + 1, or parked."""
-    failed_at = identity.now.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """Outcome per tried record: recovered, filtered, re-sent with attempt + 1, or parked.
+
+    A record whose version the contract still does not know is re-sent as it was tried (WAITING):
+    its attempt stays, so waiting for a release never parks it.
+    """
+    failed_at = utc_text(identity.now)
     for message, record in tries:
         source, where = record.coordinates, (plan.rng.partition, message.offset)
         attempt = record.attempt + 1
@@ -509,7 +522,9 @@ def _decide(run: _Run, plan: _Plan, identity: Identity, tries: list[Live], tried
                 run_id=identity.run_id,
                 failed_at=failed_at,
             )
-            if attempt >= run.settings.dlq_max_attempts:
+            if reject.category == UNSUPPORTED_VERSION:
+                plan.resend.append((message, replace(again, attempt=record.attempt), WAITING))
+            elif attempt >= run.settings.dlq_max_attempts:
                 plan.park.append((message, again))
             else:
                 plan.resend.append((message, again, resolution.RETRIED))
@@ -584,12 +599,20 @@ class ReprocessResult:
         names = (*sorted(resolution.OUTCOMES), *SKIPPED_REASONS)
         return {name: counts.get(name, 0) for name in names}
 
+    def waiting(self) -> int:
+        """Records re-sent because their schema version is newer than the code (WAITING)."""
+        return sum(
+            r.outcome == resolution.DEFERRED and r.detail == WAITING for r in self.resolutions
+        )
+
     def summary(self) -> str:
         done = len(self.lake.committed)
         counts = ", ".join(f"{name} {n}" for name, n in self.counts().items() if n)
+        waiting = self.waiting()
+        held = f" ({waiting} of them waiting for a newer contract)" if waiting else ""
         return (
             f"{done} DLQ range(s) committed, {len(self.outcomes) - done} already committed: "
-            f"{counts or 'nothing to do'} in {self.seconds:.2f} s"
+            f"{counts or 'nothing to do'}{held} in {self.seconds:.2f} s"
         )
 
 

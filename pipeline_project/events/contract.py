@@ -110,6 +110,11 @@ UUID_PATTERN: Final = (
 )
 COUNTRY_PATTERN: Final = r"^[A-Za-z]{2}$"
 URL_PATTERN: Final = r"^(https?://[^\s/?#]+[^\s]*|/[^\s]*)$"
+# Loose IPv4/IPv6 shape: keeps free text and injection strings out, leaves exact parsing to readers.
+IP_PATTERN: Final = r"^[0-9A-Fa-f:.]{2,45}$"
+# The one accepted timestamp grammar: RFC 3339 date-time, seconds required, 1-9 fraction digits, and
+# a zone (`Z` or ±HH:MM / ±HHMM). Naive times and epoch numbers do not match.
+TIMESTAMP_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
 TEXT_MAX_LENGTH: Final = 2_048
 
 # Parse limits: a message larger than this, nested deeper, or with more keys is rejected up front.
@@ -135,8 +140,11 @@ PARSE_CATEGORIES: Final[tuple[str, ...]] = (
     "too_deep",  # nesting deeper than MAX_DEPTH
     "not_object",  # valid JSON that is an array, string, number or null
 )
+# A schema_version newer than any this code knows: held in the DLQ, not lost. Reprocessing re-sends
+# such a record without counting an attempt until the code knows its version, then brings it in.
+UNSUPPORTED_VERSION: Final = "unsupported_schema_version"
 VALIDATE_CATEGORIES: Final[tuple[str, ...]] = (
-    "unsupported_schema_version",  # a schema_version newer than any this code knows: held, not lost
+    UNSUPPORTED_VERSION,
     "missing_field",  # a required field is absent
     "empty_field",  # a required field is null or an empty/blank string
     "wrong_type",  # a field of the wrong JSON type (bool for int, "1" for 1, ...)
@@ -152,6 +160,47 @@ ERROR_STAGE: Final[dict[str, str]] = {
     **{c: "transform" for c in TRANSFORM_CATEGORIES},
 }
 ERROR_CATEGORIES: Final[tuple[str, ...]] = tuple(ERROR_STAGE)
+
+# --- the named checks on one value ---------------------------------------------------------------
+#
+# Defined once: batch/validate.py runs them over a batch as polars expressions, the per-event
+# baseline of benchmarks/bench.py record by record. A rule's name is the DLQ's `dlq.error.rule`.
+
+VERSION_RULE: Final = "schema_version_known"  # a version this code does not know: judged first
+
+
+@dataclass(frozen=True)
+class FormatRule:
+    """A text column whose whole value must match `pattern`, else `invalid_format`.
+
+    `optional`: null or blank passes (a blank optional text is stored as null).
+    """
+
+    name: str
+    column: str
+    pattern: str
+    optional: bool = True
+
+
+FORMAT_RULES: Final[tuple[FormatRule, ...]] = (
+    FormatRule("event_id_uuid", "event_id", UUID_PATTERN, optional=False),
+    FormatRule("page_url_format", "page_url", URL_PATTERN, optional=False),
+    FormatRule("referrer_format", "referrer", URL_PATTERN),
+    FormatRule("country_format", "country", COUNTRY_PATTERN),
+    FormatRule("ip_format", "ip", IP_PATTERN),
+)
+# Columns holding ids (`is_valid_id`, rule `<column>_format`): required ones must be ids, optional
+# ones (properties.product_id and .order_id) may be blank.
+ID_COLUMNS: Final[tuple[str, ...]] = ("user_id", "session_id", "product_id", "order_id")
+# The suffixes of the per-column rules: `<column>_not_empty` (required fields, empty_field),
+# `<column>_max_length` and `<column>_range` (invalid_value), `<column>_format` (ids).
+NOT_EMPTY, MAX_LENGTH, RANGE, FORMAT = "not_empty", "max_length", "range", "format"
+
+
+def rule_name(column: str, check: str) -> str:
+    """The name of a per-column rule: `rule_name("price", RANGE)` is `price_range`."""
+    return f"{column}_{check}"
+
 
 # Producer ground-truth verdicts: "good", a filter reason, or "bad:<category>".
 GOOD: Final = "good"

@@ -47,6 +47,7 @@ from pipeline_project.events.contract import (
     TRANSFORM_CATEGORIES,
     bad_verdict,
 )
+from pipeline_project.utc import UTC_SECONDS_FORMAT
 
 # Categories the producer can create: a transform error needs a valid event the transform cannot
 # handle, which is a bug, not an input.
@@ -837,7 +838,7 @@ class EventGenerator:
         if base is None:
             if len(self._ts_cache) > _TS_CACHE_LIMIT:
                 self._ts_cache.clear()
-            base = self._ts_cache[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            base = self._ts_cache[sec] = time.strftime(UTC_SECONDS_FORMAT, time.gmtime(sec))
         if user.micros:
             return f"{base}.{int((t - sec) * 1_000_000):06d}{user.offset_suffix}"
         return f"{base}.{int((t - sec) * 1_000):03d}{user.offset_suffix}"
@@ -856,7 +857,7 @@ class EventGenerator:
 def iso_utc(t: float) -> str:
     """ISO-8601 UTC with millis and `Z`."""
     sec = math.floor(t)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{int((t - sec) * 1000):03d}Z"
+    return f"{time.strftime(UTC_SECONDS_FORMAT, time.gmtime(sec))}.{int((t - sec) * 1000):03d}Z"
 
 
 class _Defects:

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -24,6 +20,7 @@ from pathlib import Path
 
 from pipeline_project.errors import BrokerError
 from pipeline_project.kafka import secure as tls
+from pipeline_project.local_server import ServerProcess, port_in_use
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,34 +66,6 @@ def java_major(java: str) -> int:
         raise BrokerError(f"could not read the Java version from `{java} -version`")
     major = int(match.group(1))
     return int(match.group(2) or 0) if major == 1 else major
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """True when host:port cannot be bound: a listener, or a live connection using it as local port.
-
-    A connect() probe alone misses the second case (ephemeral ports) and the broker then dies with
-    "Address already in use"; binding with SO_REUSEADDR, as the broker does, does not.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 are free on localhost (a broker and its controller).
-
-    Chosen below Linux's ephemeral range (32768+), so client connections cannot grab it meanwhile.
-    """
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20_000, 32_000)
-        if not port_in_use(port) and not port_in_use(port + 1):
-            return port
-    raise BrokerError("no free pair of TCP ports found on localhost")
 
 
 def parse_local_bootstrap(bootstrap: str) -> int:
@@ -282,20 +251,20 @@ class LocalBroker:
             raise BrokerError(f"formatting KRaft storage failed; see {self.log_file}")
 
     # -- process ---------------------------------------------------------------------------------
+    @property
+    def process(self) -> ServerProcess:
+        """Its pid file, log and command line: what finds, starts and stops the JVM."""
+        return ServerProcess(
+            "the broker",
+            self.pid_file,
+            self.log_file,
+            owns=lambda cmdline: b"kafka.Kafka" in cmdline,
+            error=BrokerError,
+        )
+
     def pid(self) -> int | None:
         """The pid if our pid file names a live Kafka JVM, else None (a stale file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            cmdline = b""
-        if b"kafka.Kafka" not in cmdline or _is_zombie(pid):
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        return pid
+        return self.process.pid()
 
     def start(self) -> str:
         """Starts the broker unless ours already runs; returns what happened, in words."""
@@ -372,54 +341,21 @@ class LocalBroker:
             "kafka.Kafka",
             str(config),
         ]
-        with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.home,
-            )
-        self.pid_file.write_text(str(proc.pid))
-        return proc
+        return self.process.spawn(cmd, cwd=self.home)
 
     def _wait_ready(self, proc: subprocess.Popen) -> None:
         """Waits until the broker answers a metadata request, within start_timeout."""
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise BrokerError(
-                    f"the broker exited with code {proc.returncode} while starting; "
-                    f"see {self.log_file}"
-                )
+
+        def answers() -> bool:
             extra = self.admin_properties()
-            if port_in_use(self.port) and metadata_ok(self.bootstrap, timeout=2.0, extra=extra):
-                return
-            time.sleep(0.3)
-        self.stop()
-        raise BrokerError(
-            f"the broker did not answer within {self.start_timeout:.0f} s; see {self.log_file}"
-        )
+            return port_in_use(self.port) and metadata_ok(self.bootstrap, timeout=2.0, extra=extra)
+
+        self.process.wait_ready(proc, answers, self.start_timeout, every=0.3)
 
     def stop(self, timeout: float = 30.0) -> str:
         """SIGTERM, wait for a clean shutdown, then SIGKILL; says so when nothing was running."""
-        pid = self.pid()
-        if not pid:
-            return f"broker not running ({self.home})"
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                break
-            time.sleep(0.2)
-        else:
-            os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
-        return f"broker stopped (pid {pid})"
+        pid = self.process.stop(timeout)
+        return f"broker stopped (pid {pid})" if pid else f"broker not running ({self.home})"
 
 
 def metadata_ok(bootstrap: str, timeout: float = 2.0, extra: dict[str, str] | None = None) -> bool:
@@ -468,19 +404,3 @@ def _kraft_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] == "Z"

@@ -25,14 +25,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
+from pipeline_project.columns import (
+    DLQ_OFFSET_COLUMN,
+    DLQ_PARTITION_COLUMN,
+    EVENT_ID_COLUMN,
+    PARTITION_COLUMN,
+    SOURCE_COLUMNS,
+)
 from pipeline_project.lake.files import storage
 from pipeline_project.lake.history import History, read_history
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import RangeRecord, offsets_digest
 from pipeline_project.lake.table import error_line, lake_errors, open_table
 
-ROW_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "event_id", "date")
-RECOVERY_COLUMNS = ("dlq_partition", "dlq_offset")
+ROW_COLUMNS = (*SOURCE_COLUMNS, EVENT_ID_COLUMN, PARTITION_COLUMN)
+DLQ_COLUMNS = (DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN)
 _SAMPLE = 5
 
 
@@ -169,10 +176,10 @@ def _read_rows(lake: Lake, table: DeltaTable, report: AuditReport) -> pl.DataFra
         storage_options=lake.polars_options(),
     )
     names = set(scan.collect_schema().names())
-    columns = [c for c in (*ROW_COLUMNS, *RECOVERY_COLUMNS) if c in names]
+    columns = [c for c in (*ROW_COLUMNS, *DLQ_COLUMNS) if c in names]
     with lake_errors(lake, "reading the events table"):
         frame = scan.select(columns).collect()
-    for column in RECOVERY_COLUMNS:
+    for column in DLQ_COLUMNS:
         if column not in frame.columns:
             frame = frame.with_columns(pl.lit(None, pl.Int64).alias(column))
     report.rows = frame.height
@@ -217,22 +224,22 @@ def _unreferenced(lake: Lake, table: DeltaTable) -> int:
 
 
 def _check_rows(report: AuditReport, records: Sequence[RangeRecord], rows: pl.DataFrame) -> None:
-    ingested = rows.filter(pl.col("dlq_offset").is_null())
-    recovered = rows.filter(pl.col("dlq_offset").is_not_null())
+    ingested = rows.filter(pl.col(DLQ_OFFSET_COLUMN).is_null())
+    recovered = rows.filter(pl.col(DLQ_OFFSET_COLUMN).is_not_null())
     _check_duplicates(report, rows)
     raw_ranges = [r for r in records if r.kind != "reprocess"]
     dlq_ranges = [r for r in records if r.kind == "reprocess"]
-    placed = _place(ingested, raw_ranges, "kafka_topic", "kafka_partition", "kafka_offset")
+    placed = _place(ingested, raw_ranges, *SOURCE_COLUMNS)
     _check_ranges(report, raw_ranges, placed)
     recovered_by = recovered.with_columns(pl.lit(_dlq_topic(dlq_ranges)).alias("dlq_topic"))
-    placed_dlq = _place(recovered_by, dlq_ranges, "dlq_topic", "dlq_partition", "dlq_offset")
+    placed_dlq = _place(recovered_by, dlq_ranges, "dlq_topic", *DLQ_COLUMNS)
     _check_ranges(report, dlq_ranges, placed_dlq)
     _check_recovered(report, raw_ranges, recovered)
 
 
 def _check_duplicates(report: AuditReport, rows: pl.DataFrame) -> None:
-    coords = ["kafka_topic", "kafka_partition", "kafka_offset"]
-    twice = rows.filter(pl.struct(coords).is_duplicated() & pl.col("dlq_offset").is_null())
+    coords = list(SOURCE_COLUMNS)
+    twice = rows.filter(pl.struct(coords).is_duplicated() & pl.col(DLQ_OFFSET_COLUMN).is_null())
     if twice.height:
         sample = twice.select(coords).unique().head(_SAMPLE).rows()
         report.problems.append(
@@ -363,7 +370,7 @@ def _check_recovered(
     if recovered.height == 0:
         return
     sent = {(r.range.topic, r.range.partition, d.source_offset) for r in raw_ranges for d in r.dlq}
-    coords = recovered.select("kafka_topic", "kafka_partition", "kafka_offset").rows()
+    coords = recovered.select(SOURCE_COLUMNS).rows()
     unknown = [c for c in coords if c not in sent]
     if unknown:
         report.problems.append(

@@ -44,6 +44,7 @@ from pipeline_project.lake.table import (
     txn_version,
 )
 from pipeline_project.settings import Settings
+from pipeline_project.utc import parse_utc
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ def parse_manifest(data: dict[str, Any], dlq_topic: str) -> LegacyRange:
         range=rng,
         kind="reprocess" if rng.topic == dlq_topic else "migrated",
         run_id=str(data["run_id"]),
-        ingested_at=_time(data["ingested_at"]),
-        reference_time=_time(data["reference_time"]),
+        ingested_at=parse_utc(data["ingested_at"], naive_as_utc=True),
+        reference_time=parse_utc(data["reference_time"], naive_as_utc=True),
         records=int(data["record_offsets"]["count"]),
         record_offsets_sha256=str(data["record_offsets"]["sha256"]),
         days=dict(days),
@@ -164,11 +165,6 @@ def parse_manifest(data: dict[str, Any], dlq_topic: str) -> LegacyRange:
         extra={"migrated_from": "manifest", "committed_at": data.get("committed_at")},
     )
     return LegacyRange(record, files)
-
-
-def _time(value: Any) -> datetime:
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def check_contiguous(ranges: list[LegacyRange]) -> None:

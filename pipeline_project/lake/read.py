@@ -16,12 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import write_deltalake
 
+from pipeline_project.columns import DATE_COLUMN, EVENT_ID_COLUMN
 from pipeline_project.errors import LakeError
 from pipeline_project.lake.files import storage
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.table import PARTITION_COLUMN, lake_errors, open_table
 
-ID_COLUMNS = ("event_date", "event_id")
+ID_COLUMNS = (DATE_COLUMN, EVENT_ID_COLUMN)
 
 
 def scan_table(lake: Lake, table: str = TABLE_EVENTS) -> pl.LazyFrame | None:

@@ -13,12 +13,13 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import polars as pl
 
 from pipeline_project.batch.ranges import Range
+from pipeline_project.utc import parse_utc, utc_text
 
 METADATA_KEY = "pipeline"
 RECORD_VERSION = 1
@@ -48,17 +49,6 @@ def offsets_digest(offsets: Iterable[int]) -> str:
 def app_id(topic: str, partition: int) -> str:
     """The Delta app transaction id of a topic-partition: its txn version is the committed end."""
     return f"{topic}-{partition}"
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _time(value: Any) -> datetime:
-    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        raise ValueError(f"naive time {value!r}")
-    return moment
 
 
 @dataclass(frozen=True)
@@ -105,9 +95,9 @@ class RangeRecord:
             "token": self.token,
             "range": self.range.to_dict(),
             "run_id": self.run_id,
-            "ingested_at": _iso(self.ingested_at),
-            "reference_time": _iso(self.reference_time),
-            "committed_at": _iso(committed_at),
+            "ingested_at": utc_text(self.ingested_at),
+            "reference_time": utc_text(self.reference_time),
+            "committed_at": utc_text(committed_at),
             "records": self.records,
             "record_offsets_sha256": self.record_offsets_sha256,
             "written": self.written,
@@ -126,8 +116,8 @@ class RangeRecord:
             range=Range.from_dict(data["range"]),
             kind=str(data["kind"]),
             run_id=str(data["run_id"]),
-            ingested_at=_time(data["ingested_at"]),
-            reference_time=_time(data["reference_time"]),
+            ingested_at=parse_utc(data["ingested_at"]),
+            reference_time=parse_utc(data["reference_time"]),
             records=int(data["records"]),
             record_offsets_sha256=str(data["record_offsets_sha256"]),
             days={str(day): int(rows) for day, rows in data["days"].items()},
@@ -135,6 +125,6 @@ class RangeRecord:
             filtered={str(r): tuple(int(o) for o in offs) for r, offs in data["filtered"].items()},
             extra=dict(data.get("extra") or {}),
             token=str(data["token"]),
-            committed_at=_time(data["committed_at"]),
+            committed_at=parse_utc(data["committed_at"]),
             version=version,
         )

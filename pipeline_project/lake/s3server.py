@@ -12,17 +12,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline_project.errors import S3ServerError
-from pipeline_project.kafka.broker import _alive, _is_zombie, port_in_use
 from pipeline_project.lake import sigv4
 from pipeline_project.lake.location import S3_CLIENT_DEFAULTS
+from pipeline_project.local_server import ServerProcess, port_in_use
 
 log = logging.getLogger(__name__)
 
@@ -146,23 +144,21 @@ class LocalS3:
         return [f"export {name}={value}" for name, value in env.items()]
 
     # -- process ---------------------------------------------------------------------------------
+    @property
+    def process(self) -> ServerProcess:
+        """Its pid file, log and command line: what finds, starts and stops the gateway."""
+        data_dir = str(self.data_dir).encode()
+        return ServerProcess(
+            "versitygw",
+            self.pid_file,
+            self.log_file,
+            owns=lambda cmdline: b"versitygw" in cmdline[0] and data_dir in cmdline,
+            error=S3ServerError,
+        )
+
     def pid(self) -> int | None:
         """The pid if our pid file names a live versitygw serving our data dir, else None."""
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            cmdline = []
-        ours = (
-            bool(cmdline) and b"versitygw" in cmdline[0] and str(self.data_dir).encode() in cmdline
-        )
-        if not ours or _is_zombie(pid):
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        return pid
+        return self.process.pid()
 
     def start(self) -> str:
         """Starts the gateway unless ours already runs, creates the bucket; says what happened."""
@@ -198,36 +194,11 @@ class LocalS3:
             "ROOT_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
             "VGW_REGION": self.region,
         }
-        with open(self.log_file, "ab") as out:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.home,
-                env=env,
-            )
-        self.pid_file.write_text(str(proc.pid))
-        return proc
+        return self.process.spawn(cmd, cwd=self.home, env=env)
 
     def _wait_ready(self, proc: subprocess.Popen) -> None:
         """Waits until a signed ListBuckets succeeds: the gateway is up and knows our keys."""
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                self.pid_file.unlink(missing_ok=True)
-                raise S3ServerError(
-                    f"versitygw exited with code {proc.returncode} while starting; "
-                    f"see {self.log_file}"
-                )
-            if self.answers():
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise S3ServerError(
-            f"versitygw did not answer within {self.start_timeout:.0f} s; see {self.log_file}"
-        )
+        self.process.wait_ready(proc, self.answers, self.start_timeout, every=0.1)
 
     def answers(self, timeout: float = 2.0) -> bool:
         """True when a signed ListBuckets with the dev credentials returns 200."""
@@ -258,18 +229,8 @@ class LocalS3:
 
     def stop(self, timeout: float = 15.0) -> str:
         """SIGTERM, wait for a clean shutdown, then SIGKILL; says so when nothing was running."""
-        pid = self.pid()
-        if not pid:
-            return f"s3 server not running ({self.home})"
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                deadline = float("inf")
-            time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
-        return f"s3 server stopped (pid {pid})"
+        pid = self.process.stop(timeout)
+        return f"s3 server stopped (pid {pid})" if pid else f"s3 server not running ({self.home})"
 
 
 def lake_storage_options(

@@ -16,13 +16,17 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from deltalake.writer import ColumnProperties, WriterProperties
 
+from pipeline_project.columns import (
+    DATE_COLUMN,
+    EVENT_ID_COLUMN,
+    PARTITION_COLUMN,
+    SOURCE_COLUMNS,
+)
 from pipeline_project.errors import LakeError
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 
-PARTITION_COLUMN = "date"  # the hive key: `date=YYYY-MM-DD` directories, one per UTC day
-DATE_COLUMN = "event_date"
 # Columns every events table of ours has; a table without them was written by something else.
-EVENTS_REQUIRED = ("event_id", "kafka_topic", "kafka_partition", "kafka_offset", DATE_COLUMN)
+EVENTS_REQUIRED = (EVENT_ID_COLUMN, *SOURCE_COLUMNS, DATE_COLUMN)
 # Statistics in the log only where they prune files (days, times, offsets, enumerations): ids and
 # free text would make every add action large for no skipping.
 EVENTS_STATS_COLUMNS = (

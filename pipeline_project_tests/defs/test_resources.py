@@ -2,7 +2,8 @@
 
 It shows where it is used, as one line: the sensor tick's skip reason, the schedule's, the failed
 run's error. Also: the reprocess schedule follows PIPELINE_DLQ_REPROCESS_CRON at its tick, and a
-fresh instance shows only the days a run can still write.
+fresh instance shows only today and the PIPELINE_PARTITION_DAYS before it (the one setting read at
+load, where a malformed value is one line and the default).
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def test_a_run_fails_with_the_malformed_setting_in_one_line(tmp_path: Path) -> N
     assert not (tmp_path / "output").exists()  # stopped before touching anything
 
 
-def test_no_module_reads_the_environment_at_import() -> None:
-    """Imports the code location with os.environ replaced by a spy: no PIPELINE_* is looked up."""
+def test_only_the_partition_window_is_read_at_import() -> None:
+    """Imports the code location with os.environ replaced by a spy: the one PIPELINE_* looked up is
+    PIPELINE_PARTITION_DAYS (Dagster fixes partitions when the location loads)."""
     spy = (
         "import os\n"
         "seen = []\n"
@@ -107,7 +109,7 @@ def test_no_module_reads_the_environment_at_import() -> None:
         [sys.executable, "-c", spy], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines()[-1] == "['PIPELINE_PARTITION_DAYS']"
 
 
 def schedule_tick(at: datetime, **settings: str) -> RunRequest | SkipReason:
@@ -138,6 +140,49 @@ def test_a_fresh_instance_shows_only_the_days_a_run_can_still_write() -> None:
     with DagsterInstance.ephemeral() as instance:
         keys = partitions.get_partition_keys(dynamic_partitions_store=instance)
     today = datetime.now(UTC).date()
-    assert len(keys) <= PARTITION_WINDOW_DAYS + 1
+    assert PARTITION_WINDOW_DAYS == 7  # the default: no PIPELINE_PARTITION_DAYS in the tests
+    assert len(keys) == PARTITION_WINDOW_DAYS + 1
     assert keys[-1] == today.isoformat()
     assert keys[0] == (today - timedelta(days=PARTITION_WINDOW_DAYS)).isoformat()
+
+
+PARTITION_KEYS = (
+    "from dagster import AssetKey, DagsterInstance\n"
+    "from pipeline_project.definitions import defs\n"
+    "graph = defs.resolve_asset_graph()\n"
+    "with DagsterInstance.ephemeral() as instance:\n"
+    "    for key in ('events', 'sessions'):\n"
+    "        part = graph.get(AssetKey(key)).partitions_def\n"
+    "        print(key, ' '.join(part.get_partition_keys(dynamic_partitions_store=instance)))\n"
+)
+
+
+def partition_keys(home: Path, **env: str) -> tuple[dict[str, list[str]], str]:
+    """Each daily asset's partition keys on a fresh instance of a freshly loaded location."""
+    done = subprocess.run(
+        [sys.executable, "-c", PARTITION_KEYS],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean_env(home), **env},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    keys = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    return keys, done.stderr
+
+
+def test_the_partition_window_is_a_setting(tmp_path: Path) -> None:
+    """PIPELINE_PARTITION_DAYS=3: a fresh instance shows today and 3 days, for events and sessions;
+    a malformed value is one line and the default window, and the location still loads."""
+    today = datetime.now(UTC).date()
+    days = [(today - timedelta(days=n)).isoformat() for n in (3, 2, 1, 0)]
+    keys, _ = partition_keys(tmp_path, PIPELINE_PARTITION_DAYS="3")
+    assert keys == {"events": days, "sessions": days}
+    keys, stderr = partition_keys(tmp_path, PIPELINE_PARTITION_DAYS="0")
+    assert [len(k) for k in keys.values()] == [8, 8]
+    [line] = [x for x in stderr.splitlines() if "PIPELINE_PARTITION_DAYS" in x]
+    assert line.endswith(
+        "bad setting: PIPELINE_PARTITION_DAYS='0': Input should be greater than or equal to 1; "
+        "daily partitions cover the default 7 days"
+    )

@@ -25,7 +25,6 @@ from pipeline_project.defs.dlq.report import dlq_report
 from pipeline_project.dlq import resolution
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.dlq.report import (
-    FUTURE_VERSION_CATEGORY,
     TABLE_LOG,
     TABLE_RECORDS,
     TABLE_SUMMARY,
@@ -38,7 +37,7 @@ from pipeline_project.dlq.report import (
     summary_frame,
 )
 from pipeline_project.dlq.reprocess import DlqMessage, reprocess
-from pipeline_project.events.contract import ERROR_STAGE
+from pipeline_project.events.contract import ERROR_STAGE, UNSUPPORTED_VERSION
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.dlq.dlq_support import cli
@@ -177,10 +176,8 @@ def _failed(offset: int, category: str, rule: str, message: str) -> DlqMessage:
 
 def test_records_of_a_newer_schema_version_are_named_apart() -> None:
     """They wait for a release that knows their version: counted per version, not as breakage."""
-    messages = [
-        _failed(i, FUTURE_VERSION_CATEGORY, VERSION_RULE, version_message(9)) for i in range(3)
-    ]
-    messages.append(_failed(3, FUTURE_VERSION_CATEGORY, VERSION_RULE, version_message(12)))
+    messages = [_failed(i, UNSUPPORTED_VERSION, VERSION_RULE, version_message(9)) for i in range(3)]
+    messages.append(_failed(3, UNSUPPORTED_VERSION, VERSION_RULE, version_message(12)))
     messages += [_failed(4 + i, "invalid_json", "json_syntax", "Expecting value") for i in range(2)]
     log = log_rows("dead-letter-queue", messages)
     records = per_source(log, resolution.Book())
@@ -198,7 +195,7 @@ def test_records_of_a_newer_schema_version_are_named_apart() -> None:
         first=False,
     )
     assert found.waiting_versions() == {"9": 3, "12": 1}
-    assert found.counts("category") == {FUTURE_VERSION_CATEGORY: 4, "invalid_json": 2}
+    assert found.counts("category") == {UNSUPPORTED_VERSION: 4, "invalid_json": 2}
     assert category_check(found).passed, "a contract category, not an unknown failure mode"
     summary = markdown(found)
     assert "**Waiting for a newer contract** (unsupported_schema_version): 4 records" in summary
@@ -206,5 +203,5 @@ def test_records_of_a_newer_schema_version_are_named_apart() -> None:
     inspect = render_failing(messages, limit=10)
     assert inspect.splitlines()[-1] == (
         "4 of them come from a newer schema version (unsupported_schema_version): "
-        "they wait for a release that knows it"
+        "they wait for a newer contract; reprocessing re-sends them without counting an attempt"
     )

@@ -24,6 +24,7 @@ from pipeline_project.dlq.repair import RepairContext, derive_event_id
 from pipeline_project.dlq.reprocess import DlqMessage, Sources, classify, read_ledger, reprocess
 from pipeline_project.dlq.resolution import RETRIED, Book, Resolution
 from pipeline_project.errors import FencingError
+from pipeline_project.events.contract import CONTRACT, UNSUPPORTED_VERSION
 from pipeline_project.lake.location import lake_of
 from pipeline_project.lake.table import open_table
 from pipeline_project.settings import Settings
@@ -130,6 +131,55 @@ def test_hopeless_records_are_parked_after_n_attempts(kafka_settings: Settings) 
             assert copy["headers"][SOURCE_OFFSET] == str(offset)
     assert len(parked) == 2
     assert_reconciles(settings, failed=2, parked=2, failing=0)
+
+
+def test_a_newer_version_waits_then_lands_once_when_the_code_learns_it(
+    kafka_settings: Settings,
+) -> None:
+    """Issue 16: records of a version the code does not know wait in the DLQ (no attempt counted,
+    never parked, `dlq inspect` and the report say so); once version 9 is taught, reprocessing
+    brings them into the lake exactly once and reconcile passes."""
+    settings = dataclasses.replace(kafka_settings, dlq_max_attempts=2)
+    values = [encode(event(500 + i)) for i in range(4)]
+    values += [encode(event(510 + i, schema_version=9)) for i in range(3)]
+    offsets = produce_raw(settings, values)
+    ingest_partition(settings, len(values))
+    assert {c["headers"]["dlq.error.category"] for c in dlq_records(settings)} == {
+        UNSUPPORTED_VERSION
+    }
+
+    for _ in range(settings.dlq_max_attempts + 1):  # more runs than attempts allowed
+        waited = reprocess(settings)
+        counts = waited.counts()
+        assert (counts["deferred"], counts["retried"], counts["parked"]) == (3, 0, 0)
+        assert "(3 of them waiting for a newer contract)" in waited.summary()
+    assert parked_records(settings) == []
+    copies = by_source(dlq_records(settings))
+    assert sorted(copies) == [(0, o) for o in offsets[4:]]
+    for offset in offsets[4:]:
+        assert [c["headers"][ATTEMPT] for c in copies[(0, offset)]] == ["1"] * 4
+        assert {c["value"] for c in copies[(0, offset)]} == {values[offsets.index(offset)]}
+    inspect = cli(settings, "dlq", "inspect")
+    assert inspect.returncode == 0, inspect.stderr[-800:]
+    assert inspect.stdout.splitlines()[-1] == (
+        "3 of them come from a newer schema version (unsupported_schema_version): they wait for "
+        "a newer contract; reprocessing re-sends them without counting an attempt"
+    )
+    assert report.build(settings).waiting_versions() == {"9": 3}
+    assert_reconciles(settings, failed=3, failing=3)
+
+    with CONTRACT.taught(9):
+        assert reprocess(settings).counts()["recovered"] == 3
+        version, rows = table_version(settings), lake_frame(settings)
+        assert reprocess(settings).outcomes == []  # the second run adds nothing
+    assert reprocess(settings).outcomes == []  # nor a run after the version is forgotten
+    assert table_version(settings) == version and lake_frame(settings).equals(rows)
+    recovered = recovered_rows(settings).sort("kafka_offset")
+    assert recovered["kafka_offset"].to_list() == offsets[4:]
+    assert recovered["schema_version"].to_list() == [9, 9, 9]
+    assert rows.height == len(values)
+    assert report.build(settings).waiting_versions() == {}
+    assert_reconciles(settings, failed=3, recovered=3, failing=0)
 
 
 def dagster_reprocess(settings: Settings, home: Path) -> None:

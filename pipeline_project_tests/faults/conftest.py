@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_project.kafka.broker import LocalBroker, free_port_pair
+from pipeline_project.kafka.broker import LocalBroker
+from pipeline_project.local_server import free_port_pair
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults.fault_support import fresh_settings, mount_problem
 

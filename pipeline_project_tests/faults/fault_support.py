@@ -346,7 +346,8 @@ def fill(directory: Path) -> list[Path]:
 @contextlib.contextmanager
 def some_broker(home: Path) -> Iterator[str]:
     """PIPELINE_KAFKA_BOOTSTRAP when it answers, else a LocalBroker of our own under `home`."""
-    from pipeline_project.kafka.broker import LocalBroker, free_port_pair, metadata_ok
+    from pipeline_project.kafka.broker import LocalBroker, metadata_ok
+    from pipeline_project.local_server import free_port_pair
 
     configured = os.environ.get("PIPELINE_KAFKA_BOOTSTRAP")
     if configured and metadata_ok(configured, timeout=5.0):

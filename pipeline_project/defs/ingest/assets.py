@@ -4,25 +4,38 @@
 because a run owns offset ranges, not days: Kafka order is not event-time order.
 """
 
+import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from dagster import AssetKey, AssetSpec, DailyPartitionsDefinition
 
-from pipeline_project.settings import Settings
+from pipeline_project.errors import SettingsError
+from pipeline_project.settings import Settings, setting_at_load
+
+log = logging.getLogger(__name__)
 
 RAW_EVENTS_KEY = AssetKey(["kafka", "raw_events"])
 DLQ_KEY = AssetKey(["kafka", "dead_letter_queue"])
 EVENTS_KEY = AssetKey(["events"])
 
-# The days a run can still write: validation sends events older than the lateness window to the
-# DLQ. The default window, not PIPELINE_MAX_LATENESS_DAYS: partitions are fixed when the code
-# location loads, and nothing reads the environment then (docs/ARCHITECTURE.md, "Daily partitions").
-PARTITION_WINDOW_DAYS = Settings.max_lateness_days
+
+def partition_window() -> int:
+    """PIPELINE_PARTITION_DAYS: the days before today shown as daily partitions.
+
+    The one setting read when the code location loads, because Dagster fixes partitions then. A
+    malformed value must not stop the location loading (docs/ARCHITECTURE.md): it is logged as
+    one line and the default applies.
+    """
+    try:
+        return int(setting_at_load("partition_days"))
+    except SettingsError as exc:
+        default = Settings.partition_days
+        log.warning("bad setting: %s; daily partitions cover the default %d days", exc, default)
+        return default
 
 
-def recent_days(
-    now: datetime | None = None, window_days: int = PARTITION_WINDOW_DAYS
-) -> DailyPartitionsDefinition:
+def recent_days(window_days: int, now: datetime | None = None) -> DailyPartitionsDefinition:
     """Daily partitions from `window_days` before today (UTC) through today.
 
     Today's partition exists from the start of the day (end_offset=1): it fills as events arrive.
@@ -34,29 +47,32 @@ def recent_days(
     return DailyPartitionsDefinition(start_date=start.isoformat(), end_offset=1, timezone="UTC")
 
 
-daily_partitions = recent_days()
+PARTITION_WINDOW_DAYS = partition_window()
+daily_partitions = recent_days(PARTITION_WINDOW_DAYS)
 
-raw_events_spec = AssetSpec(
-    RAW_EVENTS_KEY,
-    description="Kafka topic raw-events: user-interaction events as JSON, keyed by user_id.",
-    group_name="kafka",
-    kinds={"kafka"},
+
+def _topic_spec(key: AssetKey, description: str, deps: Sequence[AssetKey] = ()) -> AssetSpec:
+    """A Kafka topic as an external asset: Dagster shows it, nothing here materializes it."""
+    return AssetSpec(key, deps=deps, description=description, group_name="kafka", kinds={"kafka"})
+
+
+raw_events_spec = _topic_spec(
+    RAW_EVENTS_KEY, "Kafka topic raw-events: user-interaction events as JSON, keyed by user_id."
 )
-dlq_spec = AssetSpec(
+dlq_spec = _topic_spec(
     DLQ_KEY,
+    "Kafka topic dead-letter-queue: rejected records: original bytes, error headers.",
     deps=[RAW_EVENTS_KEY],
-    description="Kafka topic dead-letter-queue: rejected records: original bytes, error headers.",
-    group_name="kafka",
-    kinds={"kafka"},
 )
 events_spec = AssetSpec(
     EVENTS_KEY,
     deps=[RAW_EVENTS_KEY],
     partitions_def=daily_partitions,
     description=(
-        "Validated, normalised and enriched events as daily Parquet partitions under "
-        "<data>/output/events/date=YYYY-MM-DD/, with Kafka lineage columns on every row. "
-        f"Partitions: the last {PARTITION_WINDOW_DAYS} days and today (the lateness window)."
+        "Validated, normalised and enriched events: the Delta table `events` in the lake "
+        "(PIPELINE_LAKE_URI), partitioned by date, with Kafka lineage columns on every row. "
+        f"Partitions: today and the {PARTITION_WINDOW_DAYS} days before it "
+        "(PIPELINE_PARTITION_DAYS)."
     ),
     group_name="lake",
     kinds={"parquet", "polars"},
