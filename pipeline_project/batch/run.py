@@ -52,6 +52,7 @@ from pipeline_project.lake.record import DlqEntry, RangeRecord, app_id, offsets_
 from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.perf import StepClock, paused_gc
 from pipeline_project.settings import Settings
+from pipeline_project.utc import utc_text
 
 log = logging.getLogger(__name__)
 
@@ -456,7 +457,7 @@ def send_rejects(
     """Every rejected record to the DLQ with its reason; returns only confirmed deliveries."""
     if not batch.rejects:
         return []
-    failed_at = failed.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    failed_at = utc_text(failed)
     records = []
     for reject in batch.rejects:
         source = sources[reject.offset]

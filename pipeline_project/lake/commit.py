@@ -35,6 +35,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import AddAction
 
 from pipeline_project.batch.faults import fault_point
+from pipeline_project.columns import OFFSET_COLUMN
 from pipeline_project.errors import (
     AccountingError,
     ContiguityError,
@@ -255,8 +256,8 @@ def to_delta_rows(rows: pl.DataFrame) -> pa.Table:
     """The rows with the partition column `date` (= event_date), offset-sorted, as Arrow."""
     if DATE_COLUMN in rows.columns:
         rows = rows.with_columns(pl.col(DATE_COLUMN).alias(PARTITION_COLUMN))
-    if "kafka_offset" in rows.columns and not rows.get_column("kafka_offset").is_sorted():
-        rows = rows.sort("kafka_offset", maintain_order=True)
+    if OFFSET_COLUMN in rows.columns and not rows.get_column(OFFSET_COLUMN).is_sorted():
+        rows = rows.sort(OFFSET_COLUMN, maintain_order=True)
     return rows.to_arrow(compat_level=pl.CompatLevel.newest())
 
 
