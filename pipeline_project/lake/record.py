@@ -21,6 +21,8 @@ import polars as pl
 from pipeline_project.batch.ranges import Range
 
 METADATA_KEY = "pipeline"
+# The commit-info key of a retention commit (lake/upkeep.expire_days): the days it deleted.
+RETENTION_KEY = "pipeline_retention"
 RECORD_VERSION = 1
 KINDS = ("ingest", "reprocess", "loss", "migrated")
 
