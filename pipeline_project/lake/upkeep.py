@@ -31,7 +31,7 @@ from deltalake import CommitProperties, DeltaTable
 from pipeline_project.lake.files import storage
 from pipeline_project.lake.location import TABLE_EVENTS, TABLE_NAME_RE, TABLE_SESSIONS, Lake
 from pipeline_project.lake.record import RETENTION_KEY
-from pipeline_project.lake.stats import MIB, table_stats
+from pipeline_project.lake.stats import MIB, TableStats, table_stats
 from pipeline_project.lake.table import (
     PARTITION_COLUMN,
     lake_errors,
@@ -78,6 +78,11 @@ class CompactResult:
                 f"({day['bytes_before'] / MIB:.1f} -> {day['bytes_after'] / MIB:.1f} MiB)"
             )
         return "\n".join(lines)
+
+
+def small_file_days(stats: TableStats, limit: int = SMALL_FILES_WARN_PER_DAY) -> list[str]:
+    """The days holding more than `limit` small files (the `events` check's warning)."""
+    return [d["day"] for d in stats.days if d["small_files"] > limit]
 
 
 def days_to_compact(

@@ -17,7 +17,11 @@ from pipeline_project.defs.ingest.quality import CHECK_CRON, check_condition
 from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.lake.location import lake_of
 from pipeline_project.lake.stats import table_stats
-from pipeline_project.lake.upkeep import SMALL_FILES_WARN_PER_DAY, small_file_bytes
+from pipeline_project.lake.upkeep import (
+    SMALL_FILES_WARN_PER_DAY,
+    small_file_bytes,
+    small_file_days,
+)
 
 SMALL_FILES_CHECK = "small_files"
 
@@ -38,7 +42,7 @@ def events_small_files(settings: PipelineSettings) -> AssetCheckResult:
     resolved = settings.for_run()
     stats = table_stats(lake_of(resolved), small_below=small_file_bytes(resolved.compact_target_mb))
     worst = max(stats.days, key=lambda d: d["small_files"], default=None)
-    over = [d["day"] for d in stats.days if d["small_files"] > SMALL_FILES_WARN_PER_DAY]
+    over = small_file_days(stats)
     most = worst["small_files"] if worst else 0
     return AssetCheckResult(
         passed=not over,
