@@ -1,0 +1,166 @@
+"""Compaction of one day built from many small range commits: files, time, and a query before/after.
+
+Builds a day of `events` from --commits range commits of --rows realistic rows each (a pool of
+200,000 generator events through the batch pipeline, taken in turn, offsets and ids made unique
+per commit: no row group of the compacted files holds a row twice, so they compress as real
+data would), each through
+the one commit protocol (`commit_range`: a file per range, an app transaction, a range record), on
+a local disk. Then times one polars aggregate over that day (events per type, revenue), compacts
+the day (`lake.upkeep.compact`, Delta optimize to PIPELINE_COMPACT_TARGET_MB's default), times the
+same aggregate again (median of 3, each after one warm-up) and checks reconcile passes. Prints JSON.
+
+    python -m benchmarks.compaction [--commits 2000] [--rows 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import polars as pl
+
+from benchmarks.process_bench import NOW_EPOCH, make_batch
+from pipeline_project.batch.process import process_batch
+from pipeline_project.batch.ranges import Range
+from pipeline_project.lake.audit import audit
+from pipeline_project.lake.commit import commit_range
+from pipeline_project.lake.location import Lake, parse_lake_uri
+from pipeline_project.lake.record import RangeRecord, offsets_digest
+from pipeline_project.lake.stats import table_stats
+from pipeline_project.lake.upkeep import compact
+
+DAY = date(2025, 3, 1)
+TOPIC = "bench-compaction"
+QUERY_RUNS = 3
+POOL_ROWS = 200_000  # above the writer's row group (131,072 rows): compression sees no repeats
+
+
+def sample_rows(rows: int) -> pl.DataFrame:
+    """`rows` valid events of DAY as the transform makes them (generator, then process_batch)."""
+    now = datetime.fromtimestamp(NOW_EPOCH, UTC)
+    result = process_batch(
+        make_batch(rows * 2, bad_ratio=0.0),
+        run_id="bench",
+        ingested_at=now,
+        now=now,
+        max_lateness_days=7,
+        max_clock_skew_seconds=300,
+        committed_ids=None,
+    )
+    good = result.good.head(rows)
+    if good.height != rows:
+        raise SystemExit(f"the generator gave {good.height} valid events, {rows} wanted")
+    return good.with_columns(pl.lit(DAY).alias("event_date"))
+
+
+def build(lake: Lake, commits: int, rows: int) -> float:
+    """`commits` range commits of `rows` rows each into DAY; returns the commits' seconds."""
+    pool = sample_rows(min(POOL_ROWS, commits * rows) // rows * rows)
+    moment = datetime.now(UTC)
+    began = time.perf_counter()
+    for index in range(commits):
+        start = index * rows
+        base = pool.slice(start % pool.height, rows)
+        frame = base.with_columns(
+            (pl.int_range(0, rows, dtype=pl.Int64) + start).alias("kafka_offset"),
+            pl.lit(TOPIC).alias("kafka_topic"),
+            pl.lit(0, pl.Int32).cast(base.schema["kafka_partition"]).alias("kafka_partition"),
+            (pl.col("event_id") + f"-{index}").alias("event_id"),
+        )
+        offsets = range(start, start + rows)
+        record = RangeRecord(
+            Range(TOPIC, 0, start, start + rows),
+            "ingest",
+            "bench",
+            moment,
+            moment,
+            rows,
+            offsets_digest(offsets),
+            days={DAY.isoformat(): rows},
+        )
+        commit_range(lake, record, frame)
+    return time.perf_counter() - began
+
+
+def aggregate_seconds(lake: Lake) -> tuple[float, list[tuple]]:
+    """Median seconds of one aggregate over DAY (after one untimed warm-up), and its result."""
+
+    def query() -> pl.DataFrame:
+        return (
+            pl.scan_delta(lake.table_uri("events"))
+            .filter(pl.col("date") == DAY)
+            .group_by("event_type")
+            .agg(pl.len().alias("events"), pl.col("revenue").sum().alias("revenue"))
+            .sort("event_type")
+            .collect()
+        )
+
+    result = query()
+    times = []
+    for _ in range(QUERY_RUNS):
+        began = time.perf_counter()
+        query()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times), result.rows()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commits", type=int, default=2_000)
+    parser.add_argument("--rows", type=int, default=1_000)
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="lake-compaction-"))
+    try:
+        lake = parse_lake_uri(str(root), {})
+        built = build(lake, args.commits, args.rows)
+        before = table_stats(lake).days[0]
+        query_before, answer_before = aggregate_seconds(lake)
+        result = compact(lake, day=DAY)
+        (day,) = result.days
+        query_after, answer_after = aggregate_seconds(lake)
+        after = table_stats(lake).days[0]
+        same = same_answer(answer_before, answer_after) and after["rows"] == before["rows"]
+        report = audit(lake)
+        print(
+            json.dumps(
+                {
+                    "commits": args.commits,
+                    "rows_per_commit": args.rows,
+                    "build_s": round(built, 1),
+                    "files_before": day["files_before"],
+                    "files_after": day["files_after"],
+                    "mib_before": round(before["bytes"] / 2**20, 1),
+                    "mib_after": round(after["bytes"] / 2**20, 1),
+                    "compaction_s": result.seconds,
+                    "aggregate_s_before": round(query_before, 3),
+                    "aggregate_s_after": round(query_after, 3),
+                    "aggregate_speedup": round(query_before / query_after, 1),
+                    "same_aggregate": same,
+                    "reconcile_ok": report.ok,
+                },
+                indent=2,
+            )
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0 if same and report.ok else 1
+
+
+def same_answer(before: list[tuple], after: list[tuple]) -> bool:
+    """Equal counts per event type, and revenue equal up to float summation order."""
+    return len(before) == len(after) and all(
+        b[:2] == a[:2] and math.isclose(b[2] or 0.0, a[2] or 0.0, rel_tol=1e-9)
+        for b, a in zip(before, after, strict=True)
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
