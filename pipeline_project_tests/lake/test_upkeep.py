@@ -118,6 +118,49 @@ def _day_files(lake: Lake) -> set[str]:
     return set(_new_data_files(lake, set()))
 
 
+def cli_env(lake: Lake, **settings: str) -> dict[str, str]:
+    """The environment a shell user would set for this lake (S3 connection included)."""
+    env = {**os.environ, "PIPELINE_LAKE_URI": lake.root, "PYTHONPATH": str(REPO_ROOT)}
+    return env | dict(lake.storage_options) | settings
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
+
+
+def test_upkeep_from_a_shell(lake: Lake) -> None:
+    """lake stats / compact / vacuum / expire, then reconcile, as an operator runs them."""
+    Ingest(lake).commit([processed(start, 100) for start in range(0, 1_000, 100)])
+    env = cli_env(lake)
+    stats = cli(env, "lake", "stats")
+    assert stats.returncode == 0 and "small" in stats.stdout
+    assert f"{DAY.isoformat()}  10     10" in stats.stdout, stats.stdout
+    compacted = cli(env, "lake", "compact")
+    assert compacted.returncode == 0, compacted.stderr
+    assert f"{DAY.isoformat()}: 10 -> 1 files" in compacted.stdout
+    swept = cli(env, "lake", "vacuum")
+    assert swept.returncode == 0, swept.stderr
+    assert swept.stdout.splitlines()[0].startswith("events: removed 0 unreferenced file(s)")
+    assert f"events: checkpoint at version {open_table(lake).version()}" in swept.stdout
+    assert "PIPELINE_LAKE_RETENTION_DAYS is not set" in cli(env, "lake", "expire").stdout
+    expired = cli(cli_env(lake, PIPELINE_LAKE_RETENTION_DAYS="8"), "lake", "expire")
+    assert expired.returncode == 0, expired.stderr
+    assert "events: deleted 1 day(s) before" in expired.stdout
+    reconciled = cli(env, "reconcile")
+    assert reconciled.returncode == 0, reconciled.stdout
+    assert "rows expired by retention" in reconciled.stdout.splitlines()[-1]
+    too_short = cli(cli_env(lake, PIPELINE_LAKE_RETENTION_DAYS="3"), "lake", "expire")
+    assert too_short.returncode == 1 and too_short.stderr.count("\n") == 1
+    assert "must exceed PIPELINE_MAX_LATENESS_DAYS" in too_short.stderr
+
+
 def test_a_compaction_killed_mid_way_leaves_the_table_correct(lake: Lake) -> None:
     """SIGKILL once compaction has written its first file: nothing is committed, every reader
     sees the small files, reconcile passes, and the next compaction does the whole day."""
@@ -125,8 +168,7 @@ def test_a_compaction_killed_mid_way_leaves_the_table_correct(lake: Lake) -> Non
     before = table_stats(lake)
     version = open_table(lake).version()
     known = _day_files(lake)
-    env = {**os.environ, "PIPELINE_LAKE_URI": lake.root, "PYTHONPATH": str(REPO_ROOT)}
-    env.update(lake.storage_options)
+    env = cli_env(lake)
     command = [PYTHON, "-m", "pipeline_project.cli", "lake", "compact", "--day", DAY.isoformat()]
     compaction = subprocess.Popen([*command, "--target-mb", "1"], env=env, cwd=REPO_ROOT)
     deadline = time.monotonic() + 120
