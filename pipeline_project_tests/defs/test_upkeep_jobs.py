@@ -4,11 +4,19 @@ compaction, vacuum + checkpoint and retention, with the metadata the UI plots, a
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, DefaultScheduleStatus
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetSelection,
+    DagsterInstance,
+    DefaultScheduleStatus,
+    evaluate_automation_conditions,
+)
 
 from pipeline_project.definitions import build_defs
 from pipeline_project.defs.resources import PipelineSettings
@@ -94,3 +102,27 @@ def test_upkeep_schedules_are_on_from_the_start() -> None:
         assert schedule.cron_schedule == cron
         assert schedule.default_status == DefaultScheduleStatus.RUNNING
         assert schedule.job.tags == {"pipeline/job": "upkeep"}
+
+
+def test_the_small_files_check_runs_on_the_automation_sensors_cron(tmp_path: Path) -> None:
+    """Requested every 5 minutes by pipeline_automation_sensor, whether or not events changed."""
+    located = build_defs(PipelineSettings.of(Settings(data_dir=tmp_path)))
+    key = AssetCheckKey(AssetKey("events"), "small_files")
+    sensor = located.resolve_sensor_def("pipeline_automation_sensor")
+    assert key in sensor.asset_selection.resolve_checks(located.resolve_asset_graph())
+    boundary = datetime.now(UTC).replace(second=0, microsecond=0)
+    boundary -= timedelta(minutes=boundary.minute % 5)
+    cursor = None
+    requested = []
+    with DagsterInstance.ephemeral() as instance:
+        for minutes in (1, 5, 10):
+            result = evaluate_automation_conditions(
+                located,
+                instance,
+                asset_selection=AssetSelection.checks(key),
+                evaluation_time=boundary + timedelta(minutes=minutes, seconds=10),
+                cursor=cursor,
+            )
+            cursor = result.cursor
+            requested.append(sum(r.true_subset.size for r in result.results))
+    assert requested == [0, 1, 1]
