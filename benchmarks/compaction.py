@@ -5,9 +5,10 @@ Builds a day of `events` from --commits range commits of --rows realistic rows e
 per commit: no row group of the compacted files holds a row twice, so they compress as real
 data would), each through
 the one commit protocol (`commit_range`: a file per range, an app transaction, a range record), on
-a local disk. Then times one polars aggregate over that day (events per type, revenue), compacts
-the day (`lake.upkeep.compact`, Delta optimize to PIPELINE_COMPACT_TARGET_MB's default), times the
-same aggregate again (median of 3, each after one warm-up) and checks reconcile passes. Prints JSON.
+a local disk. Then times one aggregate over that day (events per type, revenue) with polars and
+with DuckDB, compacts the day (`lake.upkeep.compact`: Delta optimize to PIPELINE_COMPACT_TARGET_MB's
+default, then a checkpoint), times the same aggregates again (median of 3, each after one warm-up)
+and checks that the answers and the rows are unchanged and that reconcile passes. Prints JSON.
 
     python -m benchmarks.compaction [--commits 2000] [--rows 1000]
 """
@@ -25,7 +26,9 @@ import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import duckdb
 import polars as pl
+from deltalake import DeltaTable
 
 from benchmarks.process_bench import NOW_EPOCH, make_batch
 from pipeline_project.batch.process import process_batch
@@ -90,26 +93,47 @@ def build(lake: Lake, commits: int, rows: int) -> float:
     return time.perf_counter() - began
 
 
-def aggregate_seconds(lake: Lake) -> tuple[float, list[tuple]]:
-    """Median seconds of one aggregate over DAY (after one untimed warm-up), and its result."""
+def aggregate_seconds(lake: Lake) -> tuple[dict[str, float], list[tuple]]:
+    """Median seconds of one aggregate over DAY per engine (after one untimed warm-up each).
 
-    def query() -> pl.DataFrame:
+    Each query pays what a reader pays: reading the table's log for the day's files, then the
+    files. polars through `scan_delta`; DuckDB through `read_parquet` over the snapshot's files.
+    """
+    uri = lake.table_uri("events")
+
+    def with_polars() -> list[tuple]:
         return (
-            pl.scan_delta(lake.table_uri("events"))
+            pl.scan_delta(uri)
             .filter(pl.col("date") == DAY)
             .group_by("event_type")
             .agg(pl.len().alias("events"), pl.col("revenue").sum().alias("revenue"))
             .sort("event_type")
             .collect()
+            .rows()
         )
 
-    result = query()
-    times = []
-    for _ in range(QUERY_RUNS):
-        began = time.perf_counter()
-        query()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), result.rows()
+    connection = duckdb.connect()
+
+    def with_duckdb() -> list[tuple]:
+        files = DeltaTable(uri).file_uris(file_pruning_predicate=f"date = '{DAY}'")
+        return connection.execute(
+            "SELECT event_type, count(*) AS events, sum(revenue) AS revenue "
+            "FROM read_parquet($files) GROUP BY 1 ORDER BY 1",
+            {"files": files},
+        ).fetchall()
+
+    answer = with_polars()
+    seconds = {}
+    for name, query in (("polars", with_polars), ("duckdb", with_duckdb)):
+        if not same_answer(answer, query()):
+            raise SystemExit(f"{name} disagrees with polars")
+        times = []
+        for _ in range(QUERY_RUNS):
+            began = time.perf_counter()
+            query()
+            times.append(time.perf_counter() - began)
+        seconds[name] = statistics.median(times)
+    return seconds, answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,9 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                     "mib_before": round(before["bytes"] / 2**20, 1),
                     "mib_after": round(after["bytes"] / 2**20, 1),
                     "compaction_s": result.seconds,
-                    "aggregate_s_before": round(query_before, 3),
-                    "aggregate_s_after": round(query_after, 3),
-                    "aggregate_speedup": round(query_before / query_after, 1),
+                    **{
+                        f"{engine}_aggregate_s": {
+                            "before": round(query_before[engine], 3),
+                            "after": round(query_after[engine], 3),
+                            "speedup": round(query_before[engine] / query_after[engine], 1),
+                        }
+                        for engine in query_before
+                    },
                     "same_aggregate": same,
                     "reconcile_ok": report.ok,
                 },

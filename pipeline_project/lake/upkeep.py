@@ -107,7 +107,9 @@ def compact(
     """Compacts `day` of a table, or every day with at least `min_small_files` small files.
 
     One optimize commit per day, so a day's commit conflicts with as little as possible and a
-    kill loses at most the day in progress.
+    kill loses at most the day in progress. Then a checkpoint: without it every reader replays
+    the compaction's thousands of remove actions from JSON (measured: on a day of 2,000 files,
+    half of what compaction saves a polars query).
     """
     result = CompactResult(table_name)
     started = time.perf_counter()
@@ -129,6 +131,9 @@ def compact(
                 target_size=target_mb * MIB,
                 writer_properties=properties,
             )
+    if days:  # readers then load the compacted file list from one checkpoint, not the JSON tail
+        with lake_errors(lake, f"checkpointing {table_name}"):
+            table.create_checkpoint()
     after = {d["day"]: d for d in table_stats(lake, table_name, small_below).days}
     for name in days:
         result.days.append(
