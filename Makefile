@@ -14,7 +14,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster
 help:
 	@echo "make demo   - broker, topics, producer and the Dagster UI (http://localhost:3000); Ctrl-C stops all"
 	@echo "make test   - install and run every test against a real local Kafka broker"
-	@echo "make bench  - throughput and memory figures (JSON)"
+	@echo "make bench  - throughput, memory, long-history and compaction figures (JSON)"
 	@echo "make lint   - ruff"
 	@echo "make chaos  - seeded random-kill loop, CHAOS_ITERATIONS (50) CHAOS_SEED (7); JSON summary"
 	@echo "make soak   - dagster-daemon + producer at SOAK_RATE (5000/s) for SOAK_SECONDS (600); JSON"
@@ -73,6 +73,7 @@ lint: install
 bench: install
 	$(BIN)/python -m benchmarks.bench
 	$(BIN)/python -m benchmarks.lake_history
+	$(BIN)/python -m benchmarks.compaction
 
 # Not part of `make test`: minutes of random SIGKILLs, then the oracle (pipeline_project_tests/faults).
 chaos: install

@@ -303,49 +303,100 @@ def _lake_compact(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline_project.lake.upkeep import compact
 
     day = date.fromisoformat(args.day) if args.day else None
-    result = compact(lake_of(settings), day=day, target_mb=args.target_mb, table_name=args.table)
+    target = args.target_mb or settings.compact_target_mb
+    result = compact(lake_of(settings), day=day, target_mb=target, table_name=args.table)
     print(json.dumps(result.to_json(), indent=2) if args.json else result.render())
     return 0
 
 
 def _lake_vacuum(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline_project.lake.location import lake_of
-    from pipeline_project.lake.upkeep import vacuum
+    from pipeline_project.lake.upkeep import checkpoint, lake_tables, vacuum
 
-    removed = vacuum(
-        lake_of(settings),
-        retention_hours=args.retention_hours,
-        table_name=args.table,
-        dry_run=args.dry_run,
-    )
-    verb = "would remove" if args.dry_run else "removed"
-    print(f"{args.table}: {verb} {len(removed)} unreferenced file(s)")
+    lake = lake_of(settings)
+    hours = args.retention_hours or settings.vacuum_retention_hours  # argparse refuses 0
+    tables = [args.table] if args.table else lake_tables(lake)
+    if not tables:
+        print(f"no Delta table in the lake {lake.describe()}")
+    for table in tables:
+        print(vacuum(lake, retention_hours=hours, table_name=table, dry_run=args.dry_run).render())
+        if not args.dry_run:
+            print(f"{table}: checkpoint at version {checkpoint(lake, table)}")
     return 0
+
+
+def _lake_expire(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.lake.location import lake_of
+    from pipeline_project.lake.upkeep import RETAINED_TABLES, expire_days, retention_cutoff
+
+    if settings.lake_retention_days is None:
+        print("PIPELINE_LAKE_RETENTION_DAYS is not set: the lake keeps every day")
+        return 0
+    lake = lake_of(settings)
+    cutoff = retention_cutoff(settings.lake_retention_days)
+    for table in RETAINED_TABLES:
+        print(expire_days(lake, cutoff, table).render())
+    return 0
+
+
+def _day(text: str) -> str:
+    """--day: YYYY-MM-DD, or argparse's one-line usage error."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD)") from None
+    return text
+
+
+def _positive(text: str) -> int:
+    """A whole number of at least 1, or argparse's one-line usage error."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
 
 
 def _add_upkeep_commands(lake_cmds: argparse._SubParsersAction) -> None:
     comp = lake_cmds.add_parser(
         "compact",
-        help="rewrite a day's small files into files near --target-mb (Delta optimize)",
+        help="rewrite a day's small files into files near the target size (Delta optimize)",
         description="Safe while ingestion runs: readers see the small files or the compacted "
         "ones, never both, and no range commit conflicts with it.",
     )
-    comp.add_argument("--day", help="YYYY-MM-DD (default: every day with small files)")
-    comp.add_argument("--target-mb", type=int, default=128, help="target file size (MiB)")
+    comp.add_argument(
+        "--day", type=_day, help="YYYY-MM-DD (default: every day with 8+ small files)"
+    )
+    comp.add_argument(
+        "--target-mb",
+        type=_positive,
+        help="target file size in MiB (default PIPELINE_COMPACT_TARGET_MB)",
+    )
     comp.add_argument("--table", default="events", help="events (default) or sessions")
     comp.add_argument("--json", action="store_true", help="print JSON")
     comp.set_defaults(handler=_lake_compact)
     vac = lake_cmds.add_parser(
-        "vacuum", help="delete files no commit references, older than the retention"
+        "vacuum",
+        help="delete files no commit references, older than the retention; then checkpoint",
     )
-    vac.add_argument("--retention-hours", type=int, default=168, help="at least 1 (default 168)")
-    vac.add_argument("--table", default="events", help="events (default) or sessions")
+    vac.add_argument(
+        "--retention-hours",
+        type=_positive,
+        help="at least 1 (default PIPELINE_VACUUM_RETENTION_HOURS, 168)",
+    )
+    vac.add_argument("--table", help="one table (default: every table of the lake)")
     vac.add_argument("--dry-run", action="store_true", help="list, do not delete")
     vac.set_defaults(handler=_lake_vacuum)
+    lake_cmds.add_parser(
+        "expire",
+        help="delete days older than PIPELINE_LAKE_RETENTION_DAYS (one Delta commit per table)",
+        description="reconcile then reports the deleted rows' offsets as expired, not missing. "
+        "The files stay until vacuum.",
+    ).set_defaults(handler=_lake_expire)
 
 
 def _add_lake_commands(commands: argparse._SubParsersAction) -> None:
-    lake = commands.add_parser("lake", help="the Delta tables: migrate, stats, compact, vacuum")
+    lake = commands.add_parser(
+        "lake", help="the Delta tables: migrate, stats, compact, vacuum, expire"
+    )
     lake_cmds = lake.add_subparsers(dest="lake_command", required=True, metavar="ACTION")
     lake_cmds.add_parser(
         "migrate",

@@ -1,15 +1,15 @@
 """The Dagster code location (`-w workspace.yaml` or `-m pipeline_project.definitions`).
 
-One `Definitions` per domain under defs/ (ingest, dlq, sessions), merged with the resources they
-take as parameters. Importing this module reads one environment variable, PIPELINE_PARTITION_DAYS
-(Dagster fixes partitions at load; a malformed value is one logged line and the default); every
-other setting is resolved when a run or tick starts (defs/resources.py), so a malformed one cannot
+One `Definitions` per domain under defs/ (ingest, dlq, sessions, upkeep), merged with the resources
+they take as parameters. Importing this module reads one environment variable,
+PIPELINE_PARTITION_DAYS (Dagster fixes partitions at load; a malformed value is one logged line and
+the default); every other setting is resolved when a run or tick starts (defs/resources.py), so a malformed one cannot
 stop the location loading.
 """
 
 from dagster import Definitions
 
-from pipeline_project.defs import dlq, ingest, sessions
+from pipeline_project.defs import dlq, ingest, sessions, upkeep
 from pipeline_project.defs.resources import SETTINGS_KEY, PipelineSettings
 
 
@@ -22,6 +22,7 @@ def build_defs(settings: PipelineSettings | None = None) -> Definitions:
         ingest.defs,
         dlq.defs,
         sessions.defs,
+        upkeep.defs,
         Definitions(resources={SETTINGS_KEY: settings or PipelineSettings()}),
     )
 

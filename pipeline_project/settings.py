@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from croniter import croniter
-from pydantic import AfterValidator, Field, SecretStr, TypeAdapter, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, TypeAdapter, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline_project.errors import SettingsError
 from pipeline_project.kafka.names import check_topic_name
 
 ENV_PREFIX = "PIPELINE_"
+# Vacuum never deletes files younger than this: a reader's longest query must finish within it
+# (a snapshot's files must outlive every query that started on it).
+MIN_VACUUM_RETENTION_HOURS = 1
 
 
 def read_kafka_properties(path: Path) -> dict[str, SecretStr]:
@@ -83,6 +86,11 @@ class Settings:
     dlq_reprocess_cron: str = "0 * * * *"
     dlq_naive_as_utc: bool = True
     dlq_max_unresolved_age_hours: float = 24.0
+    # Table upkeep (lake/upkeep.py, defs/upkeep/): compaction target, how long unreferenced files
+    # stay for readers of older snapshots, and the lake's retention in days (None = keep for ever).
+    compact_target_mb: int = 128
+    vacuum_retention_hours: int = 168
+    lake_retention_days: int | None = None
     # From the PIPELINE_KAFKA_CONFIG file: SASL/SSL settings, secrets among them (SecretStr; plain
     # str where the code builds them itself, e.g. the local broker's admin login).
     kafka_extra: dict[str, SecretStr | str] = field(default_factory=dict, repr=False, compare=False)
@@ -201,6 +209,21 @@ class EnvSettings(BaseSettings):
     dlq_reprocess_cron: Cron | None = None
     dlq_naive_as_utc: bool | None = None
     dlq_max_unresolved_age_hours: float | None = Field(None, ge=0.01)
+    compact_target_mb: int | None = Field(None, ge=1, le=4096)
+    vacuum_retention_hours: int | None = Field(None, ge=MIN_VACUUM_RETENTION_HOURS)
+    lake_retention_days: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _retention_outlives_lateness(self) -> EnvSettings:
+        """Retention must keep the lateness window: late events still land in those days."""
+        lateness = self.max_lateness_days
+        lateness = Settings.max_lateness_days if lateness is None else lateness
+        if self.lake_retention_days is not None and self.lake_retention_days <= lateness:
+            raise ValueError(
+                f"PIPELINE_LAKE_RETENTION_DAYS={self.lake_retention_days} must exceed "
+                f"PIPELINE_MAX_LATENESS_DAYS={lateness} (late events still land in those days)"
+            )
+        return self
 
 
 def env_name(field_name: str) -> str:
@@ -231,9 +254,12 @@ def _one_line(exc: ValidationError) -> str:
     """`<variable>='<value>': <what is wrong>` for each bad value, on one line."""
     problems = []
     for error in exc.errors(include_url=False):
-        name = str(error["loc"][0]) if error["loc"] else "?"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across settings: its message names them
+            problems.append(message)
+            continue
+        name = str(error["loc"][0])
         if name in EnvSettings.model_fields:
             name = env_name(name)
-        message = str(error["msg"]).removeprefix("Value error, ")
         problems.append(f"{name}={error.get('input')!r}: {message}")
     return "; ".join(problems)

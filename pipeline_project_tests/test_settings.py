@@ -49,6 +49,9 @@ def test_variables_are_read_and_empty_ones_mean_the_default(
         ("PIPELINE_RAW_TOPIC", "raw events", "not a valid Kafka topic name"),
         ("PIPELINE_DLQ_REPROCESS_CRON", "hourly", "not a cron expression"),
         ("PIPELINE_NATIVE_PARSE", "sometimes", "valid boolean"),
+        ("PIPELINE_COMPACT_TARGET_MB", "0", "greater than or equal to 1"),
+        ("PIPELINE_VACUUM_RETENTION_HOURS", "0", "greater than or equal to 1"),
+        ("PIPELINE_LAKE_RETENTION_DAYS", "a week", "valid integer"),
         ("PIPELINE_KAFKA_BOOTSTRAP", "", None),
     ],
 )
@@ -63,6 +66,24 @@ def test_a_bad_value_is_one_line_naming_the_variable(
         Settings.from_env()
     message = str(raised.value)
     assert message.startswith(f"{name}={value!r}: ") and says in message and "\n" not in message
+
+
+def test_lake_retention_must_outlive_the_lateness_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention inside the lateness window would delete days that ingestion still writes to."""
+    monkeypatch.setenv("PIPELINE_LAKE_RETENTION_DAYS", "7")
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env()
+    assert str(raised.value) == (
+        "PIPELINE_LAKE_RETENTION_DAYS=7 must exceed PIPELINE_MAX_LATENESS_DAYS=7 "
+        "(late events still land in those days)"
+    )
+    monkeypatch.setenv("PIPELINE_MAX_LATENESS_DAYS", "3")
+    got = Settings.from_env()
+    assert (got.lake_retention_days, got.vacuum_retention_hours, got.compact_target_mb) == (
+        7,
+        168,
+        128,
+    )
 
 
 def test_kafka_properties_secrets_reach_librdkafka_but_no_repr(

@@ -55,6 +55,9 @@ class PipelineSettings(ConfigurableResource):
     dlq_reprocess_cron: str | None = None
     dlq_naive_as_utc: bool | None = None
     dlq_max_unresolved_age_hours: float | None = None
+    compact_target_mb: int | None = None
+    vacuum_retention_hours: int | None = None
+    lake_retention_days: int | None = None
 
     @classmethod
     def of(cls, settings: Settings, **overrides: Any) -> PipelineSettings:

@@ -31,6 +31,7 @@ from pipeline_project.defs.ingest.assets import EVENTS_KEY, daily_partitions
 from pipeline_project.defs.ingest.quality import events_quality_checks
 from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.defs.tags import JOB_TAG
+from pipeline_project.defs.upkeep.checks import events_small_files
 from pipeline_project.lake.location import TABLE_SESSIONS
 
 SESSIONS_KEY = AssetKey([TABLE_SESSIONS])
@@ -133,7 +134,8 @@ def _metadata(out: core.SessionsOutput) -> dict[str, MetadataValue]:
 
 pipeline_automation_sensor = AutomationConditionSensorDefinition(
     AUTOMATION_SENSOR,
-    target=AssetSelection.assets(SESSIONS_KEY) | AssetSelection.checks(*events_quality_checks),
+    target=AssetSelection.assets(SESSIONS_KEY)
+    | AssetSelection.checks(*events_quality_checks, events_small_files),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=15,
     run_tags={JOB_TAG: "automation"},  # dagster.yaml: one such run at a time

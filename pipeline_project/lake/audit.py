@@ -5,7 +5,8 @@ Read-only. Checks, for the events table:
   and the last one ends at the partition's app transaction version;
 - files: every file the snapshot lists exists and its Parquet footer holds the rows the log says;
 - conservation: every consumed offset of a range is in exactly one of lake rows, the range's DLQ
-  entries or its filtered offsets, and the counts per day match the range's record;
+  entries or its filtered offsets, and the counts per day match the range's record; rows on a day
+  that a later retention commit deleted (lake/upkeep.expire_days) count as expired, not missing;
 - no row twice (source coordinates), no event id twice in a day, and every row recovered from the
   DLQ names a source record that its range sent to the DLQ, recovered once.
 Files under the table that no commit references are invisible to every Delta reader; they are
@@ -69,6 +70,7 @@ class PartitionAudit:
     written: int = 0
     dlq: int = 0
     filtered: int = 0
+    expired: int = 0  # rows deleted by the lake's retention
 
 
 @dataclass
@@ -79,6 +81,7 @@ class AuditReport:
     version: int | None = None
     files: int = 0
     rows: int = 0
+    expired_rows: int = 0
     unreferenced_files: int = 0
     partitions: list[PartitionAudit] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -109,7 +112,7 @@ def audit(lake: Lake) -> AuditReport:
     _check_contiguity(report, table, history)
     rows = _read_rows(lake, table, report)
     if rows is not None:
-        _check_rows(report, history.records, rows)
+        _check_rows(report, history, rows)
     report.unreferenced_files = _unreferenced(lake, table)
     return report
 
@@ -223,17 +226,18 @@ def _unreferenced(lake: Lake, table: DeltaTable) -> int:
 # ------------------------------------------------------------------------------------ conservation
 
 
-def _check_rows(report: AuditReport, records: Sequence[RangeRecord], rows: pl.DataFrame) -> None:
+def _check_rows(report: AuditReport, history: History, rows: pl.DataFrame) -> None:
+    records = history.records
     ingested = rows.filter(pl.col(DLQ_OFFSET_COLUMN).is_null())
     recovered = rows.filter(pl.col(DLQ_OFFSET_COLUMN).is_not_null())
     _check_duplicates(report, rows)
     raw_ranges = [r for r in records if r.kind != "reprocess"]
     dlq_ranges = [r for r in records if r.kind == "reprocess"]
     placed = _place(ingested, raw_ranges, *SOURCE_COLUMNS)
-    _check_ranges(report, raw_ranges, placed)
+    _check_ranges(report, history, raw_ranges, placed)
     recovered_by = recovered.with_columns(pl.lit(_dlq_topic(dlq_ranges)).alias("dlq_topic"))
     placed_dlq = _place(recovered_by, dlq_ranges, "dlq_topic", *DLQ_COLUMNS)
-    _check_ranges(report, dlq_ranges, placed_dlq)
+    _check_ranges(report, history, dlq_ranges, placed_dlq)
     _check_recovered(report, raw_ranges, recovered)
 
 
@@ -297,7 +301,7 @@ def _place(
 
 
 def _check_ranges(
-    report: AuditReport, records: Sequence[RangeRecord], placed: pl.DataFrame
+    report: AuditReport, history: History, records: Sequence[RangeRecord], placed: pl.DataFrame
 ) -> None:
     outside = placed.filter(pl.col("index").is_null())
     if outside.height:
@@ -309,8 +313,18 @@ def _check_ranges(
     days: dict[int, dict[str, int]] = {}
     for index, day, count in per_day:
         days.setdefault(int(index), {})[day.isoformat()] = count
+    partitions = {p.app_id: p for p in report.partitions}
     for index, record in enumerate(records):
-        _check_range(report, record, days.get(index, {}), placed_offsets(placed, index))
+        expired = _check_range(
+            report,
+            record,
+            days.get(index, {}),
+            placed_offsets(placed, index),
+            history.expired_days(record),
+        )
+        report.expired_rows += expired
+        if record.app_id in partitions:
+            partitions[record.app_id].expired += expired
 
 
 def placed_offsets(placed: pl.DataFrame, index: int) -> Iterable[int]:
@@ -318,9 +332,20 @@ def placed_offsets(placed: pl.DataFrame, index: int) -> Iterable[int]:
 
 
 def _check_range(
-    report: AuditReport, record: RangeRecord, days: dict[str, int], lake: Iterable[int]
-) -> None:
+    report: AuditReport,
+    record: RangeRecord,
+    days: dict[str, int],
+    lake: Iterable[int],
+    expired_days: set[str],
+) -> int:
+    """Checks one range's offsets and rows per day; returns its rows expired by retention.
+
+    On an expired day a range may have fewer rows than its record says (none, or those a
+    concurrent commit kept), never more; the shortfall is expired. The offsets digest cannot be
+    checked once rows are expired (their offsets are gone), the counts still are.
+    """
     rng, app_id = record.range, record.app_id
+    expired = sum(max(record.days[d] - days.get(d, 0), 0) for d in expired_days)
     lake_offsets = list(lake)
     dlq = [d.source_offset for d in record.dlq]
     filtered = [o for offsets in record.filtered.values() for o in offsets]
@@ -333,16 +358,16 @@ def _check_range(
         report.problems.append(
             Problem("offset_outside", f"{rng.range_id}: DLQ/filtered offset outside", app_id)
         )
-    if len(everywhere) != record.records:
+    if len(everywhere) + expired != record.records:
         report.problems.append(
             Problem(
                 "conservation",
                 f"{rng.range_id}: {record.records} records consumed, {len(lake_offsets)} lake "
-                f"rows + {len(dlq)} DLQ + {len(filtered)} filtered found",
+                f"rows + {len(dlq)} DLQ + {len(filtered)} filtered + {expired} expired found",
                 app_id,
             )
         )
-    elif offsets_digest(everywhere) != record.record_offsets_sha256:
+    elif not expired and offsets_digest(everywhere) != record.record_offsets_sha256:
         report.problems.append(
             Problem(
                 "conservation",
@@ -350,12 +375,16 @@ def _check_range(
                 app_id,
             )
         )
-    if days != {d: n for d, n in record.days.items() if n}:
+    kept = {d: n for d, n in record.days.items() if n and d not in expired_days}
+    found = {d: n for d, n in days.items() if d not in expired_days}
+    extra = [d for d in expired_days if days.get(d, 0) > record.days[d]]
+    if found != kept or extra:
         report.problems.append(
             Problem(
                 "day_rows", f"{rng.range_id}: rows per day {days}, record {record.days}", app_id
             )
         )
+    return expired
 
 
 def _dlq_topic(dlq_ranges: Sequence[RangeRecord]) -> str:
@@ -385,7 +414,7 @@ def _check_recovered(
 
 def render(report: AuditReport) -> str:
     """Human-readable report: partitions, problems, and a last line with the verdict."""
-    header = ("partition", "ranges", "offsets", "records", "written", "dlq", "filtered")
+    header = ("partition", "ranges", "offsets", "records", "written", "dlq", "filtered", "expired")
     rows = [
         (
             p.app_id,
@@ -395,6 +424,7 @@ def render(report: AuditReport) -> str:
             p.written,
             p.dlq,
             p.filtered,
+            p.expired,
         )
         for p in report.partitions
     ]
@@ -411,8 +441,9 @@ def render(report: AuditReport) -> str:
     ]
     if report.problems:
         lines += ["", f"Problems ({len(report.problems)})"] + [f"  {p}" for p in report.problems]
+    expired = f" ({report.expired_rows} rows expired by retention)" if report.expired_rows else ""
     verdict = (
-        "OK: every consumed offset is accounted for exactly once"
+        f"OK: every consumed offset is accounted for exactly once{expired}"
         if report.ok
         else f"FAILED: {len(report.problems)} problems"
     )

@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 
 from pipeline_project.lake.files import commit_info, log_entry, storage
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
-from pipeline_project.lake.record import METADATA_KEY, RangeRecord
+from pipeline_project.lake.record import METADATA_KEY, RETENTION_KEY, RangeRecord
 from pipeline_project.lake.table import lake_errors, open_table
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,18 @@ class History:
 
     records: list[RangeRecord] = field(default_factory=list)
     unreadable: list[tuple[int, str]] = field(default_factory=list)  # (version, why)
+    # Retention commits (lake/upkeep.expire_days): (version, first day kept), oldest first.
+    retentions: list[tuple[int, str]] = field(default_factory=list)
+
+    def expired_days(self, record: RangeRecord) -> set[str]:
+        """The days of `record` a later retention commit deleted (their rows are expired)."""
+        committed = record.version if record.version is not None else -1
+        return {
+            day
+            for day in record.days
+            for version, cutoff in self.retentions
+            if version > committed and day < cutoff
+        }
 
     def by_app_id(self) -> dict[str, list[RangeRecord]]:
         """Records grouped by topic-partition (app id), each group in commit order."""
@@ -54,7 +66,11 @@ def read_history(lake: Lake, table: DeltaTable | None = None) -> History:
     with lake_errors(lake, "reading the events table's log"), ThreadPoolExecutor(16) as pool:
         texts = list(pool.map(lambda v: log_entry(where, v), range(upto + 1)))
     for version, text in enumerate(texts):
-        meta = commit_info(text).get(METADATA_KEY) if text is not None else None
+        info = commit_info(text) if text is not None else {}
+        retention = info.get(RETENTION_KEY)
+        if isinstance(retention, dict) and isinstance(retention.get("cutoff"), str):
+            history.retentions.append((version, retention["cutoff"]))
+        meta = info.get(METADATA_KEY)
         if meta is None:
             continue
         try:

@@ -43,7 +43,7 @@ S3_CLIENT_DEFAULTS = {
     "retry_timeout": "5s",
 }
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_TABLE_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+TABLE_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Lake:
 
     def table_uri(self, table: str) -> str:
         """`<root>/<table>`; table names are lowercase identifiers, never a path."""
-        if not _TABLE_RE.fullmatch(table):
+        if not TABLE_NAME_RE.fullmatch(table):
             raise SettingsError(f"invalid lake table name {table!r}")
         return f"{self.root}/{table}"
 

@@ -22,6 +22,8 @@ from pipeline_project.batch.ranges import Range
 from pipeline_project.utc import parse_utc, utc_text
 
 METADATA_KEY = "pipeline"
+# The commit-info key of a retention commit (lake/upkeep.expire_days): the days it deleted.
+RETENTION_KEY = "pipeline_retention"
 RECORD_VERSION = 1
 KINDS = ("ingest", "reprocess", "loss", "migrated")
 

@@ -11,6 +11,8 @@ from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.table import PARTITION_COLUMN, lake_errors, open_table
 
 MIB = 1024 * 1024
+# Half the default compaction target: files below it are what compaction merges.
+SMALL_FILE_BYTES = 64 * MIB
 
 
 @dataclass
@@ -32,17 +34,22 @@ class TableStats:
             f"{self.table}: version {self.version}, {self.files} files, {self.rows} rows, "
             f"{self.bytes / MIB:.1f} MiB"
         )
-        lines = [head, "day         files  rows      MiB     avg file MiB"]
+        lines = [head, "day         files  small  rows      MiB     avg file MiB"]
         for day in self.days:
             lines.append(
-                f"{day['day']}  {day['files']:<5}  {day['rows']:<8}  "
+                f"{day['day']}  {day['files']:<5}  {day['small_files']:<5}  {day['rows']:<8}  "
                 f"{day['bytes'] / MIB:<7.1f}  {day['bytes'] / MIB / max(day['files'], 1):.2f}"
             )
         return "\n".join(lines)
 
 
-def table_stats(lake: Lake, table_name: str = TABLE_EVENTS) -> TableStats:
-    """Per-day files, rows and bytes from the add actions (no data file is opened)."""
+def table_stats(
+    lake: Lake, table_name: str = TABLE_EVENTS, small_below: int = SMALL_FILE_BYTES
+) -> TableStats:
+    """Per-day files, rows, bytes and small files from the add actions (no data file is opened).
+
+    A file is small below `small_below` bytes: what compaction would merge.
+    """
     stats = TableStats(table_name)
     table = open_table(lake, table_name)
     if table is None:
@@ -59,13 +66,14 @@ def table_stats(lake: Lake, table_name: str = TABLE_EVENTS) -> TableStats:
             pl.len().alias("files"),
             pl.col("num_records").sum().alias("rows"),
             pl.col("size_bytes").sum().alias("bytes"),
+            (pl.col("size_bytes") < small_below).sum().alias("small_files"),
         )
         .sort(day_column)
     )
     stats.files, stats.rows = adds.height, int(adds.get_column("num_records").sum())
     stats.bytes = int(adds.get_column("size_bytes").sum())
     stats.days = [
-        {"day": str(d), "files": int(f), "rows": int(r), "bytes": int(b)}
-        for d, f, r, b in per_day.iter_rows()
+        {"day": str(d), "files": int(f), "rows": int(r), "bytes": int(b), "small_files": int(s)}
+        for d, f, r, b, s in per_day.iter_rows()
     ]
     return stats

@@ -36,7 +36,7 @@ EVENTS_STATS_COLUMNS = (
 EVENTS_CONFIGURATION = {
     "delta.dataSkippingStatsColumns": EVENTS_STATS_COLUMNS,
     # Each range's accounting lives in its commit's metadata, which reconcile reads back: the log
-    # is not cleaned up behind our back (table upkeep decides how long history is kept).
+    # is never cleaned up (docs/lake.md, "Upkeep": a checkpoint keeps txn versions, not records).
     "delta.enableExpiredLogCleanup": "false",
     "delta.checkpointInterval": "100",
 }

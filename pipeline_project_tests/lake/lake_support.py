@@ -7,6 +7,7 @@ import threading
 from collections import Counter
 
 import polars as pl
+from deltalake import DeltaTable
 
 from pipeline_project.batch.ranges import Range
 from pipeline_project.lake.location import Lake
@@ -63,11 +64,16 @@ def read_events(lake: Lake) -> pl.DataFrame:
 
 
 class LoopingReader:
-    """A thread reading the events table in a loop: (rows, distinct offsets) of every snapshot."""
+    """A thread reading the events table in a loop: (rows, distinct offsets) of every snapshot.
+
+    Each read is pinned to the version it first saw, kept in `versions` as (version, rows,
+    distinct), so a test can hold every snapshot against what was committed up to it.
+    """
 
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
         self.seen: list[tuple[int, int]] = []
+        self.versions: list[tuple[int, int, int]] = []
         self.errors: list[BaseException] = []
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop)
@@ -75,8 +81,14 @@ class LoopingReader:
     def _loop(self) -> None:
         while not self._done.is_set():
             try:
-                frame = read_events(self.lake).select("kafka_offset")
-                self.seen.append((frame.height, frame.get_column("kafka_offset").n_unique()))
+                uri = self.lake.table_uri("events")
+                version = DeltaTable(uri, storage_options=self.lake.options()).version()
+                frame = pl.read_delta(
+                    uri, version=version, storage_options=self.lake.polars_options()
+                ).select("kafka_offset")
+                distinct = frame.get_column("kafka_offset").n_unique()
+                self.seen.append((frame.height, distinct))
+                self.versions.append((version, frame.height, distinct))
             except Exception as exc:  # noqa: BLE001 - any failed read is the finding
                 self.errors.append(exc)
                 return
