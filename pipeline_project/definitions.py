@@ -3,8 +3,8 @@
 One `Definitions` per domain under defs/ (ingest, dlq, sessions, upkeep), merged with the resources
 they take as parameters. Importing this module reads one environment variable,
 PIPELINE_PARTITION_DAYS (Dagster fixes partitions at load; a malformed value is one logged line and
-the default); every other setting is resolved when a run or tick starts (defs/resources.py), so a malformed one cannot
-stop the location loading.
+the default); every other setting is resolved when a run or tick starts (defs/resources.py), so a
+malformed one cannot stop the location loading.
 """
 
 from dagster import Definitions
