@@ -33,9 +33,15 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import ClusterMetadata
 
+from pipeline_project.batch.epochs import NOTE_KINDS, check_watermark, identity_of
 from pipeline_project.batch.loss import LOSS_KIND
 from pipeline_project.batch.parse import parse_path
-from pipeline_project.errors import KafkaUnavailableError, LakeError
+from pipeline_project.errors import (
+    KafkaUnavailableError,
+    LakeError,
+    PipelineError,
+    TopicChangedError,
+)
 from pipeline_project.kafka import access
 from pipeline_project.kafka.drain import consumer_config
 from pipeline_project.lake.history import read_history
@@ -97,7 +103,11 @@ class LakeState:
 
     def ingested(self, topic: str) -> list[RangeRecord]:
         """Range records of `topic` that consumed records (a loss acknowledgement does not)."""
-        return [r for r in self.records if r.range.topic == topic and r.kind != LOSS_KIND]
+        return [
+            r
+            for r in self.records
+            if r.range.topic == topic and r.kind not in (LOSS_KIND, *NOTE_KINDS)
+        ]
 
 
 def read_lake(lake: Lake) -> LakeState:
@@ -192,6 +202,7 @@ def partition_lags(
     """
     moment = now or datetime.now(UTC)
     table = open_table(lake_of(settings))
+    topic = identity_of(settings, table, settings.raw_topic)  # TopicChangedError: down
     consumer = _consumer(settings)
     try:
         lags: list[PartitionLag] = []
@@ -199,7 +210,8 @@ def partition_lags(
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(settings.raw_topic, partition), timeout=KAFKA_TIMEOUT_S
             )
-            end = txn_version(table, app_id(settings.raw_topic, partition))
+            end = txn_version(table, app_id(settings.raw_topic, partition, topic.epoch))
+            check_watermark(topic, partition, end, high)
             start = low if end is None else end
             lags.append(PartitionLag(partition, end, low, high, max(high - start, 0), None))
         ages = record_ages(consumer, settings.raw_topic, _starts(lags), moment)
@@ -448,7 +460,9 @@ def _lag_check(
         lags = partition_lags(settings, raw.partitions, moment)
     except KafkaException as exc:
         return _unknown("lag", f"watermarks unavailable ({exc.args[0].str()})"), []
-    except LakeError as exc:
+    except TopicChangedError as exc:
+        return Check("lag", FAIL, str(exc), {"topic_changed": True}), []
+    except (LakeError, KafkaUnavailableError) as exc:
         return _unknown("lag", str(exc)), []
     return check_lag(settings, lags), lags
 
@@ -499,7 +513,7 @@ def events_freshness(
     if raw is not None and raw.error is None:
         try:
             backlog = sum(lag.records for lag in partition_lags(settings, raw.partitions, moment))
-        except KafkaException:
+        except (KafkaException, PipelineError):
             backlog = None  # unknown: judged as stalled, like an unreachable broker
     return check_last_ingest(settings, last_update, backlog, moment)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
+from pipeline_project.batch import epochs
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.plan import plan_ranges
@@ -38,7 +39,7 @@ from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
 from pipeline_project.lake.commit import check_start, commit_range
 from pipeline_project.lake.location import Lake, lake_of
-from pipeline_project.lake.record import DlqEntry, RangeRecord, app_id, offsets_digest
+from pipeline_project.lake.record import DlqEntry, RangeRecord, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.perf import StepClock, paused_gc
 from pipeline_project.settings import Settings
@@ -199,13 +200,14 @@ def ingest(
     consumer = make_consumer(settings)
     dlq = DlqPublisher(settings, settings.dlq_topic)
     try:
+        topic = epochs.guard(settings, lake, consumer, settings.raw_topic)
         todo = list(ranges) if ranges is not None else plan_all(settings, consumer)
         for rng in todo:
             if rng.topic != settings.raw_topic:
                 raise PipelineError(
                     f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
                 )
-            outcome = run_range(settings, lake, consumer, dlq, rng, result.run_id, clock)
+            outcome = run_range(settings, lake, consumer, dlq, rng, result.run_id, clock, topic)
             logger.info(
                 "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
                 rng.range_id,
@@ -281,7 +283,7 @@ def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:
 
 def committed_end(lake: Lake, rng: Range) -> int | None:
     """The partition's committed end (its app transaction version) in the table's latest state."""
-    return txn_version(open_table(lake), app_id(rng.topic, rng.partition))
+    return txn_version(open_table(lake), rng.source)
 
 
 def run_range(
@@ -292,11 +294,12 @@ def run_range(
     rng: Range,
     run_id: str,
     clock: Callable[[], datetime],
+    topic: epochs.TopicIdentity | None = None,
 ) -> RangeOutcome:
     """The protocol for one range; the commit is its only write to the lake."""
     with paused_gc():
         table = open_table(lake)
-        done = txn_version(table, app_id(rng.topic, rng.partition))
+        done = txn_version(table, rng.source)
         if done is not None and done >= rng.end and (done > rng.start or rng.size == 0):
             return RangeOutcome(rng, "already_committed")  # an empty range at the end included
         started = time.perf_counter()
@@ -306,6 +309,7 @@ def run_range(
             run_id, moment, moment, settings.max_lateness_days, settings.max_clock_skew_seconds
         )
         check_start(_probe(rng, run_id, moment), done)  # fail before draining a doomed range
+        history_start = epochs.check_range(settings, consumer, topic, rng, done)
         raw = drain_range(consumer, rng, settings.drain_timeout_seconds)
         steps.lap("drain")
         fault_point("K1")
@@ -317,7 +321,8 @@ def run_range(
         steps.lap("dlq")
         fault_point("K6")
         record = range_record(rng, "ingest", identity, offsets, batch, deliveries)
-        committed = commit_range(lake, record, batch.good, table=table)
+        record = epochs.stamp(record, topic, history_start)
+        committed = commit_range(lake, record, epochs.with_epoch(batch.good, rng), table=table)
         steps.lap("commit")
         fault_point("K7")
         commit_group_offset(consumer, rng)

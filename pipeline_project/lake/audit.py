@@ -7,7 +7,13 @@ Read-only. Checks, for the events table:
 - conservation: every consumed offset of a range is in exactly one of lake rows, the range's DLQ
   entries or its filtered offsets, and the counts per day match the range's record;
 - no row twice (source coordinates), no event id twice in a day, and every row recovered from the
-  DLQ names a source record that its range sent to the DLQ, recovered once.
+  DLQ names a source record that its range sent to the DLQ, recovered once;
+- history: each partition's first committed range starts where its history starts (the
+  `<app id>#start` transaction its first commit set: offset 0, the low watermark at first
+  ingestion, a new epoch's start, or an operator's `history acknowledge`), and the ranges of one
+  partition and epoch were all read from one Kafka topic id.
+A topic's epochs (`topic new-epoch`) are separate app ids (`<topic>@<n>-<partition>`); rows of an
+epoch after the first carry `kafka_epoch`, so offsets that repeat across epochs are told apart.
 Files under the table that no commit references are invisible to every Delta reader; they are
 counted (vacuum removes them), not reported as problems.
 """
@@ -25,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
+from pipeline_project.batch.epochs import EPOCH_COLUMN, HISTORY_KIND, history_problems
 from pipeline_project.lake.files import storage
 from pipeline_project.lake.history import History, read_history
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
@@ -33,6 +40,7 @@ from pipeline_project.lake.table import error_line, lake_errors, open_table
 
 ROW_COLUMNS = ("kafka_topic", "kafka_partition", "kafka_offset", "event_id", "date")
 RECOVERY_COLUMNS = ("dlq_partition", "dlq_offset")
+OPTIONAL_COLUMNS = {**dict.fromkeys(RECOVERY_COLUMNS, pl.Int64), EPOCH_COLUMN: pl.Int32}
 _SAMPLE = 5
 
 
@@ -99,10 +107,12 @@ def audit(lake: Lake) -> AuditReport:
         table.load_as_version(report.version)
     for version, why in history.unreadable:
         report.problems.append(Problem("unreadable_record", f"commit {version}: {why}"))
-    _check_contiguity(report, table, history)
+    ranges = History([r for r in history.records if r.kind != HISTORY_KIND], history.unreadable)
+    _check_contiguity(report, table, ranges)
+    report.problems.extend(history_problems(table, ranges))
     rows = _read_rows(lake, table, report)
     if rows is not None:
-        _check_rows(report, history.records, rows)
+        _check_rows(report, ranges.records, rows)
     report.unreferenced_files = _unreferenced(lake, table)
     return report
 
@@ -169,12 +179,13 @@ def _read_rows(lake: Lake, table: DeltaTable, report: AuditReport) -> pl.DataFra
         storage_options=lake.polars_options(),
     )
     names = set(scan.collect_schema().names())
-    columns = [c for c in (*ROW_COLUMNS, *RECOVERY_COLUMNS) if c in names]
+    columns = [c for c in (*ROW_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
     with lake_errors(lake, "reading the events table"):
         frame = scan.select(columns).collect()
-    for column in RECOVERY_COLUMNS:
+    for column, dtype in OPTIONAL_COLUMNS.items():
         if column not in frame.columns:
-            frame = frame.with_columns(pl.lit(None, pl.Int64).alias(column))
+            frame = frame.with_columns(pl.lit(None, dtype).alias(column))
+    frame = frame.with_columns(pl.col(EPOCH_COLUMN).fill_null(0).cast(pl.Int64))
     report.rows = frame.height
     return frame
 
@@ -218,7 +229,9 @@ def _unreferenced(lake: Lake, table: DeltaTable) -> int:
 
 def _check_rows(report: AuditReport, records: Sequence[RangeRecord], rows: pl.DataFrame) -> None:
     ingested = rows.filter(pl.col("dlq_offset").is_null())
-    recovered = rows.filter(pl.col("dlq_offset").is_not_null())
+    recovered = rows.filter(pl.col("dlq_offset").is_not_null()).with_columns(
+        pl.lit(0, pl.Int64).alias(EPOCH_COLUMN)  # DLQ epochs are not in the rows (docs/lake.md)
+    )
     _check_duplicates(report, rows)
     raw_ranges = [r for r in records if r.kind != "reprocess"]
     dlq_ranges = [r for r in records if r.kind == "reprocess"]
@@ -231,7 +244,7 @@ def _check_rows(report: AuditReport, records: Sequence[RangeRecord], rows: pl.Da
 
 
 def _check_duplicates(report: AuditReport, rows: pl.DataFrame) -> None:
-    coords = ["kafka_topic", "kafka_partition", "kafka_offset"]
+    coords = ["kafka_topic", "kafka_partition", EPOCH_COLUMN, "kafka_offset"]
     twice = rows.filter(pl.struct(coords).is_duplicated() & pl.col("dlq_offset").is_null())
     if twice.height:
         sample = twice.select(coords).unique().head(_SAMPLE).rows()
@@ -253,6 +266,7 @@ def _ranges_frame(records: Sequence[RangeRecord]) -> pl.DataFrame:
         {
             "topic": [r.range.topic for r in records],
             "partition": [r.range.partition for r in records],
+            "epoch": [r.range.epoch for r in records],
             "start": [r.range.start for r in records],
             "end": [r.range.end for r in records],
             "index": list(range(len(records))),
@@ -260,6 +274,7 @@ def _ranges_frame(records: Sequence[RangeRecord]) -> pl.DataFrame:
         schema={
             "topic": pl.String,
             "partition": pl.Int64,
+            "epoch": pl.Int64,
             "start": pl.Int64,
             "end": pl.Int64,
             "index": pl.Int64,
@@ -274,6 +289,7 @@ def _place(
     keyed = rows.select(
         pl.col(topic).cast(pl.String).alias("topic"),
         pl.col(partition).cast(pl.Int64).alias("partition"),
+        pl.col(EPOCH_COLUMN).cast(pl.Int64).alias("epoch"),
         pl.col(offset).cast(pl.Int64).alias("offset"),
         pl.col("date"),
     ).sort("offset")
@@ -281,7 +297,7 @@ def _place(
         _ranges_frame(records),
         left_on="offset",
         right_on="start",
-        by=["topic", "partition"],
+        by=["topic", "partition", "epoch"],
         strategy="backward",
         check_sortedness=False,
     )

@@ -29,7 +29,7 @@ from typing import Literal
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 
@@ -238,7 +238,7 @@ def _write(
     fault_point("K5")  # files written and synced, not committed: invisible to every reader
     properties = CommitProperties(
         custom_metadata={METADATA_KEY: record.to_metadata(committed_at)},
-        app_transactions=[Transaction(app_id=record.app_id, version=record.range.end)],
+        app_transactions=record.transactions(),
     )
     table.create_write_transaction(
         actions,

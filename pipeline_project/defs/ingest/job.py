@@ -33,6 +33,7 @@ class RangeConfig(Config):
     partition: int
     start: int
     end: int
+    epoch: int = 0  # the lake's epoch of the topic (`topic new-epoch`)
 
 
 class IngestConfig(Config):
@@ -43,7 +44,9 @@ class IngestConfig(Config):
 
 def range_run_config(ranges: list[Range]) -> dict:
     """Run config that makes ingest_events run exactly `ranges`."""
-    cfg = [{"partition": r.partition, "start": r.start, "end": r.end} for r in ranges]
+    cfg = [
+        {"partition": r.partition, "start": r.start, "end": r.end, "epoch": r.epoch} for r in ranges
+    ]
     return {"ops": {"ingest": {"config": {"ranges": cfg}}}}
 
 
@@ -52,7 +55,7 @@ def ingest(context: OpExecutionContext, config: IngestConfig, settings: Pipeline
     """Runs the protocol; a bad setting fails the run with one line before anything is read."""
     resolved = settings.for_run()
     topic = resolved.raw_topic
-    ranges = [Range(topic, r.partition, r.start, r.end) for r in config.ranges] or None
+    ranges = [Range(topic, r.partition, r.start, r.end, r.epoch) for r in config.ranges] or None
     result = IngestResult(run_id=context.run_id)
     try:
         protocol.ingest(resolved, ranges, log=context.log, result=result)
