@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from confluent_kafka import KafkaException
+
 from pipeline_project import __version__
 from pipeline_project.errors import PipelineError
 from pipeline_project.settings import Settings
@@ -169,7 +171,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline_project.lake import audit
     from pipeline_project.lake.location import lake_of
 
-    return audit.main(lake_of(settings), as_json=args.json)
+    return audit.main(lake_of(settings), as_json=args.json, settings=settings)
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
@@ -488,6 +490,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, Settings.from_env())
     except PipelineError as exc:
         print(f"pipeline-project: error: {exc}", file=sys.stderr)
+        return 2 if args.handler is _health else 1  # health: a setting that cannot work is down
+    except KafkaException as exc:
+        from pipeline_project.health import config_error
+
+        line = config_error(Settings.from_env(), exc)
+        if line is None:
+            raise
+        print(f"pipeline-project: error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -518,9 +518,31 @@ def events_freshness(
     return check_last_ingest(settings, last_update, backlog, moment)
 
 
+def config_error(settings: Settings, exc: KafkaException) -> str | None:
+    """The one line for a client configuration librdkafka refuses, None for other errors.
+
+    A typo in the properties file (`securty.protocol=...`) fails the first client created.
+    """
+    error = exc.args[0] if exc.args else None
+    if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
+        return None
+    where = (
+        f"PIPELINE_KAFKA_CONFIG={settings.kafka_config_file}: "
+        if settings.kafka_config_file
+        else ""
+    )
+    return f"{where}{error.str()} (fix the property name or value)"
+
+
 def main(settings: Settings, as_json: bool) -> int:
     """The CLI body: prints the report (lines or JSON); returns 0 healthy, 1 degraded, 2 down."""
-    report = collect(settings)
+    try:
+        report = collect(settings)
+    except KafkaException as exc:  # librdkafka refused the configuration: nothing can connect
+        line = config_error(settings, exc)
+        if line is None:
+            raise
+        report = HealthReport([Check("kafka_config", FAIL, line)], [], datetime.now(UTC))
     if as_json:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

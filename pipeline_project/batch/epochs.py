@@ -136,7 +136,8 @@ def check_watermark(identity: TopicIdentity, partition: int, end: int | None, hi
         return
     raise TopicChangedError(
         f"topic {identity.topic} partition {partition}: Kafka's high watermark {high} is below "
-        f"the lake's committed end {end} ({identity.describe()}): the topic was recreated or the "
+        f"the lake's committed end {end} ({identity.describe()}; Kafka's topic id now "
+        f"{identity.kafka_id or 'unknown'}): the topic was recreated or the "
         "cluster restored or replaced; nothing was read. "
         f"{_way_out(None, identity.topic)}"
     )
@@ -155,10 +156,21 @@ def guard(settings: Settings, lake: Lake, consumer, topic: str) -> TopicIdentity
     """Run start: the topic is the lake's (id, watermarks); records its id the first time."""
     table = open_table(lake)
     identity = guard_readonly(settings, table, consumer, topic)
-    if table is not None and identity.lake_id is None and identity.kafka_id:
-        record_identity(lake, table, topic, identity.kafka_id, identity.epoch)
-        identity = replace(identity, lake_id=identity.kafka_id)
-    return identity
+    return remember(lake, identity, table)
+
+
+def remember(lake: Lake, identity: TopicIdentity, table: DeltaTable | None = None) -> TopicIdentity:
+    """Records the topic's id in the table the first time it is read.
+
+    Called at run start and again at its end: a run that found no table creates it with its first
+    commit, and the id is recorded then.
+    """
+    table = table if table is not None else open_table(lake)
+    if table is None or identity.lake_id is not None or not identity.kafka_id:
+        return identity
+    if lake_topic_id(table, identity.topic) is None:
+        record_identity(lake, table, identity.topic, identity.kafka_id, identity.epoch)
+    return replace(identity, lake_id=identity.kafka_id)
 
 
 def record_identity(lake: Lake, table: DeltaTable, topic: str, topic_id: str, epoch: int) -> None:
@@ -208,16 +220,17 @@ def check_range(
 
 
 EPOCH_COLUMN = "kafka_epoch"
+DLQ_EPOCH_COLUMN = "dlq_epoch"  # the DLQ topic's epoch of a row recovered by reprocessing
 
 
-def with_epoch(rows: pl.DataFrame, rng: Range) -> pl.DataFrame:
+def with_epoch(rows: pl.DataFrame, rng: Range, column: str = EPOCH_COLUMN) -> pl.DataFrame:
     """Rows of an epoch after the first carry it (`kafka_epoch`): their offsets repeat.
 
     The column appears with the first such range; rows written before it read null (= epoch 0).
     """
     if rng.epoch == 0:
         return rows
-    return rows.with_columns(pl.lit(rng.epoch, dtype=pl.Int32).alias(EPOCH_COLUMN))
+    return rows.with_columns(pl.lit(rng.epoch, dtype=pl.Int32).alias(column))
 
 
 def _spans(partitions: Sequence[int]) -> str:

@@ -39,6 +39,7 @@ from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
 from pipeline_project.lake.commit import check_start, commit_range
 from pipeline_project.lake.location import Lake, lake_of
+from pipeline_project.lake.probe import check_commit_support
 from pipeline_project.lake.record import DlqEntry, RangeRecord, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.perf import StepClock, paused_gc
@@ -218,6 +219,7 @@ def ingest(
                 outcome.filtered,
             )
             result.outcomes.append(outcome)
+        epochs.remember(lake, topic)
     finally:
         consumer.close()
         dlq.close()
@@ -231,9 +233,10 @@ def preflight(settings: Settings) -> Lake:
     Opening the events table proves the URI, the bucket and the credentials (one clear LakeError
     line otherwise) and refuses a table this pipeline did not write.
     """
-    lake = lake_of(settings)
+    lake = lake_of(settings.check())
     if not lake.is_s3:
         check_writable(Path(lake.root))
+        check_commit_support(Path(lake.root))
     open_table(lake)
     return lake
 

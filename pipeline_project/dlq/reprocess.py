@@ -38,6 +38,7 @@ from datetime import UTC, date, datetime
 import polars as pl
 from confluent_kafka import Consumer
 
+from pipeline_project.batch import epochs
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.parse import OFFSET_COLUMN
@@ -295,7 +296,9 @@ def reprocess_range(run: _Run, rng: Range) -> tuple[RangeOutcome, Segment | None
         rng, resolution.KIND, identity, raw.offsets, batch, deliveries, segment.to_extra()
     )
     _check_book_current(run, rng)
-    committed = commit_range(run.lake, record, tried.good)
+    committed = commit_range(
+        run.lake, record, epochs.with_epoch(tried.good, rng, epochs.DLQ_EPOCH_COLUMN)
+    )
     fault_point("K7")
     if committed.status == "already_committed":
         return RangeOutcome(rng, "already_committed"), None
