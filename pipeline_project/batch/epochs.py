@@ -173,6 +173,13 @@ def remember(lake: Lake, identity: TopicIdentity, table: DeltaTable | None = Non
     return replace(identity, lake_id=identity.kafka_id)
 
 
+def remember_topic(settings: Settings, lake: Lake, topic: str) -> None:
+    """`remember` for a caller that holds no identity yet (DLQ reprocessing)."""
+    table = open_table(lake)
+    if table is not None and lake_topic_id(table, topic) is None:
+        remember(lake, identity_of(settings, table, topic), table)
+
+
 def record_identity(lake: Lake, table: DeltaTable, topic: str, topic_id: str, epoch: int) -> None:
     """Keeps the topic's id and epoch in the table's configuration (a metadata commit)."""
     with lake_errors(lake, f"recording the identity of topic {topic}"):

@@ -621,6 +621,7 @@ def reprocess(
                 if segment is not None:
                     result.resolutions.extend(segment.entries)
                 logger.info("%s: %s", rng.range_id, outcome.status)
+        epochs.remember_topic(settings, lake, dlq)  # a recreated DLQ is then known by its id
     finally:
         consumer.close()
         result.seconds = time.perf_counter() - started
