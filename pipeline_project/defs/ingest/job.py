@@ -46,7 +46,13 @@ class IngestConfig(Config):
 def range_run_config(ranges: list[Range]) -> dict:
     """Run config that makes ingest_events run exactly `ranges`."""
     cfg = [
-        {"partition": r.partition, "start": r.start, "end": r.end, "epoch": r.epoch} for r in ranges
+        {
+            "partition": r.partition,
+            "start": r.start,
+            "end": r.end,
+            **({"epoch": r.epoch} if r.epoch else {}),
+        }
+        for r in ranges
     ]
     return {"ops": {"ingest": {"config": {"ranges": cfg}}}}
 
