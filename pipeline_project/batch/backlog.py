@@ -54,9 +54,10 @@ def partition_states(
     consumer = consumer or make_consumer(settings)
     try:
         table = open_table(lake_of(settings))
+        partitions = topic_partitions(consumer, topic, settings)  # names an unreachable broker
         identity = identity_of(settings, table, topic)
         states = []
-        for partition in topic_partitions(consumer, topic, settings):
+        for partition in partitions:
             low, high = watermarks(consumer, topic, partition, settings)
             end = txn_version(table, app_id(topic, partition, identity.epoch))
             check_watermark(identity, partition, end, high)

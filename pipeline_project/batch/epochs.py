@@ -91,6 +91,10 @@ def kafka_topic_id(settings: Settings, topic: str) -> str | None:
         raise KafkaUnavailableError(
             f"could not describe topic {topic}: {exc.args[0].str()}"
         ) from None
+    except TimeoutError:
+        raise KafkaUnavailableError(
+            f"could not describe topic {topic} within {DESCRIBE_TIMEOUT_S:.0f} s"
+        ) from None
     text = str(found.topic_id) if found.topic_id is not None else ""
     return text or None
 
@@ -491,7 +495,7 @@ def kafka_problems(settings: Settings, lake: Lake) -> tuple[list[Problem], str |
                 guard_readonly(settings, table, consumer, topic)
             except TopicChangedError as exc:
                 problems.append(Problem("topic_changed", str(exc)))
-    except (KafkaUnavailableError, KafkaException) as exc:
+    except (PipelineError, KafkaException) as exc:  # unreachable, not authorized: say so
         return problems, f"Kafka not checked: {exc}"
     finally:
         consumer.close()
@@ -504,8 +508,9 @@ def guard_readonly(
     """`guard` without recording anything (reconcile uses it too); the topic's identity."""
     from pipeline_project.batch.backlog import topic_partitions
 
+    partitions = topic_partitions(consumer, topic, settings)  # names an unreachable broker
     identity = identity_of(settings, table, topic)
-    for partition in topic_partitions(consumer, topic, settings):
+    for partition in partitions:
         _low, high = watermarks(consumer, topic, partition, settings)
         end = txn_version(table, app_id(topic, partition, identity.epoch))
         check_watermark(identity, partition, end, high)
