@@ -173,7 +173,11 @@ def remember(lake: Lake, identity: TopicIdentity, table: DeltaTable | None = Non
     if table is None or identity.lake_id is not None or not identity.kafka_id:
         return identity
     if lake_topic_id(table, identity.topic) is None:
-        record_identity(lake, table, identity.topic, identity.kafka_id, identity.epoch)
+        try:
+            record_identity(lake, table, identity.topic, identity.kafka_id, identity.epoch)
+        except PipelineError as exc:  # e.g. a concurrent run recorded it first: the next run will
+            log.warning("topic %s: its id was not recorded this time: %s", identity.topic, exc)
+            return identity
     return replace(identity, lake_id=identity.kafka_id)
 
 
