@@ -9,9 +9,11 @@ pipeline read the new topic as epoch 1, after which reconcile accounts for both 
 from __future__ import annotations
 
 import pytest
+from dagster import DagsterInstance, SkipReason, build_sensor_context
 
 from pipeline_project.batch.epochs import kafka_topic_id
 from pipeline_project.batch.run import ingest
+from pipeline_project.defs.ingest.sensor import kafka_backlog_sensor
 from pipeline_project.errors import TopicChangedError
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults.fault_support import generated, produce
@@ -21,7 +23,7 @@ from pipeline_project_tests.history.history_support import (
     reconcile,
     recreate_topic,
 )
-from pipeline_project_tests.ingest_support import lake_frame
+from pipeline_project_tests.ingest_support import dagster_resources, lake_frame
 
 
 def test_recreated_raw_topic_stops_loudly_then_a_new_epoch_accounts_for_both(
@@ -47,6 +49,10 @@ def test_recreated_raw_topic_stops_loudly_then_a_new_epoch_accounts_for_both(
     assert "topic new-epoch" in message
     assert lake_frame(settings).height == rows_before  # nothing read, nothing committed
 
+    with DagsterInstance.ephemeral() as instance:
+        context = build_sensor_context(instance=instance, resources=dagster_resources(settings))
+        tick = kafka_backlog_sensor(context)
+    assert isinstance(tick, SkipReason) and tick.skip_message.startswith("STOPPED: topic")
     health = cli(settings, "health")
     assert health.returncode == 2, health.stdout
     assert "fail" in health.stdout and "new-epoch" in health.stdout
