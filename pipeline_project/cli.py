@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+from confluent_kafka import KafkaException
+
 from pipeline_project import __version__
 from pipeline_project.errors import PipelineError
 from pipeline_project.settings import Settings
@@ -169,7 +171,7 @@ def _reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from pipeline_project.lake import audit
     from pipeline_project.lake.location import lake_of
 
-    return audit.main(lake_of(settings), as_json=args.json)
+    return audit.main(lake_of(settings), as_json=args.json, settings=settings)
 
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
@@ -280,6 +282,52 @@ def _add_loss_commands(commands: argparse._SubParsersAction) -> None:
     ack.add_argument("--reason", required=True, help="why it is acceptable (kept with the record)")
     ack.set_defaults(handler=_loss_acknowledge)
     loss_cmds.add_parser("list", help="every acknowledged loss").set_defaults(handler=_loss_list)
+
+
+def _topic_new_epoch(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.batch.epochs import new_epoch
+
+    print(new_epoch(settings, args.topic, args.reason).summary())
+    return 0
+
+
+def _history_acknowledge(args: argparse.Namespace, settings: Settings) -> int:
+    from pipeline_project.batch.epochs import acknowledge_start
+
+    for partition in args.partition:
+        print(acknowledge_start(settings, partition, args.reason, args.topic))
+    return 0
+
+
+def _add_history_commands(commands: argparse._SubParsersAction) -> None:
+    topic = commands.add_parser(
+        "topic", help="a topic recreated under the lake (deleted, restored, another cluster)"
+    )
+    topic_cmds = topic.add_subparsers(dest="topic_command", required=True, metavar="ACTION")
+    epoch = topic_cmds.add_parser(
+        "new-epoch",
+        help="read a recreated topic anew from its low watermark, as a new epoch",
+        description="Commits, per partition, the start of epoch n+1 at the topic's low watermark "
+        "(app id <topic>@<n>-<partition>) and records the topic's new id. Refused when the topic "
+        "has not changed. Reconcile accounts for every epoch.",
+    )
+    epoch.add_argument("topic", help="PIPELINE_RAW_TOPIC or PIPELINE_DLQ_TOPIC")
+    epoch.add_argument("--reason", required=True, help="why (kept with the commit)")
+    epoch.set_defaults(handler=_topic_new_epoch)
+    history = commands.add_parser("history", help="where each partition's history starts")
+    history_cmds = history.add_subparsers(dest="history_command", required=True, metavar="ACTION")
+    ack = history_cmds.add_parser(
+        "acknowledge",
+        help="accept that a partition's history starts at its first committed range",
+        description="For reconcile's history_start problem: records, in a commit of its own, "
+        "that the offsets below the partition's first committed range are not owed to the lake.",
+    )
+    ack.add_argument(
+        "--partition", type=int, action="append", required=True, metavar="P", help="repeat"
+    )
+    ack.add_argument("--topic", help="default: PIPELINE_RAW_TOPIC")
+    ack.add_argument("--reason", required=True, help="why (kept with the commit)")
+    ack.set_defaults(handler=_history_acknowledge)
 
 
 def _lake_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -470,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(handler=_health)
     _add_dlq_commands(commands)
     _add_loss_commands(commands)
+    _add_history_commands(commands)
     _add_lake_commands(commands)
     _add_s3_commands(commands)
     return parser
@@ -492,6 +541,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, Settings.from_env())
     except PipelineError as exc:
         print(f"pipeline-project: error: {exc}", file=sys.stderr)
+        return 2 if args.handler is _health else 1  # health: a setting that cannot work is down
+    except KafkaException as exc:
+        from pipeline_project.health import config_error
+
+        line = config_error(Settings.from_env(), exc)
+        if line is None:
+            raise
+        print(f"pipeline-project: error: {line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

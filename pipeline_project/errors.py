@@ -71,3 +71,15 @@ class StorageError(PipelineError, OSError):
 
 class KafkaAuthorizationError(PipelineError):
     """The principal lacks an ACL the step needs; the message names the operation and resource."""
+
+
+class TopicChangedError(PipelineError):
+    """The Kafka topic is not the one the lake's commits were read from.
+
+    Recreated, restored, or another cluster behind the same address: nothing is read until an
+    operator decides (`topic new-epoch`).
+    """
+
+
+class HistoryError(LedgerError):
+    """Where a partition's history starts is unknown or contradicted (a first range lost)."""

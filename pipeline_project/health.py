@@ -33,9 +33,15 @@ import pyarrow.compute as pc
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import ClusterMetadata
 
+from pipeline_project.batch.epochs import NOTE_KINDS, check_watermark, identity_of
 from pipeline_project.batch.loss import LOSS_KIND
 from pipeline_project.batch.parse import parse_path
-from pipeline_project.errors import KafkaUnavailableError, LakeError
+from pipeline_project.errors import (
+    KafkaUnavailableError,
+    LakeError,
+    PipelineError,
+    TopicChangedError,
+)
 from pipeline_project.kafka import access
 from pipeline_project.kafka.drain import consumer_config
 from pipeline_project.lake.history import read_history
@@ -98,7 +104,11 @@ class LakeState:
 
     def ingested(self, topic: str) -> list[RangeRecord]:
         """Range records of `topic` that consumed records (a loss acknowledgement does not)."""
-        return [r for r in self.records if r.range.topic == topic and r.kind != LOSS_KIND]
+        return [
+            r
+            for r in self.records
+            if r.range.topic == topic and r.kind not in (LOSS_KIND, *NOTE_KINDS)
+        ]
 
 
 def read_lake(lake: Lake) -> LakeState:
@@ -189,6 +199,7 @@ def partition_lags(
     """
     moment = now or datetime.now(UTC)
     table = open_table(lake_of(settings))
+    topic = identity_of(settings, table, settings.raw_topic)  # TopicChangedError: down
     consumer = _consumer(settings)
     try:
         lags: list[PartitionLag] = []
@@ -196,7 +207,8 @@ def partition_lags(
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(settings.raw_topic, partition), timeout=KAFKA_TIMEOUT_S
             )
-            end = txn_version(table, app_id(settings.raw_topic, partition))
+            end = txn_version(table, app_id(settings.raw_topic, partition, topic.epoch))
+            check_watermark(topic, partition, end, high)
             start = low if end is None else end
             lags.append(PartitionLag(partition, end, low, high, max(high - start, 0), None))
         ages = record_ages(consumer, settings.raw_topic, _starts(lags), moment)
@@ -446,7 +458,9 @@ def _lag_check(
         lags = partition_lags(settings, raw.partitions, moment)
     except KafkaException as exc:
         return _unknown("lag", f"watermarks unavailable ({exc.args[0].str()})"), []
-    except LakeError as exc:
+    except TopicChangedError as exc:
+        return Check("lag", FAIL, str(exc), {"topic_changed": True}), []
+    except (LakeError, KafkaUnavailableError) as exc:
         return _unknown("lag", str(exc)), []
     return check_lag(settings, lags), lags
 
@@ -497,14 +511,36 @@ def events_freshness(
     if raw is not None and raw.error is None:
         try:
             backlog = sum(lag.records for lag in partition_lags(settings, raw.partitions, moment))
-        except KafkaException:
+        except (KafkaException, PipelineError):
             backlog = None  # unknown: judged as stalled, like an unreachable broker
     return check_last_ingest(settings, last_update, backlog, moment)
 
 
+def config_error(settings: Settings, exc: KafkaException) -> str | None:
+    """The one line for a client configuration librdkafka refuses, None for other errors.
+
+    A typo in the properties file (`securty.protocol=...`) fails the first client created.
+    """
+    error = exc.args[0] if exc.args else None
+    if not isinstance(error, KafkaError) or error.code() != KafkaError._INVALID_ARG:
+        return None
+    where = (
+        f"PIPELINE_KAFKA_CONFIG={settings.kafka_config_file}: "
+        if settings.kafka_config_file
+        else ""
+    )
+    return f"{where}{error.str()} (fix the property name or value)"
+
+
 def main(settings: Settings, as_json: bool) -> int:
     """The CLI body: prints the report (lines or JSON); returns 0 healthy, 1 degraded, 2 down."""
-    report = collect(settings)
+    try:
+        report = collect(settings)
+    except KafkaException as exc:  # librdkafka refused the configuration: nothing can connect
+        line = config_error(settings, exc)
+        if line is None:
+            raise
+        report = HealthReport([Check("kafka_config", FAIL, line)], [], datetime.now(UTC))
     if as_json:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -123,6 +123,26 @@ class Settings:
         """Librdkafka settings every client shares: bootstrap plus the optional properties file."""
         return {"bootstrap.servers": self.bootstrap, **self.kafka_properties()}
 
+    def check(self) -> Settings:
+        """Refuses combinations that can never work, before anything is read (one line each).
+
+        A DLQ topic equal to the raw topic makes ingestion read its own rejects back for ever;
+        the parked topic (`<dlq topic>.parked`) equal to the raw topic parks records where they
+        are ingested again.
+        """
+        if self.dlq_topic == self.raw_topic:
+            raise SettingsError(
+                f"PIPELINE_DLQ_TOPIC={self.dlq_topic!r} is also PIPELINE_RAW_TOPIC: ingestion "
+                "would read its own rejects back for ever; give the dead-letter queue its own topic"
+            )
+        if self.parked_topic == self.raw_topic:
+            raise SettingsError(
+                f"PIPELINE_RAW_TOPIC={self.raw_topic!r} is the parked topic of "
+                f"PIPELINE_DLQ_TOPIC={self.dlq_topic!r} (<dlq topic>.parked): parked records would "
+                "be ingested again; rename one of them"
+            )
+        return self
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Reads PIPELINE_* variables; `overrides` (field names) win over them.
@@ -138,7 +158,7 @@ class Settings:
         config_file = values.get("kafka_config_file")
         if config_file is not None:
             values["kafka_extra"] = read_kafka_properties(config_file)
-        return cls(**values)
+        return cls(**values).check()
 
 
 def _reveal(value: SecretStr | str) -> str:

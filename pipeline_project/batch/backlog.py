@@ -9,6 +9,7 @@ from __future__ import annotations
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AclOperation
 
+from pipeline_project.batch.epochs import check_watermark, identity_of
 from pipeline_project.batch.plan import PartitionState
 from pipeline_project.errors import KafkaUnavailableError
 from pipeline_project.kafka.access import denied, unreachable
@@ -44,17 +45,23 @@ def topic_partitions(consumer, topic: str, settings: Settings) -> list[int]:
 def partition_states(
     settings: Settings, consumer=None, topic: str | None = None
 ) -> list[PartitionState]:
-    """Committed end and watermarks for every partition of `topic` (default: the raw topic)."""
+    """Committed end and watermarks for every partition of `topic` (default: the raw topic).
+
+    TopicChangedError when the topic is not the one the lake read (batch/epochs.py).
+    """
     topic = topic or settings.raw_topic
     own = consumer is None
     consumer = consumer or make_consumer(settings)
     try:
         table = open_table(lake_of(settings))
+        partitions = topic_partitions(consumer, topic, settings)  # names an unreachable broker
+        identity = identity_of(settings, table, topic)
         states = []
-        for partition in topic_partitions(consumer, topic, settings):
+        for partition in partitions:
             low, high = watermarks(consumer, topic, partition, settings)
-            end = txn_version(table, app_id(topic, partition))
-            states.append(PartitionState(partition, end, low, high))
+            end = txn_version(table, app_id(topic, partition, identity.epoch))
+            check_watermark(identity, partition, end, high)
+            states.append(PartitionState(partition, end, low, high, identity.epoch))
         return states
     finally:
         if own:

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pipeline_project.batch.epochs import lake_epoch
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.transform import empty_lake_frame
 from pipeline_project.kafka.drain import make_consumer, watermarks
@@ -63,10 +64,12 @@ def acknowledge(settings: Settings, partition: int, reason: str) -> Acknowledged
     finally:
         consumer.close()
     lake = lake_of(settings)
-    end = txn_version(open_table(lake), app_id(topic, partition))
+    table = open_table(lake)
+    epoch = lake_epoch(table, topic)
+    end = txn_version(table, app_id(topic, partition, epoch))
     if end is None or low <= end:
         return Acknowledged(topic, partition, None, end, low)
-    gap = Range(topic, partition, end, low)
+    gap = Range(topic, partition, end, low, epoch)
     moment = datetime.now(UTC)
     record = RangeRecord(
         range=gap,

@@ -20,6 +20,7 @@ class PartitionState:
     committed_end: int | None  # None: the lake has never seen this partition
     low: int
     high: int
+    epoch: int = 0  # the lake's epoch of the topic (batch/epochs.py)
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,12 @@ def plan_ranges(
     for state in sorted(states, key=lambda s: s.partition):
         start = state.low if state.committed_end is None else state.committed_end
         if start < state.low:
-            lost.append(Range(topic, state.partition, start, state.low))
+            lost.append(Range(topic, state.partition, start, state.low, state.epoch))
             continue
         for _ in range(max_ranges_per_partition):
             end = min(state.high, start + max_events)
             if end <= start:
                 break
-            ranges.append(Range(topic, state.partition, start, end))
+            ranges.append(Range(topic, state.partition, start, end, state.epoch))
             start = end
     return Plan(ranges=ranges, lost=lost)

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
 
+from pipeline_project.batch import epochs
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.plan import plan_ranges
@@ -48,7 +49,8 @@ from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
 from pipeline_project.lake.commit import StagedFiles, check_start, commit_range, stage_files
 from pipeline_project.lake.location import Lake, lake_of
-from pipeline_project.lake.record import DlqEntry, RangeRecord, app_id, offsets_digest
+from pipeline_project.lake.probe import check_commit_support
+from pipeline_project.lake.record import DlqEntry, RangeRecord, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
 from pipeline_project.perf import StepClock, paused_gc
 from pipeline_project.settings import Settings
@@ -210,13 +212,14 @@ def ingest(
     consumer = make_consumer(settings)
     dlq = DlqPublisher(settings, settings.dlq_topic)
     try:
+        topic = epochs.guard(settings, lake, consumer, settings.raw_topic)
         todo = list(ranges) if ranges is not None else plan_all(settings, consumer)
         for rng in todo:
             if rng.topic != settings.raw_topic:
                 raise PipelineError(
                     f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
                 )
-            outcome = run_range(settings, lake, consumer, dlq, rng, result.run_id, clock)
+            outcome = run_range(settings, lake, consumer, dlq, rng, result.run_id, clock, topic)
             logger.info(
                 "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
                 rng.range_id,
@@ -227,6 +230,7 @@ def ingest(
                 outcome.filtered,
             )
             result.outcomes.append(outcome)
+        epochs.remember(lake, topic)
     finally:
         consumer.close()
         dlq.close()
@@ -240,9 +244,10 @@ def preflight(settings: Settings) -> Lake:
     Opening the events table proves the URI, the bucket and the credentials (one clear LakeError
     line otherwise) and refuses a table this pipeline did not write.
     """
-    lake = lake_of(settings)
+    lake = lake_of(settings.check())
     if not lake.is_s3:
         check_writable(Path(lake.root))
+        check_commit_support(Path(lake.root))
     open_table(lake)
     return lake
 
@@ -292,7 +297,7 @@ def plan_all(settings: Settings, consumer: Consumer) -> list[Range]:
 
 def committed_end(lake: Lake, rng: Range) -> int | None:
     """The partition's committed end (its app transaction version) in the table's latest state."""
-    return txn_version(open_table(lake), app_id(rng.topic, rng.partition))
+    return txn_version(open_table(lake), rng.source)
 
 
 def run_range(
@@ -303,11 +308,12 @@ def run_range(
     rng: Range,
     run_id: str,
     clock: Callable[[], datetime],
+    topic: epochs.TopicIdentity | None = None,
 ) -> RangeOutcome:
     """The protocol for one range; the commit is its only write to the lake."""
     with paused_gc():
         table = open_table(lake)
-        done = txn_version(table, app_id(rng.topic, rng.partition))
+        done = txn_version(table, rng.source)
         if done is not None and done >= rng.end and (done > rng.start or rng.size == 0):
             return RangeOutcome(rng, "already_committed")  # an empty range at the end included
         started = time.perf_counter()
@@ -317,6 +323,7 @@ def run_range(
             run_id, moment, moment, settings.max_lateness_days, settings.max_clock_skew_seconds
         )
         check_start(_probe(rng, run_id, moment), done)  # fail before draining a doomed range
+        history_start = epochs.check_range(settings, consumer, topic, rng, done)
         raw, mapped = drain_and_map(settings, consumer, rng, identity, steps)
         fault_point("K1")
         batch = finish_batch(mapped, committed_ids_of(lake))
@@ -326,12 +333,13 @@ def run_range(
         del raw  # the values are parsed, and the rejects' kept in `sources`: free ~100 MB
         token = uuid.uuid4().hex
         staged, deliveries = stage_while_sending(
-            lambda: stage_files(lake, rng.range_id, token, batch.good),
+            lambda: stage_files(lake, rng.range_id, token, epochs.with_epoch(batch.good, rng)),
             lambda: send_rejects(dlq, rng, sources, batch, run_id, moment),
         )
         steps.lap("dlq_and_files")
         fault_point("K6")
         record = range_record(rng, "ingest", identity, offsets, batch, deliveries, token=token)
+        record = epochs.stamp(record, topic, history_start)
         committed = commit_range(lake, record, staged, table=table)
         steps.lap("commit")
         fault_point("K7")

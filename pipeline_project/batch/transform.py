@@ -313,7 +313,7 @@ def filter_rows(rows: pl.DataFrame, committed_ids: pl.DataFrame | None = None) -
     lower offset in this batch, the same key the committed-ids lookup uses.
     """
     bot = pl.col("is_bot")
-    test_user = ~bot & pl.col("user_id").str.starts_with(TEST_USER_PREFIX)
+    test_user = ~bot & pl.col("user_id").str.to_lowercase().str.starts_with(TEST_USER_PREFIX)
     keys = [DATE_COLUMN, "event_id"]
     first_in_batch = pl.col(OFFSET_COLUMN) == pl.col(OFFSET_COLUMN).min().over(keys)
     reasons = rows.select(

@@ -3,3 +3,7 @@
 PARTITION_TAG = "pipeline/partition"
 RANGE_TAG = "pipeline/range"
 JOB_TAG = "pipeline/job"
+# Which process runs an ingest run: "<host>:<pid>:<process start ticks>". A run whose process died
+# without a word (SIGKILL, OOM, a killed `dagster job execute`) stays STARTED in Dagster; the
+# sensor finds it by this tag and marks it failed instead of treating its partition as busy.
+WORKER_TAG = "pipeline/worker"

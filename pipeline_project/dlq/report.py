@@ -31,6 +31,7 @@ import polars as pl
 from deltalake import write_deltalake
 
 from pipeline_project.batch.backlog import partition_states
+from pipeline_project.batch.epochs import lake_epoch
 from pipeline_project.batch.plan import PartitionState, plan_ranges
 from pipeline_project.batch.run import UNBOUNDED
 from pipeline_project.batch.transform import UTC_US
@@ -82,6 +83,7 @@ LOG_SCHEMA: dict[str, pl.DataType] = {
     "payload": pl.String(),  # escaped, truncated preview
 }
 _SOURCE = ["source_topic", "source_partition", "source_offset"]
+LOG_KEY = ["dlq_topic", "dlq_partition", "dlq_offset"]
 _ERROR = ["stage", "category", "rule", "field", "message"]
 
 
@@ -103,15 +105,22 @@ class ReadSoFar:
 
 
 def load_log(lake: Lake, topic: str) -> ReadSoFar:
-    """The log table's rows of `topic` (one row per DLQ coordinates) and the offsets after them."""
+    """The log table's rows of `topic` (one row per DLQ coordinates) and the offsets after them.
+
+    After `topic new-epoch` of the DLQ topic its offsets restart: rows of epoch n name the topic
+    `<topic>@<n>` (`dlq_topic`), and only the current epoch's rows say where reading goes on.
+    """
     scan = scan_table(lake, TABLE_LOG)
     if scan is None:
         return ReadSoFar(pl.DataFrame(schema=LOG_SCHEMA))
+    current = epoch_name(topic, lake_epoch(open_table(lake), topic))
+    ours = (pl.col("dlq_topic") == topic) | pl.col("dlq_topic").str.starts_with(f"{topic}@")
     with lake_errors(lake, f"reading {TABLE_LOG}"):
-        rows = scan.filter(pl.col("dlq_topic") == topic).collect()
+        rows = scan.filter(ours).collect()
     rows = rows.select(list(LOG_SCHEMA)).cast(LOG_SCHEMA)  # type: ignore[arg-type]
-    rows = rows.unique(["dlq_partition", "dlq_offset"], keep="last", maintain_order=True)
-    ends = rows.group_by("dlq_partition").agg(pl.col("dlq_offset").max() + 1)
+    rows = rows.unique(LOG_KEY, keep="last", maintain_order=True)
+    now = rows.filter(pl.col("dlq_topic") == current)
+    ends = now.group_by("dlq_partition").agg(pl.col("dlq_offset").max() + 1)
     return ReadSoFar(rows, {int(p): int(o) for p, o in ends.rows()}, first=False)
 
 
@@ -143,6 +152,11 @@ def replace_output(lake: Lake, table: str, rows: pl.DataFrame) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------- reading
+
+
+def epoch_name(topic: str, epoch: int) -> str:
+    """The `dlq_topic` of the log's rows read in `epoch` of the DLQ topic (`topic@n` after 0)."""
+    return topic if epoch == 0 else f"{topic}@{epoch}"
 
 
 def log_rows(topic: str, messages: Iterable[DlqMessage]) -> pl.DataFrame:
@@ -183,11 +197,12 @@ def read_new(settings: Settings, offsets: dict[int, int]) -> pl.DataFrame:
         for s in partition_states(settings, consumer, settings.dlq_topic):
             start = offsets.get(s.partition, s.low)
             start = start if s.low <= start <= s.high else s.low
-            starts.append(PartitionState(s.partition, start, s.low, s.high))
+            starts.append(PartitionState(s.partition, start, s.low, s.high, s.epoch))
         plan = plan_ranges(settings.dlq_topic, starts, settings.max_range_events, UNBOUNDED)
         for rng in plan.ranges:
             raw = drain_range(consumer, rng, settings.drain_timeout_seconds, with_headers=True)
-            frames.append(log_rows(settings.dlq_topic, decode_batch(raw)))
+            name = epoch_name(settings.dlq_topic, rng.epoch)
+            frames.append(log_rows(name, decode_batch(raw)))
     finally:
         consumer.close()
     return pl.concat(frames)
@@ -319,9 +334,7 @@ def build(settings: Settings, now: datetime | None = None) -> Report:
     so_far = load_log(lake, settings.dlq_topic)
     new_log = read_new(settings, so_far.offsets)
     append_log(lake, new_log)
-    merged = pl.concat([so_far.log, new_log]).unique(
-        ["dlq_partition", "dlq_offset"], keep="last", maintain_order=True
-    )
+    merged = pl.concat([so_far.log, new_log]).unique(LOG_KEY, keep="last", maintain_order=True)
     book = resolution.load_book(lake)  # the resolution ledger is the table's log
     records = per_source(merged, book)
     summary = summary_frame(records)

@@ -38,6 +38,7 @@ from datetime import UTC, date, datetime
 import polars as pl
 from confluent_kafka import Consumer
 
+from pipeline_project.batch import epochs
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.plan import plan_ranges
@@ -302,7 +303,9 @@ def reprocess_range(run: _Run, rng: Range) -> tuple[RangeOutcome, Segment | None
         rng, resolution.KIND, identity, raw.offsets, batch, deliveries, segment.to_extra()
     )
     _check_book_current(run, rng)
-    committed = commit_range(run.lake, record, tried.good)
+    committed = commit_range(
+        run.lake, record, epochs.with_epoch(tried.good, rng, epochs.DLQ_EPOCH_COLUMN)
+    )
     fault_point("K7")
     if committed.status == "already_committed":
         return RangeOutcome(rng, "already_committed"), None
@@ -641,6 +644,7 @@ def reprocess(
                 if segment is not None:
                     result.resolutions.extend(segment.entries)
                 logger.info("%s: %s", rng.range_id, outcome.status)
+        epochs.remember_topic(settings, lake, dlq)  # a recreated DLQ is then known by its id
     finally:
         consumer.close()
         result.seconds = time.perf_counter() - started

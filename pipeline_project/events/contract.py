@@ -123,6 +123,8 @@ MAX_DEPTH: Final = 8
 MAX_KEYS: Final = 256
 
 # Filtering rules (rows dropped on purpose, each counted by reason, never sent to the DLQ).
+# A test user is a user_id that starts with "test_" in any letter case (test_x, TEST_x, Test_x);
+# nothing else (a "test" inside an id, "tester_1", "test-1") is one.
 TEST_USER_PREFIX: Final = "test_"
 BOT_UA_PATTERN: Final = r"(?i)(bot|crawler|spider|slurp|crawl|headless|python-requests|curl/|wget/)"
 BOT_UA_RE: Final = re.compile(BOT_UA_PATTERN)

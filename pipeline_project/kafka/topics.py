@@ -86,6 +86,7 @@ def list_topics(settings: Settings, timeout: float = ADMIN_TIMEOUT_S) -> dict[st
 
 def ensure_topics(settings: Settings, raw_partitions: int = RAW_PARTITIONS) -> list[str]:
     """Creates missing topics; never deletes or shrinks. Returns a line per topic on what it did."""
+    settings.check()
     existing = list_topics(settings)
     specs = topic_specs(settings, raw_partitions)
     missing = [s for s in specs if s.name not in existing]

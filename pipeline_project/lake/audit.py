@@ -8,7 +8,13 @@ Read-only. Checks, for the events table:
   entries or its filtered offsets, and the counts per day match the range's record; rows on a day
   that a later retention commit deleted (lake/upkeep.expire_days) count as expired, not missing;
 - no row twice (source coordinates), no event id twice in a day, and every row recovered from the
-  DLQ names a source record that its range sent to the DLQ, recovered once.
+  DLQ names a source record that its range sent to the DLQ, recovered once;
+- history: each partition's first committed range starts where its history starts (the
+  `<app id>#start` transaction its first commit set: offset 0, the low watermark at first
+  ingestion, a new epoch's start, or an operator's `history acknowledge`), and the ranges of one
+  partition and epoch were all read from one Kafka topic id.
+A topic's epochs (`topic new-epoch`) are separate app ids (`<topic>@<n>-<partition>`); rows of an
+epoch after the first carry `kafka_epoch`, so offsets that repeat across epochs are told apart.
 Files under the table that no commit references are invisible to every Delta reader; they are
 counted (vacuum removes them), not reported as problems.
 """
@@ -26,21 +32,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
+from pipeline_project.batch.epochs import (
+    DLQ_EPOCH_COLUMN,
+    EPOCH_COLUMN,
+    HISTORY_KIND,
+    history_problems,
+    kafka_problems,
+)
 from pipeline_project.columns import (
     DLQ_OFFSET_COLUMN,
     DLQ_PARTITION_COLUMN,
     EVENT_ID_COLUMN,
+    KAFKA_PARTITION_COLUMN,
+    OFFSET_COLUMN,
     PARTITION_COLUMN,
     SOURCE_COLUMNS,
+    TOPIC_COLUMN,
 )
 from pipeline_project.lake.files import storage
 from pipeline_project.lake.history import History, read_history
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import RangeRecord, offsets_digest
 from pipeline_project.lake.table import error_line, lake_errors, open_table
+from pipeline_project.settings import Settings
 
 ROW_COLUMNS = (*SOURCE_COLUMNS, EVENT_ID_COLUMN, PARTITION_COLUMN)
 DLQ_COLUMNS = (DLQ_PARTITION_COLUMN, DLQ_OFFSET_COLUMN)
+# Columns an older table may lack: read as null (epoch columns: epoch 0).
+OPTIONAL_COLUMNS = {
+    **dict.fromkeys(DLQ_COLUMNS, pl.Int64),
+    EPOCH_COLUMN: pl.Int32,
+    DLQ_EPOCH_COLUMN: pl.Int32,
+}
 _SAMPLE = 5
 
 
@@ -85,6 +108,7 @@ class AuditReport:
     unreferenced_files: int = 0
     partitions: list[PartitionAudit] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what could not be checked, and why
 
     @property
     def ok(self) -> bool:
@@ -109,10 +133,16 @@ def audit(lake: Lake) -> AuditReport:
         table.load_as_version(report.version)
     for version, why in history.unreadable:
         report.problems.append(Problem("unreadable_record", f"commit {version}: {why}"))
-    _check_contiguity(report, table, history)
+    ranges = History(
+        [r for r in history.records if r.kind != HISTORY_KIND],
+        history.unreadable,
+        history.retentions,
+    )
+    _check_contiguity(report, table, ranges)
+    report.problems.extend(history_problems(table, ranges))
     rows = _read_rows(lake, table, report)
     if rows is not None:
-        _check_rows(report, history, rows)
+        _check_rows(report, ranges, rows)
     report.unreferenced_files = _unreferenced(lake, table)
     return report
 
@@ -179,12 +209,13 @@ def _read_rows(lake: Lake, table: DeltaTable, report: AuditReport) -> pl.DataFra
         storage_options=lake.polars_options(),
     )
     names = set(scan.collect_schema().names())
-    columns = [c for c in (*ROW_COLUMNS, *DLQ_COLUMNS) if c in names]
+    columns = [c for c in (*ROW_COLUMNS, *OPTIONAL_COLUMNS) if c in names]
     with lake_errors(lake, "reading the events table"):
         frame = scan.select(columns).collect()
-    for column in DLQ_COLUMNS:
+    for column, dtype in OPTIONAL_COLUMNS.items():
         if column not in frame.columns:
-            frame = frame.with_columns(pl.lit(None, pl.Int64).alias(column))
+            frame = frame.with_columns(pl.lit(None, dtype).alias(column))
+    frame = frame.with_columns(pl.col(EPOCH_COLUMN, DLQ_EPOCH_COLUMN).fill_null(0).cast(pl.Int64))
     report.rows = frame.height
     return frame
 
@@ -233,16 +264,24 @@ def _check_rows(report: AuditReport, history: History, rows: pl.DataFrame) -> No
     _check_duplicates(report, rows)
     raw_ranges = [r for r in records if r.kind != "reprocess"]
     dlq_ranges = [r for r in records if r.kind == "reprocess"]
-    placed = _place(ingested, raw_ranges, *SOURCE_COLUMNS)
+    raw = (TOPIC_COLUMN, KAFKA_PARTITION_COLUMN, EPOCH_COLUMN, OFFSET_COLUMN)
+    placed = _place(ingested, raw_ranges, *raw)
     _check_ranges(report, history, raw_ranges, placed)
     recovered_by = recovered.with_columns(pl.lit(_dlq_topic(dlq_ranges)).alias("dlq_topic"))
-    placed_dlq = _place(recovered_by, dlq_ranges, "dlq_topic", *DLQ_COLUMNS)
+    placed_dlq = _place(
+        recovered_by,
+        dlq_ranges,
+        "dlq_topic",
+        DLQ_PARTITION_COLUMN,
+        DLQ_EPOCH_COLUMN,
+        DLQ_OFFSET_COLUMN,
+    )
     _check_ranges(report, history, dlq_ranges, placed_dlq)
     _check_recovered(report, raw_ranges, recovered)
 
 
 def _check_duplicates(report: AuditReport, rows: pl.DataFrame) -> None:
-    coords = list(SOURCE_COLUMNS)
+    coords = [TOPIC_COLUMN, KAFKA_PARTITION_COLUMN, EPOCH_COLUMN, OFFSET_COLUMN]
     twice = rows.filter(pl.struct(coords).is_duplicated() & pl.col(DLQ_OFFSET_COLUMN).is_null())
     if twice.height:
         sample = twice.select(coords).unique().head(_SAMPLE).rows()
@@ -264,6 +303,7 @@ def _ranges_frame(records: Sequence[RangeRecord]) -> pl.DataFrame:
         {
             "topic": [r.range.topic for r in records],
             "partition": [r.range.partition for r in records],
+            "epoch": [r.range.epoch for r in records],
             "start": [r.range.start for r in records],
             "end": [r.range.end for r in records],
             "index": list(range(len(records))),
@@ -271,6 +311,7 @@ def _ranges_frame(records: Sequence[RangeRecord]) -> pl.DataFrame:
         schema={
             "topic": pl.String,
             "partition": pl.Int64,
+            "epoch": pl.Int64,
             "start": pl.Int64,
             "end": pl.Int64,
             "index": pl.Int64,
@@ -279,12 +320,18 @@ def _ranges_frame(records: Sequence[RangeRecord]) -> pl.DataFrame:
 
 
 def _place(
-    rows: pl.DataFrame, records: Sequence[RangeRecord], topic: str, partition: str, offset: str
+    rows: pl.DataFrame,
+    records: Sequence[RangeRecord],
+    topic: str,
+    partition: str,
+    epoch: str,
+    offset: str,
 ) -> pl.DataFrame:
     """Each row with the index of the committed range holding its offset (null when none does)."""
     keyed = rows.select(
         pl.col(topic).cast(pl.String).alias("topic"),
         pl.col(partition).cast(pl.Int64).alias("partition"),
+        pl.col(epoch).cast(pl.Int64).alias("epoch"),
         pl.col(offset).cast(pl.Int64).alias("offset"),
         pl.col("date"),
     ).sort("offset")
@@ -292,7 +339,7 @@ def _place(
         _ranges_frame(records),
         left_on="offset",
         right_on="start",
-        by=["topic", "partition"],
+        by=["topic", "partition", "epoch"],
         strategy="backward",
         check_sortedness=False,
     )
@@ -441,6 +488,7 @@ def render(report: AuditReport) -> str:
     ]
     if report.problems:
         lines += ["", f"Problems ({len(report.problems)})"] + [f"  {p}" for p in report.problems]
+    lines += [f"note: {note}" for note in report.notes]
     expired = f" ({report.expired_rows} rows expired by retention)" if report.expired_rows else ""
     verdict = (
         f"OK: every consumed offset is accounted for exactly once{expired}"
@@ -450,9 +498,17 @@ def render(report: AuditReport) -> str:
     return "\n".join([*lines, "", verdict])
 
 
-def main(lake: Lake, as_json: bool) -> int:
-    """`pipeline-project reconcile`: prints the report; exit 0 only if the lake reconciles."""
+def main(lake: Lake, as_json: bool, settings: Settings | None = None) -> int:
+    """`pipeline-project reconcile`: prints the report; exit 0 only if the lake reconciles.
+
+    With `settings`, the lake is also held against Kafka as it is now (batch/epochs.py): a topic
+    recreated under the lake fails the audit, though every commit in it still adds up.
+    """
     report = audit(lake)
+    if settings is not None and report.version is not None:
+        problems, note = kafka_problems(settings, lake)
+        report.problems.extend(problems)
+        report.notes.extend([note] if note else [])
     if as_json:
         text = orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode()
     else:

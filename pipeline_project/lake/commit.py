@@ -29,7 +29,7 @@ from typing import Literal
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.exceptions import CommitFailedError, DeltaError
 from deltalake.transaction import AddAction
@@ -285,7 +285,7 @@ def _commit(
         evolve_schema(lake, table, staged.schema)
     properties = CommitProperties(
         custom_metadata={METADATA_KEY: record.to_metadata(committed_at)},
-        app_transactions=[Transaction(app_id=record.app_id, version=record.range.end)],
+        app_transactions=record.transactions(),
     )
     table.create_write_transaction(
         list(staged.actions) if staged is not None else [],

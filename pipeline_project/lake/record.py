@@ -17,15 +17,21 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
+from deltalake import Transaction
 
-from pipeline_project.batch.ranges import Range
+from pipeline_project.batch.ranges import Range, source_id
 from pipeline_project.utc import parse_utc, utc_text
 
 METADATA_KEY = "pipeline"
 # The commit-info key of a retention commit (lake/upkeep.expire_days): the days it deleted.
 RETENTION_KEY = "pipeline_retention"
 RECORD_VERSION = 1
-KINDS = ("ingest", "reprocess", "loss", "migrated")
+# "epoch": a topic's new incarnation starts (`topic new-epoch`), "history": an operator's word on
+# where a partition's history begins (`history acknowledge`); both carry no rows.
+KINDS = ("ingest", "reprocess", "loss", "migrated", "epoch", "history")
+# The app id that holds where a source's history in the lake begins (its version): set by the
+# source's first commit, kept by the snapshot even if that commit's log entry is later lost.
+START_SUFFIX = "#start"
 
 
 @dataclass(frozen=True, order=True)
@@ -48,9 +54,14 @@ def offsets_digest(offsets: Iterable[int]) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def app_id(topic: str, partition: int) -> str:
+def app_id(topic: str, partition: int, epoch: int = 0) -> str:
     """The Delta app transaction id of a topic-partition: its txn version is the committed end."""
-    return f"{topic}-{partition}"
+    return source_id(topic, partition, epoch)
+
+
+def start_app_id(app: str) -> str:
+    """The app id whose txn version is where `app`'s history in the lake starts."""
+    return app + START_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,21 @@ class RangeRecord:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     committed_at: datetime | None = None
     version: int | None = None  # the Delta version, once read back from the log
+    # The Kafka topic id the range was read from (None: unknown, records before it was kept).
+    topic_id: str | None = None
+    # Set on a source's first range (and on epoch/history records): its history starts here.
+    history_start: int | None = None
 
     @property
     def app_id(self) -> str:
-        return app_id(self.range.topic, self.range.partition)
+        return self.range.source
+
+    def transactions(self) -> list[Transaction]:
+        """The app transactions of the commit: the committed end, and the history start if set."""
+        txns = [Transaction(app_id=self.app_id, version=self.range.end)]
+        if self.history_start is not None:
+            txns.append(Transaction(app_id=start_app_id(self.app_id), version=self.history_start))
+        return txns
 
     @property
     def written(self) -> int:
@@ -107,6 +129,8 @@ class RangeRecord:
             "dlq": [[d.source_offset, d.category, d.dlq_partition, d.dlq_offset] for d in self.dlq],
             "filtered": {reason: list(offs) for reason, offs in sorted(self.filtered.items())},
             "extra": dict(self.extra),
+            **({"topic_id": self.topic_id} if self.topic_id else {}),
+            **({"history_start": self.history_start} if self.history_start is not None else {}),
         }
 
     @classmethod
@@ -129,4 +153,6 @@ class RangeRecord:
             token=str(data["token"]),
             committed_at=parse_utc(data["committed_at"]),
             version=version,
+            topic_id=str(data["topic_id"]) if data.get("topic_id") else None,
+            history_start=int(data["history_start"]) if "history_start" in data else None,
         )

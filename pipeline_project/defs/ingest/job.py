@@ -22,7 +22,8 @@ from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.run import IngestResult
 from pipeline_project.defs.ingest.assets import DLQ_KEY, EVENTS_KEY
 from pipeline_project.defs.resources import PipelineSettings
-from pipeline_project.defs.tags import JOB_TAG
+from pipeline_project.defs.tags import JOB_TAG, WORKER_TAG
+from pipeline_project.defs.workers import this_worker
 
 ACCOUNTING_CHECK = "accounting_identity"
 
@@ -33,6 +34,7 @@ class RangeConfig(Config):
     partition: int
     start: int
     end: int
+    epoch: int = 0  # the lake's epoch of the topic (`topic new-epoch`)
 
 
 class IngestConfig(Config):
@@ -43,16 +45,25 @@ class IngestConfig(Config):
 
 def range_run_config(ranges: list[Range]) -> dict:
     """Run config that makes ingest_events run exactly `ranges`."""
-    cfg = [{"partition": r.partition, "start": r.start, "end": r.end} for r in ranges]
+    cfg = [
+        {
+            "partition": r.partition,
+            "start": r.start,
+            "end": r.end,
+            **({"epoch": r.epoch} if r.epoch else {}),
+        }
+        for r in ranges
+    ]
     return {"ops": {"ingest": {"config": {"ranges": cfg}}}}
 
 
 @op(description="Drain exact offset ranges, validate, transform, write daily Parquet, DLQ, commit.")
 def ingest(context: OpExecutionContext, config: IngestConfig, settings: PipelineSettings) -> None:
     """Runs the protocol; a bad setting fails the run with one line before anything is read."""
+    context.instance.add_run_tags(context.run_id, {WORKER_TAG: this_worker()})
     resolved = settings.for_run()
     topic = resolved.raw_topic
-    ranges = [Range(topic, r.partition, r.start, r.end) for r in config.ranges] or None
+    ranges = [Range(topic, r.partition, r.start, r.end, r.epoch) for r in config.ranges] or None
     result = IngestResult(run_id=context.run_id)
     try:
         protocol.ingest(resolved, ranges, log=context.log, result=result)

@@ -26,7 +26,8 @@ from pipeline_project.batch.ranges import Range
 from pipeline_project.defs.ingest.job import ingest_events, range_run_config
 from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.defs.tags import PARTITION_TAG, RANGE_TAG
-from pipeline_project.errors import PipelineError, SettingsError
+from pipeline_project.defs.workers import fail_dead_runs
+from pipeline_project.errors import PipelineError, SettingsError, TopicChangedError
 from pipeline_project.settings import Settings
 
 # Queued and in-flight runs: a partition with one of these is busy (the run queue and the partition
@@ -43,11 +44,12 @@ UNFINISHED = [
 
 
 def _busy_partitions(context: SensorEvaluationContext, topic: str) -> set[str]:
-    """Partition tags of ingest runs not finished yet (queued runs count)."""
+    """Partition tags of ingest runs not finished yet (queued runs count; dead ones fail)."""
     runs = context.instance.get_runs(
         filters=RunsFilter(job_name=ingest_events.name, statuses=UNFINISHED),
         limit=200,
     )
+    runs = fail_dead_runs(context.instance, list(runs))
     return {
         run.tags[PARTITION_TAG] for run in runs if run.tags.get(PARTITION_TAG, "").startswith(topic)
     }
@@ -79,6 +81,8 @@ def evaluate_backlog(
         plan = plan_ranges(
             settings.raw_topic, partition_states(settings), settings.max_range_events
         )
+    except TopicChangedError as exc:
+        return SkipReason(f"STOPPED: {exc}")
     except PipelineError as exc:
         return SkipReason(f"cannot read Kafka: {exc}")
     busy = _busy_partitions(context, settings.raw_topic)
