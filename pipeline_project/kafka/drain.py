@@ -29,6 +29,8 @@ CONSUME_BATCH = 10_000
 PART_RECORDS = 50_000
 METADATA_TIMEOUT_S = 10.0
 FIRST_QUERY_TIMEOUT_S = 0.15
+LEADER_RETRY_S = 0.2
+LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 
 
 def consumer_config(settings: Settings) -> dict[str, object]:
@@ -83,14 +85,23 @@ def watermarks(
         return consumer.get_watermark_offsets(where, timeout=FIRST_QUERY_TIMEOUT_S)
     except KafkaException:
         pass  # asked again below, with the full bound and its error
-    try:
-        return consumer.get_watermark_offsets(where, timeout=METADATA_TIMEOUT_S)
-    except KafkaException as exc:
-        message = (
-            f"could not read offsets of {topic}[{partition}] within {METADATA_TIMEOUT_S:.0f} s: "
-            f"{exc.args[0].str()}"
-        )
-        raise unreachable(settings, message) from None
+    deadline = time.monotonic() + METADATA_TIMEOUT_S
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return consumer.get_watermark_offsets(where, timeout=max(left, 0.1))
+        except KafkaException as exc:
+            error = exc.args[0]
+            # A leader moving or just elected (a new topic, a broker restart) answers at once with
+            # a retriable error: ask again until the bound, as librdkafka refreshes its metadata.
+            if error.code() in LEADER_MOVING and time.monotonic() + LEADER_RETRY_S < deadline:
+                time.sleep(LEADER_RETRY_S)
+                continue
+            message = (
+                f"could not read offsets of {topic}[{partition}] within "
+                f"{METADATA_TIMEOUT_S:.0f} s: {error.str()}"
+            )
+            raise unreachable(settings, message) from None
 
 
 def check_available(consumer: Consumer, rng: Range) -> None:
