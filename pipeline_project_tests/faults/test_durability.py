@@ -34,6 +34,7 @@ from pipeline_project_tests.faults.fault_support import (
     driver_env,
     generated,
     produce,
+    run_driver,
 )
 from pipeline_project_tests.support import PYTHON, REPO_ROOT
 
@@ -167,15 +168,8 @@ def test_on_s3_every_data_object_is_stored_before_the_log_entry_naming_it(
     assert pid is not None
     trace = tmp_path / "strace.txt"
     with traced(pid, trace):
-        done = subprocess.run(
-            [PYTHON, "-m", DRIVER],
-            env=driver_env(settings),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            cwd=REPO_ROOT,
-        )
-    assert done.returncode == 0, done.stderr[-2000:]
+        done = run_driver(settings, timeout=180)
+    assert done.ok, str(done)
     order = placed(trace)
     table = s3_server.data_dir.resolve() / settings.lake_uri.removeprefix("s3://") / "events"
     entries = sorted((table / "_delta_log").glob("*.json"))
