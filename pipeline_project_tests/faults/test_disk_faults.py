@@ -171,8 +171,11 @@ def test_an_s3_store_gone_stops_the_run_with_one_line_and_the_next_run_commits_o
     for failed in (gone, down):
         assert failed.code == 1 and failed.result["error"] == "LakeError", str(failed)
         assert own_s3.endpoint in failed.result["message"], str(failed)
+        assert "Connection refused" in failed.result["message"], str(failed)
+        assert "\x1b" not in failed.result["message"], "terminal colour codes in the message"
         assert "Traceback" not in failed.stderr and own_s3.credentials.secret_key not in str(failed)
 
+    assert "committing" in gone.result["message"] and "at most once" in gone.result["message"]
     own_s3.start()
     assert committed_state(store) == before, "a run committed while the store was gone"
     done = run_driver(store)
