@@ -36,7 +36,6 @@ from deltalake import DeltaTable
 from benchmarks.process_bench import NOW_EPOCH, make_batch
 from pipeline_project.batch.process import process_batch
 from pipeline_project.batch.ranges import Range
-from pipeline_project.kafka.broker import free_port_pair
 from pipeline_project.lake.audit import audit
 from pipeline_project.lake.commit import commit_range
 from pipeline_project.lake.location import Lake, parse_lake_uri
@@ -44,6 +43,7 @@ from pipeline_project.lake.record import RangeRecord, offsets_digest
 from pipeline_project.lake.s3server import LocalS3
 from pipeline_project.lake.stats import table_stats
 from pipeline_project.lake.upkeep import compact
+from pipeline_project.local_server import free_port_pair
 
 DAY = date(2025, 3, 1)
 TOPIC = "bench-compaction"

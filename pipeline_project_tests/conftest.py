@@ -19,14 +19,15 @@ import pytest
 from pipeline_project.kafka.acls import provision
 from pipeline_project.kafka.broker import LocalBroker, metadata_ok
 from pipeline_project.kafka.topics import ensure_topics
-from pipeline_project.lake.location import AWS_VARIABLES
-from pipeline_project.lake.s3server import LocalS3, find_versitygw
+from pipeline_project.lake.s3server import LocalS3
 from pipeline_project.settings import Settings, read_kafka_properties
 from pipeline_project_tests.support import (
     REPO_ROOT,
     S3Lake,
     free_port_pair,
     plain_properties,
+    point_aws_at,
+    running_s3,
     unique,
 )
 
@@ -76,22 +77,9 @@ def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[LocalS3]:
-    """A versitygw this session starts on a free port (data under .local/test-s3-<pid>) and stops.
-
-    Skipped only when versitygw cannot be had at all (no binary and no go to build one); a failed
-    build or start is an error, not a skip.
-    """
-    if find_versitygw() is None and shutil.which("go") is None:
-        pytest.skip("versitygw not found and go is not installed to build it (make install)")
-    home = REPO_ROOT / ".local" / f"test-s3-{os.getpid()}"
-    shutil.rmtree(home, ignore_errors=True)
-    server = LocalS3(home=home, port=free_port_pair())
-    server.start()
-    try:
+    """The session's versitygw on a free port (data under .local/test-s3-<pid>); see running_s3."""
+    with running_s3(REPO_ROOT / ".local" / f"test-s3-{os.getpid()}") as server:
         yield server
-    finally:
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -111,9 +99,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     if request.param == "local":
         return ""
     uri, options = request.getfixturevalue("s3_lake")
-    for name in AWS_VARIABLES:
-        if name in options:
-            monkeypatch.setenv(name, options[name])
+    point_aws_at(monkeypatch, options)
     return uri
 
 

@@ -78,7 +78,9 @@ def dlq_records(settings: Settings) -> list[dict]:
         consumer.assign([TopicPartition(settings.dlq_topic, p, low)])
         got = 0
         while got < high - low:
-            msgs = consumer.consume(1000, timeout=10)
+            # Ask for exactly what is left: consume() returns once it has that many, whereas a
+            # larger batch waits out the whole timeout (10 s per partition read, every call).
+            msgs = consumer.consume(min(1000, high - low - got), timeout=10)
             assert msgs, "DLQ read stalled"
             for m in msgs:
                 if m.error():

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sys
 import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 
+import pytest
+
+from pipeline_project.lake.location import AWS_VARIABLES
+from pipeline_project.lake.s3server import LocalS3, find_versitygw
 from pipeline_project.local_server import free_port_pair  # noqa: F401 - re-exported for tests
 from pipeline_project.settings import Settings, read_kafka_properties, reveal_properties
 
@@ -51,3 +58,47 @@ class S3Lake(NamedTuple):
 
     uri: str
     storage_options: dict[str, str]
+
+
+@contextlib.contextmanager
+def running_s3(home: Path) -> Iterator[LocalS3]:
+    """A versitygw on a free port with its files under `home`, stopped and deleted afterwards.
+
+    Skips only when versitygw cannot be had at all (no binary and no go to build one); a failed
+    build or start is an error, not a skip.
+    """
+    if find_versitygw() is None and shutil.which("go") is None:
+        pytest.skip("versitygw not found and go is not installed to build it (make install)")
+    shutil.rmtree(home, ignore_errors=True)
+    with started(LocalS3(home=home, port=free_port_pair()), home) as server:
+        yield server
+
+
+class Server(Protocol):
+    """A local server a test starts and stops (LocalBroker, LocalS3)."""
+
+    def start(self) -> str: ...
+
+    def stop(self) -> str: ...
+
+
+ServerT = TypeVar("ServerT", bound=Server)
+
+
+@contextlib.contextmanager
+def started(server: ServerT, home: Path) -> Iterator[ServerT]:
+    """`server` started, then stopped and its `home` deleted, whatever the test did."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def point_aws_at(monkeypatch: pytest.MonkeyPatch, options: Mapping[str, str]) -> None:
+    """Sets the AWS_* variables of these storage options, for in-process calls and subprocesses
+    (env_for copies the environment) alike; undone at the end of the test."""
+    for name in AWS_VARIABLES:
+        if name in options:
+            monkeypatch.setenv(name, options[name])

@@ -326,8 +326,20 @@ def evolve_schema(lake: Lake, table: DeltaTable, schema: pa.Schema) -> None:
 def _after_error(
     lake: Lake, table_name: str, record: RangeRecord, done: int | None, exc: BaseException
 ) -> int | None:
-    """Decides after a failed commit call: our version if it landed, None to retry; else raises."""
-    table = open_table(lake, table_name)
+    """Decides after a failed commit call: our version if it landed, None to retry; else raises.
+
+    A lake that cannot be read back (the store went away) ends the run: whether the commit landed
+    is known only once it answers again, and the next run's start check finds out.
+    """
+    try:
+        table = open_table(lake, table_name)
+    except LakeError as unreadable:
+        cause = str(unreadable).partition(" failed: ")[2]  # lake_errors' line: the root cause
+        raise LakeError(
+            f"lake {lake.describe()}: committing {record.range.range_id} failed and {table_name} "
+            f"could not be read back to see whether the commit landed ({cause}); the next run "
+            "finds out and commits the range at most once"
+        ) from None
     now = txn_version(table, record.app_id)
     if now == done:
         log.warning("%s: commit failed, retrying: %s", record.range.range_id, error_line(exc))

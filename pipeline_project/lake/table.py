@@ -49,6 +49,8 @@ UNPRUNABLE_COLUMNS = frozenset(
 )
 ROW_GROUP_ROWS = 131_072
 _SECRET_RE = re.compile(r"(?i)(secret|token|password|signature|credential)[^\s,;]*")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+_XML_ERROR_RE = re.compile(r"<\?xml.*?<Code>([^<]*)</Code>.*?</Error>", re.DOTALL)
 
 
 def writer_properties(columns: Sequence[str]) -> WriterProperties:
@@ -69,10 +71,18 @@ def writer_properties(columns: Sequence[str]) -> WriterProperties:
 
 
 def error_line(exc: BaseException) -> str:
-    """A delta-rs / object_store error on one line, secret-looking words cut."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """A delta-rs / object_store error on one line, secret-looking words cut.
+
+    delta-rs prints its cause chain over several lines, each cause after a red "↳" (terminal
+    colour codes included): here the causes are joined with ": ", the colours dropped, an S3 error
+    body (kilobytes of XML) cut to its code, and a long chain keeps its end, where the root cause
+    ("Connection refused", "403 Forbidden: SignatureDoesNotMatch") is.
+    """
+    text = _ANSI_RE.sub("", str(exc)).replace("↳", ":")
+    text = _XML_ERROR_RE.sub(r"\1", text)  # an S3 error body: its code alone
+    text = " ".join(text.split()).replace(" :", ":") or type(exc).__name__
     text = _SECRET_RE.sub(r"\1=…", text)
-    return text if len(text) <= 300 else text[:297] + "..."
+    return text if len(text) <= 300 else f"{text[:150]} … {text[-146:]}"
 
 
 @contextlib.contextmanager

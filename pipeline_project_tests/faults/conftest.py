@@ -1,22 +1,25 @@
-"""Fixtures of the fault suite: settings on the session broker, and a broker of our own to kill.
+"""Fixtures of the fault suite: settings on the session broker, a broker and an S3 server of our
+own to kill.
 
 Tests that stop, SIGTERM or SIGKILL a broker use `own_broker` (free ports, home under a temp dir),
-never the session's, so every other test keeps its broker.
+never the session's, so every other test keeps its broker; tests that stop the S3 store use
+`own_s3`, never the session's versitygw.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline_project.kafka.broker import LocalBroker
+from pipeline_project.lake.s3server import LocalS3
 from pipeline_project.local_server import free_port_pair
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults.fault_support import fresh_settings, mount_problem
+from pipeline_project_tests.support import running_s3, started
 
 FAULTS_DIR = Path(__file__).parent
 
@@ -44,13 +47,8 @@ def any_settings(settings: Settings, backend: str) -> Settings:
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     """A broker this module may kill and restart; stopped and deleted afterwards."""
     home = tmp_path_factory.mktemp("own-kafka")
-    broker = LocalBroker(home=home, port=free_port_pair(), heap="512m")
-    broker.start()
-    try:
+    with started(LocalBroker(home=home, port=free_port_pair(), heap="512m"), home) as broker:
         yield broker
-    finally:
-        broker.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -59,6 +57,13 @@ def own_settings(own_broker: LocalBroker, tmp_path: Path) -> Settings:
     if own_broker.pid() is None:
         own_broker.start()
     return fresh_settings(own_broker.bootstrap, tmp_path / "data")
+
+
+@pytest.fixture
+def own_s3(tmp_path: Path) -> Iterator[LocalS3]:
+    """A versitygw this test may stop and start again (its objects stay in its data dir)."""
+    with running_s3(tmp_path / "s3") as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
-"""Filesystem faults (matrix F1, F2, F4, F6): disk full while writing a range's files and while
+"""Storage faults (matrix F1, F2, F4, F6): disk full while writing a range's files and while
 committing its log entry (a small tmpfs holding the data dir), a read-only lake (bind mount
-remounted read-only: EROFS even for root), and truncated and stray files planted in the lake.
+remounted read-only: EROFS even for root), and truncated and stray files planted in the lake. These
+are local-disk faults by nature; on S3 the store refusing writes is its server gone (versitygw
+stopped between a range's files and its commit, then while a run starts), tested here too.
 
 Where mount(2) is impossible (not root, no CAP_SYS_ADMIN) the mount tests skip with the reason; the
 disk-full case then still runs with an injected ENOSPC.
@@ -12,6 +14,7 @@ import dataclasses
 import errno
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import polars as pl
@@ -22,6 +25,7 @@ from pipeline_project.batch.run import ingest
 from pipeline_project.errors import StorageError
 from pipeline_project.lake import files
 from pipeline_project.lake.location import lake_of
+from pipeline_project.lake.s3server import LocalS3
 from pipeline_project.settings import Settings
 from pipeline_project_tests.faults import oracle
 from pipeline_project_tests.faults.fault_support import (
@@ -32,12 +36,14 @@ from pipeline_project_tests.faults.fault_support import (
     mount_problem,
     produce,
     read_only,
+    records,
     resize_tmpfs,
     run_driver,
     start_driver,
     tmpfs,
 )
-from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
+from pipeline_project_tests.ingest_support import assert_reconciles
+from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, point_aws_at, unique
 
 
 def on(settings: Settings, data: Path) -> Settings:
@@ -137,6 +143,47 @@ def test_a_read_only_lake_fails_before_consuming(settings: Settings, mounts: Non
     done = run_driver(settings)
     assert done.ok, str(done)
     oracle.check(settings, truth).assert_ok()
+
+
+# ----------------------------------------------------------------------- F2/F4 on S3: store gone
+
+
+def test_an_s3_store_gone_stops_the_run_with_one_line_and_the_next_run_commits_once(
+    settings: Settings, own_s3: LocalS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """versitygw stops after a range's files were PUT, before its commit; a run started while it
+    is down is refused before consuming. Each stops with one line naming the endpoint and commits
+    nothing; once the store is back the range commits once and reconcile passes."""
+    point_aws_at(monkeypatch, own_s3.storage_options())
+    store = dataclasses.replace(settings, lake_uri=f"s3://{own_s3.bucket}/{unique('table')}")
+    truth = produce(store, generated(300, seed=57))
+    assert run_driver(store).ok
+    truth += produce(store, generated(300, seed=58), partition=0)
+    before = committed_state(store)
+    run = start_driver(store, fault="K5", stop=True)
+    run.wait_stopped()  # the range's files are in the store, its commit is not
+    own_s3.stop()
+    run.cont()
+    started = time.monotonic()
+    gone = run.finish()
+    assert time.monotonic() - started < 60, "the wait on a gone store is unbounded"
+    down = run_driver(store)
+    for failed in (gone, down):
+        assert failed.code == 1 and failed.result["error"] == "LakeError", str(failed)
+        assert own_s3.endpoint in failed.result["message"], str(failed)
+        assert "Connection refused" in failed.result["message"], str(failed)
+        assert "\x1b" not in failed.result["message"], "terminal colour codes in the message"
+        assert "Traceback" not in failed.stderr and own_s3.credentials.secret_key not in str(failed)
+
+    assert "committing" in gone.result["message"] and "at most once" in gone.result["message"]
+    own_s3.start()
+    assert committed_state(store) == before, "a run committed while the store was gone"
+    done = run_driver(store)
+    assert done.ok and len(done.result["committed"]) == 1, str(done)
+    assert [r.range.range_id for r in records(store)].count(done.result["committed"][0]) == 1
+    oracle.check(store, truth).assert_ok()
+    oracle.assert_rerun_is_noop(store)
+    assert_reconciles(env_for(store))
 
 
 # ------------------------------------------------------------------------------------------ F6

@@ -117,8 +117,9 @@ def assert_rerun_is_noop(settings: Settings) -> None:
 
 
 def test_a_missing_dlq_topic_fails_the_run_and_leaves_the_lake_unchanged(
-    settings: Settings,
+    any_settings: Settings,
 ) -> None:
+    settings = any_settings
     if auto_create_enabled(settings):
         pytest.skip("the broker auto-creates topics, so a DLQ topic cannot be missing")
     missing = dataclasses.replace(settings, dlq_topic=f"dlq-missing-{uuid.uuid4().hex[:8]}")
@@ -142,8 +143,9 @@ def test_a_missing_dlq_topic_fails_the_run_and_leaves_the_lake_unchanged(
 
 
 def test_an_unreachable_dlq_fails_the_run_without_commit(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    any_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    settings = any_settings
     truth = produce(settings, generated(300, seed=43, bad_ratio=0.1))
     real_config = publish.producer_config
 
@@ -163,7 +165,8 @@ def test_an_unreachable_dlq_fails_the_run_without_commit(
     assert_truth(settings, truth)
 
 
-def test_a_raw_record_of_0_99_mb_reaches_the_dlq_byte_for_byte(settings: Settings) -> None:
+def test_a_raw_record_of_0_99_mb_reaches_the_dlq_byte_for_byte(any_settings: Settings) -> None:
+    settings = any_settings
     pad = "x" * (990_000 - 200)
     huge = json.dumps({"event_id": str(uuid.uuid4()), "event_type": "page_view", "pad": pad})
     assert 980_000 < len(huge) < 1_000_000
@@ -183,9 +186,10 @@ def test_a_raw_record_of_0_99_mb_reaches_the_dlq_byte_for_byte(settings: Setting
     assert_truth(settings, truth)
 
 
-def test_copies_of_a_crashed_ingest_run_are_never_recovered(settings: Settings) -> None:
+def test_copies_of_a_crashed_ingest_run_are_never_recovered(any_settings: Settings) -> None:
     """D7: killed after its rejects reached the DLQ (K6), before its commit. The re-run sends them
     again and commits naming the new copies; reprocessing acts on those alone, once per record."""
+    settings = any_settings
     truth = produce(settings, generated(400, seed=45, bad_ratio=0.2), partition=0)
     bad = {s.offset for s in truth if s.verdict.startswith("bad:")}
     crashed = start_driver(settings, fault="K6").finish()

@@ -56,8 +56,9 @@ def spans(settings: Settings) -> dict[int, list[tuple[int, int]]]:
 
 
 def test_start_offset_deleted_by_retention_fails_loudly_and_commits_nothing(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    any_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    settings = any_settings
     topic = settings.raw_topic
     truth = produce(settings, generated(200, seed=21), partition=0)
     assert run_driver(settings, [Range(topic, 0, 0, 100)]).ok
@@ -87,8 +88,9 @@ def test_start_offset_deleted_by_retention_fails_loudly_and_commits_nothing(
 
 
 def test_an_acknowledged_loss_lets_the_partition_go_on_and_reconcile_pass(
-    settings: Settings,
+    any_settings: Settings,
 ) -> None:
+    settings = any_settings
     topic = settings.raw_topic
     produce(settings, generated(200, seed=23), partition=0)
     assert run_driver(settings, [Range(topic, 0, 0, 100)]).ok
@@ -124,7 +126,8 @@ def test_an_acknowledged_loss_lets_the_partition_go_on_and_reconcile_pass(
 # ------------------------------------------------------------------- KF4 end beyond the log end
 
 
-def test_a_range_past_the_high_watermark_times_out_without_commit(settings: Settings) -> None:
+def test_a_range_past_the_high_watermark_times_out_without_commit(any_settings: Settings) -> None:
+    settings = any_settings
     topic = settings.raw_topic
     truth = produce(settings, generated(100, seed=22), partition=0)
     started = time.monotonic()
@@ -176,8 +179,9 @@ def produce_txn(prod: Producer, settings: Settings, records: list[Record]) -> li
 
 
 def test_aborted_transactions_are_absent_and_the_range_still_terminates(
-    settings: Settings,
+    any_settings: Settings,
 ) -> None:
+    settings = any_settings
     records = generated(100, seed=23)
     prod = transactional(settings)
     truth = produce_txn(prod, settings, records[:50])
@@ -203,12 +207,13 @@ def test_aborted_transactions_are_absent_and_the_range_still_terminates(
 
 
 def test_an_open_transaction_blocks_only_ranges_past_the_stable_offset(
-    settings: Settings,
+    any_settings: Settings,
 ) -> None:
     """A read_committed consumer's high watermark is the last stable offset (LSO): the planner
     never plans into an open transaction; a range that reaches into one waits, bounded, and fails
     with a clear error; once the producer aborts, the range commits with no record of it.
     """
+    settings = any_settings
     topic = settings.raw_topic
     truth = produce(settings, generated(60, seed=24), partition=0)
     prod = transactional(settings)
@@ -252,7 +257,8 @@ def set_group(settings: Settings, offset: int) -> None:
     admin(settings, "alter_consumer_group_offsets", [request])
 
 
-def test_the_ledger_wins_over_reset_or_deleted_group_offsets(settings: Settings) -> None:
+def test_the_ledger_wins_over_reset_or_deleted_group_offsets(any_settings: Settings) -> None:
+    settings = any_settings
     truth = produce(settings, generated(600, seed=26))
     assert run_driver(settings).ok
     assert committed_group(settings) == ends(truth)  # written last, for lag dashboards only
@@ -277,8 +283,9 @@ def test_the_ledger_wins_over_reset_or_deleted_group_offsets(settings: Settings)
 # ---------------------------------------------------------------------- KF9 partitions added
 
 
-def test_partitions_added_while_a_run_is_in_flight_start_at_zero(settings: Settings) -> None:
+def test_partitions_added_while_a_run_is_in_flight_start_at_zero(any_settings: Settings) -> None:
     # More than one consume() batch in partition 0, so K1a finds the drain half-way.
+    settings = any_settings
     truth = produce(settings, generated(25_000, seed=30), partition=0)
     truth += produce(settings, generated(300, seed=33))
     run = start_driver(settings, fault="K1a", stop=True)
