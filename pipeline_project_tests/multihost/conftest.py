@@ -1,0 +1,90 @@
+"""Fixtures of the multi-host tests: PostgreSQL (per session), Redis and the hosts (per test).
+
+Skipped, with the reason, only where Debian's postgresql or redis-server cannot be had (.ci/run
+installs both) or no S3 server can be built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline_project.lake.location import AWS_VARIABLES
+from pipeline_project.lake.s3server import LocalS3
+from pipeline_project.settings import Settings
+from pipeline_project_tests.faults.fault_support import fresh_settings
+from pipeline_project_tests.multihost.hosts import Cluster
+from pipeline_project_tests.multihost.services import (
+    LocalPostgres,
+    LocalRedis,
+    postgres_problem,
+    redis_problem,
+)
+from pipeline_project_tests.support import unique
+
+# Short enough for a test, long enough that a healthy small run never trips them.
+TEST_MONITORING = {"poll_interval_seconds": 2, "max_runtime_seconds": 25}
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    problem = postgres_problem()
+    if problem:
+        pytest.skip(f"PostgreSQL: {problem}")
+    server = LocalPostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis() -> Iterator[LocalRedis]:
+    problem = redis_problem()
+    if problem:
+        pytest.skip(f"Redis: {problem}")
+    server = LocalRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def shared_env(postgres: LocalPostgres, redis: LocalRedis, s3: LocalS3) -> dict[str, str]:
+    """What every host is told: a fresh Dagster database, the Celery broker, the S3 lake."""
+    env = postgres.env(postgres.create_database())
+    env["DAGSTER_CELERY_BROKER_URL"] = f"{redis.url}/0"
+    env["DAGSTER_CELERY_BACKEND_URL"] = f"{redis.url}/1"
+    env.update({k: v for k, v in s3.storage_options().items() if k in AWS_VARIABLES})
+    return env
+
+
+@pytest.fixture
+def cluster(
+    postgres: LocalPostgres,
+    redis: LocalRedis,
+    s3_server: LocalS3,
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Cluster]:
+    """Fresh topics (raw: 4 partitions), a fresh lake prefix on versitygw, no host started yet."""
+    settings: Settings = fresh_settings(kafka_bootstrap, tmp_path / "test-data", partitions=4)
+    settings = dataclasses.replace(
+        settings, lake_uri=f"s3://{s3_server.bucket}/{unique('lake')}", min_backlog_events=1
+    )
+    env = shared_env(postgres, redis, s3_server)
+    for name in AWS_VARIABLES:  # the test reads the lake too (reconcile, the oracle)
+        if name in env:
+            monkeypatch.setenv(name, env[name])
+    hosts = Cluster(tmp_path / "hosts", settings, env, monitoring=TEST_MONITORING)
+    hosts.migrate()
+    try:
+        yield hosts
+    finally:
+        hosts.stop()
