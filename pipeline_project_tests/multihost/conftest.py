@@ -7,14 +7,13 @@ installs both) or no S3 server can be built.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from pipeline_project.lake.location import AWS_VARIABLES
 from pipeline_project.lake.s3server import LocalS3
-from pipeline_project.settings import Settings
 from pipeline_project_tests.faults.fault_support import fresh_settings
 from pipeline_project_tests.multihost.hosts import Cluster
 from pipeline_project_tests.multihost.services import (
@@ -65,26 +64,42 @@ def shared_env(postgres: LocalPostgres, redis: LocalRedis, s3: LocalS3) -> dict[
 
 
 @pytest.fixture
-def cluster(
+def make_cluster(
     postgres: LocalPostgres,
     redis: LocalRedis,
     s3_server: LocalS3,
     kafka_bootstrap: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Cluster]:
-    """Fresh topics (raw: 4 partitions), a fresh lake prefix on versitygw, no host started yet."""
-    settings: Settings = fresh_settings(kafka_bootstrap, tmp_path / "test-data", partitions=4)
-    settings = dataclasses.replace(
-        settings, lake_uri=f"s3://{s3_server.bucket}/{unique('lake')}", min_backlog_events=1
-    )
-    env = shared_env(postgres, redis, s3_server)
-    for name in AWS_VARIABLES:  # the test reads the lake too (reconcile, the oracle)
-        if name in env:
-            monkeypatch.setenv(name, env[name])
-    hosts = Cluster(tmp_path / "hosts", settings, env, monitoring=TEST_MONITORING)
-    hosts.migrate()
+) -> Iterator[Callable[..., Cluster]]:
+    """Builds the test's cluster: fresh topics (raw: `partitions`), a fresh Dagster database
+    (migrated), a fresh lake prefix on versitygw; no host started yet. Hosts stop afterwards."""
+    made: list[Cluster] = []
+
+    def make(partitions: int = 4, monitoring: dict | None = None) -> Cluster:
+        settings = fresh_settings(kafka_bootstrap, tmp_path / "test-data", partitions=partitions)
+        settings = dataclasses.replace(
+            settings, lake_uri=f"s3://{s3_server.bucket}/{unique('lake')}", min_backlog_events=1
+        )
+        env = shared_env(postgres, redis, s3_server)
+        for name in AWS_VARIABLES:  # the test reads the lake too (reconcile, the oracle)
+            if name in env:
+                monkeypatch.setenv(name, env[name])
+        hosts = Cluster(
+            tmp_path / "hosts", settings, env, monitoring={**TEST_MONITORING, **(monitoring or {})}
+        )
+        made.append(hosts)
+        hosts.migrate()
+        return hosts
+
     try:
-        yield hosts
+        yield make
     finally:
-        hosts.stop()
+        for hosts in made:
+            hosts.stop()
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    """A cluster on a raw topic of 4 partitions."""
+    return make_cluster()

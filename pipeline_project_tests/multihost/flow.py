@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 
 from dagster import DagsterInstance, DagsterRunStatus
 
-from pipeline_project.batch.run import committed_end
 from pipeline_project.batch.ranges import Range
+from pipeline_project.batch.run import committed_end
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests.multihost.hosts import BIN, FINISHED, Host, runs_of, tail

@@ -49,7 +49,7 @@ def instance_yaml(monitoring: dict | None = None) -> str:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The batch sizing settings env_for leaves out: the sensor plans with them on the control host."""
+    """Batch sizing settings env_for leaves out: the control host's sensor plans with them."""
     return {
         "PIPELINE_MIN_BACKLOG_EVENTS": str(settings.min_backlog_events),
         "PIPELINE_MAX_RANGE_EVENTS": str(settings.max_range_events),
@@ -173,7 +173,8 @@ class Cluster:
         root, env = self._home("control")
         workspace = root / "work" / "workspace.yaml"
         workspace.write_text((REPO_ROOT / "workspace.yaml").read_text())
-        host = Host("control", root, env, [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)])
+        args = [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)]
+        host = Host("control", root, env, args)
         self.hosts.append(host.start())
         return host
 
@@ -213,6 +214,10 @@ class Cluster:
             raise AssertionError(f"dagster instance migrate failed: {done.stderr[-3000:]}")
 
     def stop(self) -> None:
+        """Every host at once: SIGTERM, then SIGKILL what is left after a few seconds."""
+        for host in self.hosts:
+            host.thaw()
+            host.signal(signal.SIGTERM)
         for host in reversed(self.hosts):
             host.stop()
         self.hosts.clear()

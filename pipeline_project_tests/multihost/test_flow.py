@@ -17,14 +17,15 @@ from pipeline_project_tests.faults.fault_support import ends, generated, produce
 from pipeline_project_tests.multihost.flow import (
     INGEST_JOB,
     all_finished,
-    finished,
     caught_up,
+    finished,
     launch,
     overlapping,
     succeeded,
     wait_until,
 )
 from pipeline_project_tests.multihost.hosts import Cluster, executed_by, runs_of
+
 
 def test_sensor_runs_execute_on_two_worker_hosts_into_the_lake_and_the_dlq_report(
     cluster: Cluster,
@@ -42,8 +43,10 @@ def test_sensor_runs_execute_on_two_worker_hosts_into_the_lake_and_the_dlq_repor
         wait_until("the ingest runs to finish", lambda: all_finished(instance, INGEST_JOB), 60)
         runs = runs_of(instance, INGEST_JOB)
         assert all(succeeded(r) for r in runs), [r.dagster_run.status for r in runs]
-        by_host = {w.name: [r for r in runs if executed_by(r.dagster_run, workers) == w.name]
-                   for w in workers}
+        by_host = {
+            w.name: [r for r in runs if executed_by(r.dagster_run, workers) == w.name]
+            for w in workers
+        }
         assert sum(len(v) for v in by_host.values()) == len(runs), "a run no worker logged"
         assert all(by_host.values()), f"one worker executed every run: {by_host}"
         assert overlapping(by_host["worker-a"], by_host["worker-b"]), "the workers never overlapped"

@@ -1,0 +1,145 @@
+"""Zombie worker hosts: one writer per partition, proven without shared disk.
+
+Each trial is one offset range of its own partition. Worker host A takes the sensor's run and
+freezes in the middle of the range (its run process stops itself after the commit's start check,
+kill point KC; then the test SIGSTOPs the whole host). Run monitoring gives the run up after
+max_runtime_seconds (the frozen host cannot be told), the sensor launches the range again, worker
+host B commits it. Then A's run wakes up and tries to commit its copy of the range: the Delta
+commit's app-transaction check must stop it, every time ("committed nothing"), and leave the
+lake exactly as B left it. Afterwards the oracle and `pipeline-project reconcile` pass.
+
+The run queue's tag limit cannot help here: the given-up run no longer counts as in progress.
+ZOMBIE_TRIALS (default 3) sets the number of trials, run up to ROUND at once on as many
+partitions; `make zombie50` runs 50.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+
+from pipeline_project_tests.faults import oracle
+from pipeline_project_tests.faults.fault_support import (
+    Sent,
+    committed_state,
+    generated,
+    process_state,
+    produce,
+    wait_dead,
+)
+from pipeline_project_tests.multihost.flow import (
+    INGEST_JOB,
+    caught_up,
+    committed_ends,
+    wait_until,
+)
+from pipeline_project_tests.multihost.hosts import Cluster, Host, runs_of
+from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
+
+TRIALS = int(os.environ.get("ZOMBIE_TRIALS", "3"))
+ROUND = 10  # trials at once (one partition each)
+RECORDS = 300  # per trial range
+
+
+def stopped(host: Host) -> list[int]:
+    """The host's processes that froze themselves at their kill point."""
+    return [pid for pid in host.pids() if process_state(pid) == "T"]
+
+
+def failure_text(instance: DagsterInstance, run_id: str) -> str:
+    """What the run's failed steps said, from the shared event log."""
+    texts = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
+        error = entry.dagster_event.step_failure_data.error
+        texts.append(error.to_string() if error else entry.message)
+    return "\n".join(texts)
+
+
+def new_failed(instance: DagsterInstance, before: set[str]) -> list[str]:
+    """Ingest runs created after `before` that failed: the given-up zombies' runs."""
+    return [
+        r.dagster_run.run_id
+        for r in runs_of(instance, INGEST_JOB)
+        if r.dagster_run.run_id not in before and r.dagster_run.status == DagsterRunStatus.FAILURE
+    ]
+
+
+def run_round(
+    cluster: Cluster, instance: DagsterInstance, zombie_host: Host, partitions: list[int], seed: int
+) -> list[Sent]:
+    """One round: a zombie and a replacement per partition; asserts the zombies committed nothing.
+
+    Returns what was produced (the oracle's truth).
+    """
+    settings = cluster.settings
+    before = {r.dagster_run.run_id for r in runs_of(instance, INGEST_JOB)}
+    truth: list[Sent] = []
+    for p in partitions:
+        truth += produce(settings, generated(RECORDS, seed=seed + p), partition=p)
+    target = {p: end + RECORDS for p, end in committed_ends(settings, max(partitions) + 1).items()}
+    target = {p: target[p] for p in partitions}
+    hosts = list(cluster.hosts)
+    wait_until(
+        "every zombie to freeze", lambda: len(stopped(zombie_host)) == len(partitions), 120, hosts
+    )
+    zombies = stopped(zombie_host)
+    zombie_host.freeze()  # the whole machine: its Celery worker cannot be told anything either
+
+    wait_until(
+        "run monitoring to give the frozen runs up",
+        lambda: len(new_failed(instance, before)) == len(partitions),
+        120,
+        hosts,
+    )
+    frozen_runs = new_failed(instance, before)
+    healthy = cluster.start_worker(f"worker-b{seed}", concurrency=2)
+    wait_until("the replacements to commit", caught_up(settings, target), 180, [*hosts, healthy])
+    after_replacements = committed_state(settings)
+
+    for pid in zombies:  # the zombies wake first, so each reaches its commit
+        os.kill(pid, signal.SIGCONT)
+    for pid in zombies:
+        wait_dead(pid, timeout=120)
+    zombie_host.thaw()
+    assert committed_state(settings) == after_replacements, "a zombie changed the committed lake"
+    for run_id in frozen_runs:
+        text = failure_text(instance, run_id)
+        assert "FencingError" in text and "committed nothing" in text, f"{run_id}: {text!r}"
+    healthy.stop()
+    cluster.hosts.remove(healthy)
+    return truth
+
+
+def test_a_frozen_worker_host_commits_nothing_after_its_replacement(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    per_round = min(TRIALS, ROUND)
+    cluster = make_cluster(partitions=per_round)
+    settings = cluster.settings
+    zombie_host = cluster.start_worker(
+        "worker-a", concurrency=per_round, PIPELINE_FAULT_POINT="KC", PIPELINE_FAULT_ACTION="stop"
+    )
+    cluster.wait_ready(zombie_host)
+    cluster.start_control()
+    done, truth = 0, []
+    with cluster.observer() as instance:
+        for number in range(math.ceil(TRIALS / per_round)):
+            count = min(per_round, TRIALS - done)
+            truth += run_round(cluster, instance, zombie_host, list(range(count)), 100 * number)
+            done += count
+            print(f"zombie trials: {done}/{TRIALS} fenced")
+    oracle.check(settings, truth).assert_ok()
+    reconcile = subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", "reconcile"],
+        env=env_for(settings),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert reconcile.returncode == 0, reconcile.stdout[-2000:] + reconcile.stderr[-2000:]
