@@ -15,7 +15,7 @@ import pytest
 from pipeline_project.lake.location import AWS_VARIABLES
 from pipeline_project.lake.s3server import LocalS3
 from pipeline_project_tests.faults.fault_support import fresh_settings
-from pipeline_project_tests.multihost.hosts import Cluster
+from pipeline_project_tests.multihost.hosts import Cluster, shared_env
 from pipeline_project_tests.multihost.services import (
     LocalPostgres,
     LocalRedis,
@@ -52,15 +52,6 @@ def redis() -> Iterator[LocalRedis]:
         yield server
     finally:
         server.stop()
-
-
-def shared_env(postgres: LocalPostgres, redis: LocalRedis, s3: LocalS3) -> dict[str, str]:
-    """What every host is told: a fresh Dagster database, the Celery broker, the S3 lake."""
-    env = postgres.env(postgres.create_database())
-    env["DAGSTER_CELERY_BROKER_URL"] = f"{redis.url}/0"
-    env["DAGSTER_CELERY_BACKEND_URL"] = f"{redis.url}/1"
-    env.update({k: v for k, v in s3.storage_options().items() if k in AWS_VARIABLES})
-    return env
 
 
 @pytest.fixture

@@ -30,7 +30,10 @@ from pathlib import Path
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from pipeline_project.lake.location import AWS_VARIABLES
+from pipeline_project.lake.s3server import LocalS3
 from pipeline_project.settings import Settings
+from pipeline_project_tests.multihost.services import LocalPostgres, LocalRedis
 from pipeline_project_tests.support import REPO_ROOT, env_for
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -55,6 +58,15 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "PIPELINE_MAX_RANGE_EVENTS": str(settings.max_range_events),
         "PIPELINE_MAX_WAIT_SECONDS": str(settings.max_wait_seconds),
     }
+
+
+def shared_env(postgres: LocalPostgres, redis: LocalRedis, s3: LocalS3) -> dict[str, str]:
+    """What every host is told: a fresh Dagster database, the Celery broker, the S3 lake's AWS_*."""
+    env = postgres.env(postgres.create_database())
+    env["DAGSTER_CELERY_BROKER_URL"] = f"{redis.url}/0"
+    env["DAGSTER_CELERY_BACKEND_URL"] = f"{redis.url}/1"
+    env.update({k: v for k, v in s3.storage_options().items() if k in AWS_VARIABLES})
+    return env
 
 
 def session_pids(sid: int) -> list[int]:

@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
@@ -44,6 +45,15 @@ from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 TRIALS = int(os.environ.get("ZOMBIE_TRIALS", "3"))
 ROUND = 10  # trials at once (one partition each)
 RECORDS = 300  # per trial range
+
+
+_T0 = [time.monotonic()]
+
+
+def phase(name: str) -> None:
+    now = time.monotonic()
+    print(f"{name}: {now - _T0[0]:.1f} s")
+    _T0[0] = now
 
 
 def stopped(host: Host) -> list[int]:
@@ -88,6 +98,7 @@ def run_round(
         "every zombie to freeze", lambda: len(stopped(zombie_host)) == len(partitions), 120, hosts
     )
     zombies = stopped(zombie_host)
+    phase("frozen")
     zombie_host.freeze()  # the whole machine: its Celery worker cannot be told anything either
 
     wait_until(
@@ -97,15 +108,25 @@ def run_round(
         hosts,
     )
     frozen_runs = new_failed(instance, before)
+    phase("given up")
     healthy = cluster.start_worker(f"worker-b{seed}", concurrency=2)
     wait_until("the replacements to commit", caught_up(settings, target), 180, [*hosts, healthy])
     after_replacements = committed_state(settings)
+    phase("replaced")
 
     for pid in zombies:  # the zombies wake first, so each reaches its commit
         os.kill(pid, signal.SIGCONT)
+    wait_until(
+        "every zombie's run to fail its step",
+        lambda: all(failure_text(instance, run_id) for run_id in frozen_runs),
+        180,
+        hosts,
+    )
+    phase("zombies failed")
+    zombie_host.thaw()
     for pid in zombies:
         wait_dead(pid, timeout=120)
-    zombie_host.thaw()
+    phase("zombies gone")
     assert committed_state(settings) == after_replacements, "a zombie changed the committed lake"
     for run_id in frozen_runs:
         text = failure_text(instance, run_id)
@@ -124,8 +145,9 @@ def test_a_frozen_worker_host_commits_nothing_after_its_replacement(
     zombie_host = cluster.start_worker(
         "worker-a", concurrency=per_round, PIPELINE_FAULT_POINT="KC", PIPELINE_FAULT_ACTION="stop"
     )
-    cluster.wait_ready(zombie_host)
     cluster.start_control()
+    cluster.wait_ready(zombie_host)
+    phase("worker ready")
     done, truth = 0, []
     with cluster.observer() as instance:
         for number in range(math.ceil(TRIALS / per_round)):
@@ -133,7 +155,9 @@ def test_a_frozen_worker_host_commits_nothing_after_its_replacement(
             truth += run_round(cluster, instance, zombie_host, list(range(count)), 100 * number)
             done += count
             print(f"zombie trials: {done}/{TRIALS} fenced")
+    phase("rounds")
     oracle.check(settings, truth).assert_ok()
+    phase("oracle")
     reconcile = subprocess.run(
         [PYTHON, "-m", "pipeline_project.cli", "reconcile"],
         env=env_for(settings),
