@@ -79,7 +79,7 @@ bench: install
 # Beyond one machine (docs/deploy.md): 50 zombie trials across worker hosts (make test runs 3), and
 # one worker host against two on a 1M-event backlog. Both start Debian's PostgreSQL and redis-server.
 zombie50: install
-	ZOMBIE_TRIALS=50 $(BIN)/pytest pipeline_project_tests/multihost/test_zombie_hosts.py -s
+	ZOMBIE_TRIALS=50 $(BIN)/pytest pipeline_project_tests/multihost/test_zombie_hosts.py -s --timeout 5400
 
 bench-multihost: install
 	$(BIN)/python -m benchmarks.multihost

@@ -45,6 +45,7 @@ from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
 
 TRIALS = int(os.environ.get("ZOMBIE_TRIALS", "3"))
 ROUND = 10  # trials at once (one partition each)
+RECORDS = 300  # per trial range
 
 
 def monitoring(runs_at_once: int) -> dict[str, int]:
@@ -53,13 +54,11 @@ def monitoring(runs_at_once: int) -> dict[str, int]:
     return {"max_runtime_seconds": max(25, 6 * runs_at_once)}
 
 
-RECORDS = 300  # per trial range
-
-
 _T0 = [time.monotonic()]
 
 
 def phase(name: str) -> None:
+    """Prints how long the phase that just ended took (with -s: where a slow round spends it)."""
     now = time.monotonic()
     print(f"{name}: {now - _T0[0]:.1f} s")
     _T0[0] = now
