@@ -168,7 +168,8 @@ def test_a_frozen_worker_host_commits_nothing_after_its_replacement(
     zombie_host = cluster.start_worker(
         "worker-a", concurrency=per_round, PIPELINE_FAULT_POINT="KC", PIPELINE_FAULT_ACTION="stop"
     )
-    cluster.start_control()
+    # Only the sensor's ingest runs may reach the kill point: no DLQ reprocessing in this test.
+    cluster.start_control(PIPELINE_DLQ_REPROCESS_CRON="0 0 1 1 *")
     cluster.wait_ready(zombie_host)
     phase("worker ready")
     done, truth = 0, []
