@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dagster import DagsterRunStatus
+
 from pipeline_project.batch.backlog import partition_states
 from pipeline_project.lake.audit import audit
 from pipeline_project.lake.history import read_history
@@ -113,7 +115,9 @@ def drain(root: Path, settings: Settings, env: dict, count: int, ends: dict[int,
         wait_until("the backlog to drain", caught_up(settings, ends), 3600, cluster.hosts)
         wall = time.monotonic() - started
         with cluster.observer() as instance:
-            runs = [r for r in runs_of(instance, INGEST_JOB) if r.end_time]
+            every = runs_of(instance, INGEST_JOB)
+            runs = [r for r in every if r.start_time and r.end_time]  # started and finished
+            failed = sum(r.dagster_run.status != DagsterRunStatus.SUCCESS for r in every)
             seconds = [r.end_time - r.start_time for r in runs]
             first_start = min(r.start_time for r in runs)
             by_worker = {
@@ -131,6 +135,7 @@ def drain(root: Path, settings: Settings, env: dict, count: int, ends: dict[int,
         "wall_s": round(wall, 1),
         "first_run_start_to_last_run_end_s": round(launch_to_end, 1),
         "runs": len(runs),
+        "runs_not_successful": failed,  # failed or given up (their ranges ran again)
         "runs_per_worker": by_worker,
         "run_s_mean": round(statistics.mean(seconds), 2),
         "run_s_sum": round(sum(seconds), 1),

@@ -180,9 +180,10 @@ class Cluster:
             env.pop(name_, None)
         return root, env
 
-    def start_control(self) -> Host:
+    def start_control(self, **extra_env: str) -> Host:
         """dagster-daemon with the code location (workspace.yaml in its own directory)."""
         root, env = self._home("control")
+        env.update(extra_env)
         workspace = root / "work" / "workspace.yaml"
         workspace.write_text((REPO_ROOT / "workspace.yaml").read_text())
         args = [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)]

@@ -116,14 +116,15 @@ def run_round(
     target = {p: end + RECORDS for p, end in committed_ends(settings, max(partitions) + 1).items()}
     target = {p: target[p] for p in partitions}
     hosts = list(cluster.hosts)
-    wait_until(
-        "every zombie to freeze", lambda: len(stopped(zombie_host)) == len(partitions), 120, hosts
-    )
-    zombies = stopped(zombie_host)
-    phase("frozen")
-    zombie_host.freeze()  # the whole machine: its Celery worker cannot be told anything either
 
-    zombie_runs = frozen_runs(instance, before, zombies)
+    def frozen() -> list[str]:
+        return frozen_runs(instance, before, stopped(zombie_host))
+
+    wait_until("every zombie to freeze", lambda: len(frozen()) == len(partitions), 300, hosts)
+    zombie_host.freeze()  # the whole machine: its Celery worker cannot be told anything either
+    phase("frozen")
+    zombie_runs = frozen()
+    zombies = [run_pid(instance, run_id) for run_id in zombie_runs]
     assert len(zombie_runs) == len(partitions), (zombie_runs, zombies)
     wait_until(
         "run monitoring to give the frozen runs up",
@@ -145,12 +146,11 @@ def run_round(
         180,
         hosts,
     )
-    phase("zombies failed")
-    zombie_host.thaw()
     for pid in zombies:
-        wait_dead(pid, timeout=120)
-    phase("zombies gone")
+        wait_dead(pid, timeout=120)  # done, left for the frozen host to reap
+    phase("zombies done")
     assert committed_state(settings) == after_replacements, "a zombie changed the committed lake"
+    zombie_host.thaw()
     for run_id in zombie_runs:
         text = failure_text(instance, run_id)
         assert "FencingError" in text and "committed nothing" in text, f"{run_id}: {text!r}"
@@ -165,8 +165,12 @@ def test_a_frozen_worker_host_commits_nothing_after_its_replacement(
     per_round = min(TRIALS, ROUND)
     cluster = make_cluster(partitions=per_round, monitoring=monitoring(per_round))
     settings = cluster.settings
+    # Two slots more than the round's runs, for the schedules' and the automation sensor's runs.
     zombie_host = cluster.start_worker(
-        "worker-a", concurrency=per_round, PIPELINE_FAULT_POINT="KC", PIPELINE_FAULT_ACTION="stop"
+        "worker-a",
+        concurrency=per_round + 2,
+        PIPELINE_FAULT_POINT="KC",
+        PIPELINE_FAULT_ACTION="stop",
     )
     # Only the sensor's ingest runs may reach the kill point: no DLQ reprocessing in this test.
     cluster.start_control(PIPELINE_DLQ_REPROCESS_CRON="0 0 1 1 *")
