@@ -78,23 +78,29 @@ def failure_text(instance: DagsterInstance, run_id: str) -> str:
     return "\n".join(texts)
 
 
-def run_pid(instance: DagsterInstance, run_id: str) -> int | None:
-    """The pid of the process that executes the run (its "Started process for run" event)."""
+def run_start(instance: DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """The pid of the process that executes the run and when it started (its engine event)."""
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
         found = re.search(r"Started process for run \(pid: (\d+)\)", entry.message or "")
         if found:
-            return int(found.group(1))
+            return int(found.group(1)), entry.timestamp
     return None
 
 
-def frozen_runs(instance: DagsterInstance, before: set[str], pids: list[int]) -> list[str]:
-    """The ingest runs (created after `before`) whose process is one of the frozen `pids`.
+def frozen_runs(instance: DagsterInstance, before: set[str], pids: list[int]) -> dict[str, int]:
+    """Run id → pid of the ingest runs (created after `before`) whose process is frozen now.
 
     A run that run monitoring stopped before it reached its kill point (a slow start) is not a
-    zombie: the sensor's retry of its range may be the one that froze.
+    zombie: the sensor's retry of its range may be the one that froze. A pid can be reused on a
+    busy machine: it belongs to the run that started on it last.
     """
-    runs = [r for r in runs_of(instance, INGEST_JOB) if r.dagster_run.run_id not in before]
-    return [r.dagster_run.run_id for r in runs if run_pid(instance, r.dagster_run.run_id) in pids]
+    latest: dict[int, tuple[float, str]] = {}
+    for record in runs_of(instance, INGEST_JOB):
+        run_id = record.dagster_run.run_id
+        started = run_start(instance, run_id) if run_id not in before else None
+        if started and started[0] in pids and started[1] > latest.get(started[0], (0.0, ""))[0]:
+            latest[started[0]] = (started[1], run_id)
+    return {run_id: pid for pid, (_, run_id) in latest.items()}
 
 
 def all_failed(instance: DagsterInstance, run_ids: list[str]) -> bool:
@@ -117,15 +123,15 @@ def run_round(
     target = {p: target[p] for p in partitions}
     hosts = list(cluster.hosts)
 
-    def frozen() -> list[str]:
+    def frozen() -> dict[str, int]:
         return frozen_runs(instance, before, stopped(zombie_host))
 
     wait_until("every zombie to freeze", lambda: len(frozen()) == len(partitions), 300, hosts)
     zombie_host.freeze()  # the whole machine: its Celery worker cannot be told anything either
     phase("frozen")
-    zombie_runs = frozen()
-    zombies = [run_pid(instance, run_id) for run_id in zombie_runs]
-    assert len(zombie_runs) == len(partitions), (zombie_runs, zombies)
+    frozen_now = frozen()
+    zombie_runs, zombies = list(frozen_now), list(frozen_now.values())
+    assert len(zombie_runs) == len(partitions), frozen_now
     wait_until(
         "run monitoring to give the frozen runs up",
         lambda: all_failed(instance, zombie_runs),
