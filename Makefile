@@ -9,7 +9,7 @@ NATIVE_STAMP := $(VENV)/.native
 VERSITYGW_STAMP := $(VENV)/.versitygw
 export DAGSTER_HOME := $(CURDIR)/.dagster
 
-.PHONY: help install demo test test-fast lint bench clean kafka-start kafka-stop kafka-start-secure kafka-stop-secure browser screenshots chaos soak
+.PHONY: help install demo test test-fast lint bench bench-multihost zombie50 clean kafka-start kafka-stop kafka-start-secure kafka-stop-secure browser screenshots chaos soak
 
 help:
 	@echo "make demo   - broker, topics, producer and the Dagster UI (http://localhost:3000); Ctrl-C stops all"
@@ -18,6 +18,8 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make chaos  - seeded random-kill loop, CHAOS_ITERATIONS (50) CHAOS_SEED (7); JSON summary"
 	@echo "make soak   - dagster-daemon + producer at SOAK_RATE (5000/s) for SOAK_SECONDS (600); JSON"
+	@echo "make zombie50 - 50 frozen-worker-host trials (PostgreSQL, redis, dagster-celery); must be 50/50"
+	@echo "make bench-multihost - one worker host against two on a 1M-event, 12-partition backlog (JSON)"
 	@echo "make screenshots - refresh docs/images/ from the browser test (headless Chromium)"
 	@echo "make clean  - remove the venv, local broker and S3 data, the lake and .dagster/"
 
@@ -74,6 +76,14 @@ bench: install
 	$(BIN)/python -m benchmarks.bench
 	$(BIN)/python -m benchmarks.lake_history
 	$(BIN)/python -m benchmarks.compaction
+
+# Beyond one machine (docs/deploy.md): 50 zombie trials across worker hosts (make test runs 3), and
+# one worker host against two on a 1M-event backlog. Both start Debian's PostgreSQL and redis-server.
+zombie50: install
+	ZOMBIE_TRIALS=50 $(BIN)/pytest pipeline_project_tests/multihost/test_zombie_hosts.py -s --timeout 5400
+
+bench-multihost: install
+	$(BIN)/python -m benchmarks.multihost
 
 # Not part of `make test`: minutes of random SIGKILLs, then the oracle (pipeline_project_tests/faults).
 chaos: install

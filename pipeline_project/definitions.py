@@ -7,7 +7,7 @@ the default); every other setting is resolved when a run or tick starts (defs/re
 malformed one cannot stop the location loading.
 """
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from pipeline_project.defs import dlq, ingest, sessions, upkeep
 from pipeline_project.defs.resources import SETTINGS_KEY, PipelineSettings
@@ -16,14 +16,20 @@ from pipeline_project.defs.resources import SETTINGS_KEY, PipelineSettings
 def build_defs(settings: PipelineSettings | None = None) -> Definitions:
     """The code location with `settings` (default: every setting from the environment).
 
-    Tests and embedders pass their own resource instead of patching the environment.
+    Tests and embedders pass their own resource instead of patching the environment. Every job
+    runs its steps in the run's own process, the asset jobs of the automation sensor included:
+    a run executed by a Celery worker (docs/deploy.md) is a daemonic process, which may not start
+    the step processes of Dagster's default multiprocess executor.
     """
     return Definitions.merge(
         ingest.defs,
         dlq.defs,
         sessions.defs,
         upkeep.defs,
-        Definitions(resources={SETTINGS_KEY: settings or PipelineSettings()}),
+        Definitions(
+            resources={SETTINGS_KEY: settings or PipelineSettings()},
+            executor=in_process_executor,
+        ),
     )
 
 

@@ -26,6 +26,8 @@ def test_resources_are_declared_and_no_private_dagster_api_is_used() -> None:
 
 def test_contract_names_resolve() -> None:
     assert defs.resolve_job_def("ingest_events").executor_def.name == "in_process"
+    # The automation sensor's asset jobs too: a Celery worker's run may not start step processes.
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
     assert defs.resolve_sensor_def("kafka_backlog_sensor").job_name == "ingest_events"
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys())
