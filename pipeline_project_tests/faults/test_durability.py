@@ -60,10 +60,32 @@ def trace_run(settings: Settings, trace: Path, rng: Range) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+UNFINISHED_RE = re.compile(r"^(\d+)\s+(.*) <unfinished \.\.\.>$")
+RESUMED_RE = re.compile(r"^(\d+)\s+<\.\.\. \w+ resumed>(.*)$")
+
+
+def joined_lines(text: str) -> Iterator[str]:
+    """The trace's lines, with a call another thread interrupted joined back into one line.
+
+    A run writes its files on a worker thread while the main thread works, so `strace -f` splits
+    such calls into `<unfinished ...>` and `<... fsync resumed>` halves; they complete in the
+    order of their resumed halves.
+    """
+    pending: dict[str, str] = {}
+    for line in text.splitlines():
+        if started := UNFINISHED_RE.match(line):
+            pending[started.group(1)] = started.group(2)
+        elif resumed := RESUMED_RE.match(line):
+            pid = resumed.group(1)
+            yield f"{pid} {pending.pop(pid, '')}{resumed.group(2)}"
+        else:
+            yield line
+
+
 def events(trace: Path) -> list[tuple[str, list[str]]]:
     """(syscall, paths) of every successful traced call, in order: fds resolved by `-y`."""
     out = []
-    for line in trace.read_text().splitlines():
+    for line in joined_lines(trace.read_text()):
         match = EVENT_RE.match(line)
         if not match or int(match.group(3)) < 0:
             continue
@@ -103,7 +125,18 @@ def test_files_are_durable_before_the_commit_and_the_commit_after(
     log_dir = f"{table}/_delta_log"
     data_files = sorted({p[0] for n, p in evts if n == "fsync" and p and p[0].endswith(".parquet")})
     assert data_files, "no data file was fsynced"
-    commit = last(evts, "link", lambda p: len(p) == 2 and p[1].startswith(log_dir))
+    # The range's commit: the log entry that adds the data files (a run also makes metadata
+    # commits of its own, e.g. the table's creation and the topic's identity).
+    names = [Path(f).name for f in data_files]
+    commit = last(
+        evts,
+        "link",
+        lambda p: (
+            len(p) == 2
+            and p[1].startswith(log_dir)
+            and all(n in Path(p[1]).read_text() for n in names)
+        ),
+    )
     entry = evts[commit][1][1]
     for path in data_files:
         assert path.startswith(table + "/date=")
