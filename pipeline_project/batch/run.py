@@ -340,7 +340,7 @@ def run_range(
         fault_point("K6")
         record = range_record(rng, "ingest", identity, offsets, batch, deliveries, token=token)
         record = epochs.stamp(record, topic, history_start)
-        committed = commit_range(lake, record, staged, table=table)
+        committed = commit_range(lake, record, staged, table=table, checked_start=True)
         steps.lap("commit")
         fault_point("K7")
         commit_group_offset(consumer, rng)

@@ -137,8 +137,13 @@ def commit_range(
     table_name: str = TABLE_EVENTS,
     clock: type[datetime] = datetime,
     last_error: list[str] | None = None,
+    checked_start: bool = False,
 ) -> CommitResult:
     """Commits the range's rows and `record` exactly once.
+
+    `checked_start`: the caller made sure, before it read the range, that the range was not
+    committed. Finding it committed now then means another writer took it meanwhile (a zombie
+    woken up late): FencingError, not "already committed".
 
     `rows`: the range's lake rows (any number of days; written here), or its files already staged
     with `stage_files` under `record.token`, or None to commit the record alone (a migrated range,
@@ -152,9 +157,14 @@ def commit_range(
         if table is None:
             if staged is None:
                 raise LakeError(f"lake {lake.describe()}: no {table_name} table to commit into")
-            table = create_table(lake, table_name, staged.schema)
-        done = txn_version(table, record.app_id)
+            table = _create(lake, table_name, staged.schema, record)
+        done = _committed_end(lake, table, record)
         if done is not None and done >= record.range.end and done > record.range.start:
+            if checked_start:
+                mine = own_commit(lake, table_name, table, record.token)
+                if mine is not None:  # an earlier attempt's commit landed after all
+                    return CommitResult("committed", record, mine, attempt)
+                check_start(record, done)  # raises: another writer committed the range
             return CommitResult("already_committed", record, _version(table), attempt)
         check_start(record, done)
         fault_point("KC")  # checked, not yet committed: where a zombie freezes in the tests
@@ -176,6 +186,27 @@ def commit_range(
         f"{MAX_ATTEMPTS} attempts ({errors[-1] if errors else 'no error text'}); nothing of it "
         "was committed, the next run tries again"
     )
+
+
+def _create(lake: Lake, table_name: str, schema: pa.Schema, record: RangeRecord) -> DeltaTable:
+    """The table, created for the range's first commit; a full or read-only disk: StorageError."""
+    try:
+        return create_table(lake, table_name, schema)
+    except LakeError as exc:
+        raise_storage_error(lake, record.range.range_id, exc)
+        raise
+
+
+def _committed_end(lake: Lake, table: DeltaTable, record: RangeRecord) -> int | None:
+    """The partition's committed end in `table`; a store that stopped answering ends the run."""
+    try:
+        return txn_version(table, record.app_id)
+    except (DeltaError, OSError) as exc:
+        raise LakeError(
+            f"lake {lake.describe()}: committing {record.range.range_id} failed: its committed "
+            f"end could not be read ({error_line(exc)}); nothing of it was committed, the next "
+            "run commits the range at most once"
+        ) from None
 
 
 def _staged(
