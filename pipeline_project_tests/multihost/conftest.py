@@ -28,30 +28,27 @@ from pipeline_project_tests.support import unique
 TEST_MONITORING = {"poll_interval_seconds": 2, "max_runtime_seconds": 25}
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[LocalPostgres]:
-    problem = postgres_problem()
+def _served(name: str, problem: str | None, server: LocalPostgres | LocalRedis | None) -> Iterator:
+    """Starts `server` for the fixture's scope, or skips naming why it cannot run here."""
     if problem:
-        pytest.skip(f"PostgreSQL: {problem}")
-    server = LocalPostgres()
+        pytest.skip(f"{name}: {problem}")
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    problem = postgres_problem()
+    yield from _served("PostgreSQL", problem, None if problem else LocalPostgres())
 
 
 @pytest.fixture
 def redis() -> Iterator[LocalRedis]:
     problem = redis_problem()
-    if problem:
-        pytest.skip(f"Redis: {problem}")
-    server = LocalRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _served("Redis", problem, None if problem else LocalRedis())
 
 
 @pytest.fixture
