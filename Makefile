@@ -76,6 +76,7 @@ bench: install
 	$(BIN)/python -m benchmarks.bench
 	$(BIN)/python -m benchmarks.lake_history
 	$(BIN)/python -m benchmarks.compaction
+	$(BIN)/python -m benchmarks.backlog
 
 # Beyond one machine (docs/deploy.md): 50 zombie trials across worker hosts (make test runs 3), and
 # one worker host against two on a 1M-event backlog. Both start Debian's PostgreSQL and redis-server.

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import polars as pl
 from confluent_kafka import Consumer, TopicPartition
+from deltalake import DeltaTable
 
 from pipeline_project.batch import epochs
 from pipeline_project.batch.backlog import partition_states
@@ -209,7 +212,7 @@ def ingest(
     started = time.perf_counter()
     lake = preflight(settings)
     require_ingest_access(settings)
-    consumer = make_consumer(settings)
+    consumer, reader = make_consumer(settings), make_consumer(settings)
     dlq = DlqPublisher(settings, settings.dlq_topic)
     try:
         topic = epochs.guard(settings, lake, consumer, settings.raw_topic)
@@ -219,20 +222,25 @@ def ingest(
                 raise PipelineError(
                     f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
                 )
-            outcome = run_range(settings, lake, consumer, dlq, rng, result.run_id, clock, topic)
-            logger.info(
-                "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
-                rng.range_id,
-                outcome.status,
-                outcome.records,
-                outcome.written,
-                outcome.dlq,
-                outcome.filtered,
-            )
-            result.outcomes.append(outcome)
+        outcomes = run_ranges(
+            settings, lake, (consumer, reader), dlq, interleaved(todo), result.run_id, clock, topic
+        )
+        with closing(outcomes):  # a stop here stops the range being read ahead, before the close
+            for outcome in outcomes:
+                logger.info(
+                    "%s: %s (%d records, %d rows, %d DLQ, filtered %s)",
+                    outcome.range.range_id,
+                    outcome.status,
+                    outcome.records,
+                    outcome.written,
+                    outcome.dlq,
+                    outcome.filtered,
+                )
+                result.outcomes.append(outcome)
         epochs.remember(lake, topic)
     finally:
         consumer.close()
+        reader.close()
         dlq.close()
         result.seconds = time.perf_counter() - started
     return result
@@ -300,17 +308,86 @@ def committed_end(lake: Lake, rng: Range) -> int | None:
     return txn_version(open_table(lake), rng.source)
 
 
-def run_range(
+def run_ranges(
+    settings: Settings,
+    lake: Lake,
+    consumers: tuple[Consumer, Consumer],
+    dlq: DlqPublisher,
+    todo: Sequence[Range],
+    run_id: str,
+    clock: Callable[[], datetime],
+    topic: epochs.TopicIdentity | None = None,
+) -> Iterator[RangeOutcome]:
+    """Each range's outcome in turn; the next range is read while this one is written.
+
+    Reading (librdkafka, the parser) and writing (Parquet, DLQ confirmations, the commit) use
+    different cores, so a backlog of several partitions overlaps them. Only a range of another
+    partition is read ahead: the next range of the same partition starts where this one ends, and
+    its start check needs this commit first. Reading ahead checks nothing this commit could change,
+    and commits stay in range order, so a failure still stops the run at the failed range.
+    `consumers`: the main thread's (group offsets) and the reading thread's.
+    """
+    main, reader = consumers
+    stop = threading.Event()
+
+    def read(rng: Range) -> DrainedRange | RangeOutcome:
+        return drain_stage(settings, lake, reader, rng, run_id, clock, topic, stop)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        try:
+            ahead = pool.submit(read, todo[0]) if todo else None
+            for index, rng in enumerate(todo):
+                drained = ahead.result() if ahead is not None else read(rng)
+                following = todo[index + 1] if index + 1 < len(todo) else None
+                early = following is not None and following.partition != rng.partition
+                ahead = pool.submit(read, following) if early and following else None
+                if isinstance(drained, RangeOutcome):
+                    yield drained
+                else:
+                    yield commit_stage(lake, main, dlq, drained, topic)
+        finally:
+            stop.set()  # a range read ahead for a run that stopped is dropped, uncommitted
+
+
+def interleaved(ranges: Sequence[Range]) -> list[Range]:
+    """Each partition's ranges in their order, the partitions taking turns.
+
+    run_ranges reads a range ahead only when it is of another partition than the one written.
+    """
+    seen: Counter[int] = Counter()
+    turns = []
+    for rng in ranges:
+        turns.append(seen[rng.partition])
+        seen[rng.partition] += 1
+    return [rng for _turn, rng in sorted(zip(turns, ranges, strict=True), key=lambda pair: pair[0])]
+
+
+@dataclass
+class DrainedRange:
+    """A range read and mapped in memory, with what its commit still needs."""
+
+    range: Range
+    table: DeltaTable  # the snapshot its start was checked against
+    identity: Identity
+    history_start: int | None
+    offsets: list[int]
+    sources: dict[int, SourceRecord]  # the rejected records, for the DLQ
+    mapped: MappedRows | None  # None once filtered
+    steps: StepClock
+    started: float
+
+
+def drain_stage(
     settings: Settings,
     lake: Lake,
     consumer: Consumer,
-    dlq: DlqPublisher,
     rng: Range,
     run_id: str,
     clock: Callable[[], datetime],
     topic: epochs.TopicIdentity | None = None,
-) -> RangeOutcome:
-    """The protocol for one range; the commit is its only write to the lake."""
+    stop: threading.Event | None = None,
+) -> DrainedRange | RangeOutcome:
+    """Checks the range's start, drains and maps it; nothing is written yet."""
     with paused_gc():
         table = open_table(lake)
         done = txn_version(table, rng.source)
@@ -324,23 +401,44 @@ def run_range(
         )
         check_start(_probe(rng, run_id, moment), done)  # fail before draining a doomed range
         history_start = epochs.check_range(settings, consumer, topic, rng, done)
-        raw, mapped = drain_and_map(settings, consumer, rng, identity, steps)
+        raw, mapped = drain_and_map(settings, consumer, rng, identity, steps, stop)
         fault_point("K1")
-        batch = finish_batch(mapped, committed_ids_of(lake))
-        del mapped
-        steps.lap("process")
-        offsets, sources = raw.offsets, raw.sources(r.offset for r in batch.rejects)
-        del raw  # the values are parsed, and the rejects' kept in `sources`: free ~100 MB
+        # The values are parsed, and the rejects' kept in `sources`: ~100 MB are freed on return.
+        sources = raw.sources(r.offset for r in mapped.rejects)
+        steps.lap("map")
+        return DrainedRange(
+            rng, table, identity, history_start, raw.offsets, sources, mapped, steps, started
+        )
+
+
+def commit_stage(
+    lake: Lake,
+    consumer: Consumer,
+    dlq: DlqPublisher,
+    drained: DrainedRange,
+    topic: epochs.TopicIdentity | None = None,
+) -> RangeOutcome:
+    """Filters, stages the files while the DLQ confirms the rejects, then the one commit."""
+    rng, steps, identity = drained.range, drained.steps, drained.identity
+    with paused_gc():
+        steps.lap("wait")  # for the range before it to commit (0 unless read ahead)
+        batch = finish_batch(drained.mapped, committed_ids_of(lake))
+        drained.mapped = None  # its rows are in `batch` now: ~150 MB less while staging
+        steps.lap("filter")
         token = uuid.uuid4().hex
         staged, deliveries = stage_while_sending(
             lambda: stage_files(lake, rng.range_id, token, epochs.with_epoch(batch.good, rng)),
-            lambda: send_rejects(dlq, rng, sources, batch, run_id, moment),
+            lambda: send_rejects(
+                dlq, rng, drained.sources, batch, identity.run_id, identity.ingested_at
+            ),
         )
         steps.lap("dlq_and_files")
         fault_point("K6")
-        record = range_record(rng, "ingest", identity, offsets, batch, deliveries, token=token)
-        record = epochs.stamp(record, topic, history_start)
-        committed = commit_range(lake, record, staged, table=table, checked_start=True)
+        record = range_record(
+            rng, "ingest", identity, drained.offsets, batch, deliveries, token=token
+        )
+        record = epochs.stamp(record, topic, drained.history_start)
+        committed = commit_range(lake, record, staged, table=drained.table, checked_start=True)
         steps.lap("commit")
         fault_point("K7")
         commit_group_offset(consumer, rng)
@@ -351,7 +449,7 @@ def run_range(
             rng,
             "committed",
             record,
-            time.perf_counter() - started,
+            time.perf_counter() - drained.started,
             latency_ms(batch.good),
             steps.steps,
             committed.version,
@@ -425,7 +523,12 @@ def process(
 
 
 def drain_and_map(
-    settings: Settings, consumer: Consumer, rng: Range, identity: Identity, steps: StepClock
+    settings: Settings,
+    consumer: Consumer,
+    rng: Range,
+    identity: Identity,
+    steps: StepClock,
+    stop: threading.Event | None = None,
 ) -> tuple[RawBatch, MappedRows]:
     """Drains the range and parses each part on a worker thread while the next is read.
 
@@ -439,7 +542,9 @@ def drain_and_map(
         def parse_later(part: RawBatch) -> None:
             futures.append(pool.submit(parse_part, part, native=settings.native_parse))
 
-        raw = drain_range(consumer, rng, settings.drain_timeout_seconds, on_part=parse_later)
+        raw = drain_range(
+            consumer, rng, settings.drain_timeout_seconds, on_part=parse_later, stop=stop
+        )
         steps.lap("drain")
         parts = [f.result() for f in futures] or [parse_part(raw, native=settings.native_parse)]
     return raw, map_parts(parts, rng.topic, rng.partition, identity)

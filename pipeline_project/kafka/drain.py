@@ -9,6 +9,7 @@ in docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -123,12 +124,14 @@ def drain_range(
     with_headers: bool = False,
     on_part: Callable[[RawBatch], None] | None = None,
     part_records: int = PART_RECORDS,
+    stop: threading.Event | None = None,
 ) -> RawBatch:
     """Every record of `rng`, in offset order; DrainError if it cannot be completed in time.
 
     `with_headers` keeps each record's headers too (the DLQ's reason and source coordinates).
     `on_part` is handed each consecutive part of about `part_records` records as soon as it is
     read (and the last, shorter one at the end), so a caller can work on them during the drain.
+    `stop`, once set, ends the drain with a DrainError (its run stopped; nothing was committed).
     """
     batch = RawBatch(rng.topic, rng.partition, [], [], [], [], [] if with_headers else None)
     if rng.size == 0:
@@ -138,7 +141,7 @@ def drain_range(
     parts = _Parts(batch, on_part, part_records)
     try:
         with paused_gc():
-            _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s, parts)
+            _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s, parts, stop)
     finally:
         consumer.unassign()
     parts.hand_over(last=True)
@@ -166,13 +169,20 @@ class _Parts:
 
 
 def _consume_until_end(
-    consumer: Consumer, rng: Range, batch: RawBatch, deadline: float, parts: _Parts
+    consumer: Consumer,
+    rng: Range,
+    batch: RawBatch,
+    deadline: float,
+    parts: _Parts,
+    stop: threading.Event | None = None,
 ) -> None:
     offsets, stamps, keys, values = batch.offsets, batch.timestamps_ms, batch.keys, batch.values
     headers = batch.headers
     last = rng.end - 1
     transient = ""  # the last transient error, so a timeout says "broker down" when it was
     while True:
+        if stop is not None and stop.is_set():
+            raise DrainError(f"{rng.range_id}: the run stopped while the range was read")
         if time.monotonic() > deadline:
             got = offsets[-1] if offsets else None
             cause = "the range ends beyond the log end, an open transaction blocks it"

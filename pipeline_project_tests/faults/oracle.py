@@ -119,7 +119,10 @@ def _read_partitions(
     deadline = time.monotonic() + timeout
     while todo:
         assert time.monotonic() < deadline, f"reading {topic} {sorted(todo)} stalled"
-        for msg in consumer.consume(5000, timeout=0.1):
+        batch = consumer.consume(5000, timeout=0.1)
+        if batch:  # a bound on silence, not on the whole read: a soak's topic holds millions
+            deadline = time.monotonic() + timeout
+        for msg in batch:
             p, offset, high = msg.partition(), msg.offset(), todo.get(msg.partition())
             if high is None:
                 continue

@@ -289,10 +289,11 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         finally:
             stop_producer(producer)
             stop_group(daemon)
+        fresh = freshness(settings, produced_until_ms)  # the figures first, whatever follows
+        print(json.dumps({"freshness": fresh}), file=sys.stderr)
         report = audit(lake_of(settings))
         truth = read_truth(work / "truth.jsonl")
         verdict = oracle.check(settings, truth)
-        fresh = freshness(settings, produced_until_ms)
     runs = run_counts(work / "dagster_home")
     lags = [r["lag"] for r in timeline.rows]
     return {
