@@ -63,6 +63,8 @@ class Settings:
     max_range_events: int = 200_000
     min_backlog_events: int = 5_000
     max_wait_seconds: float = 30.0
+    # Ranges of up to this many partitions go in one sensor run (1: a run per partition).
+    partitions_per_run: int = 1
     drain_timeout_seconds: float = 120.0
     dlq_timeout_seconds: float = 30.0
     max_lateness_days: int = 7
@@ -211,6 +213,7 @@ class EnvSettings(BaseSettings):
     max_range_events: int | None = Field(None, ge=1)
     min_backlog_events: int | None = Field(None, ge=1)
     max_wait_seconds: float | None = Field(None, ge=0)
+    partitions_per_run: int | None = Field(None, ge=1, le=1000)
     drain_timeout_seconds: float | None = Field(None, ge=1)
     dlq_timeout_seconds: float | None = Field(None, ge=1)
     max_lateness_days: int | None = Field(None, ge=0)

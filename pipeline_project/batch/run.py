@@ -77,6 +77,7 @@ class RangeOutcome:
     )  # p50, p99 of ingested_at - kafka_timestamp
     steps: dict[str, float] = field(default_factory=dict)  # seconds per protocol step
     version: int | None = None  # the Delta table version of the commit
+    read_ahead: bool = False  # drained while the range before it was written (run_ranges)
 
     @property
     def records(self) -> int:
@@ -321,32 +322,55 @@ def run_ranges(
     """Each range's outcome in turn; the next range is read while this one is written.
 
     Reading (librdkafka, the parser) and writing (Parquet, DLQ confirmations, the commit) use
-    different cores, so a backlog of several partitions overlaps them. Only a range of another
-    partition is read ahead: the next range of the same partition starts where this one ends, and
-    its start check needs this commit first. Reading ahead checks nothing this commit could change,
-    and commits stay in range order, so a failure still stops the run at the failed range.
-    `consumers`: the main thread's (group offsets) and the reading thread's.
+    different cores, so a backlog of several partitions overlaps them (which ranges:
+    `reads_ahead`). Reading ahead checks nothing this commit could change, and commits stay in
+    range order, so a failure still stops the run at the failed range.
+    `consumers`: the main thread's (ranges not read ahead, group offsets) and the reading thread's.
     """
     main, reader = consumers
     stop = threading.Event()
 
-    def read(rng: Range) -> DrainedRange | RangeOutcome:
-        return drain_stage(settings, lake, reader, rng, run_id, clock, topic, stop)
+    def read(rng: Range, consumer: Consumer) -> DrainedRange | RangeOutcome:
+        return drain_stage(settings, lake, consumer, rng, run_id, clock, topic, stop)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
         try:
-            ahead = pool.submit(read, todo[0]) if todo else None
+            ahead: Future[DrainedRange | RangeOutcome] | None = None
             for index, rng in enumerate(todo):
-                drained = ahead.result() if ahead is not None else read(rng)
+                # Read here (the main consumer is warm) unless it was read ahead.
+                was_ahead = ahead is not None
+                drained = ahead.result() if ahead is not None else read(rng, main)
                 following = todo[index + 1] if index + 1 < len(todo) else None
-                early = following is not None and following.partition != rng.partition
-                ahead = pool.submit(read, following) if early and following else None
+                ahead = None
+
+                def read_next(following: Range | None = following, rng: Range = rng) -> None:
+                    nonlocal ahead
+                    if following is not None and reads_ahead(settings, rng, following):
+                        ahead = pool.submit(read, following, reader)
+
                 if isinstance(drained, RangeOutcome):
-                    yield drained
+                    read_next()
+                    outcome = drained
                 else:
-                    yield commit_stage(lake, main, dlq, drained, topic)
+                    outcome = commit_stage(lake, main, dlq, drained, topic, read_next)
+                outcome.read_ahead = was_ahead
+                yield outcome
         finally:
             stop.set()  # a range read ahead for a run that stopped is dropped, uncommitted
+
+
+def reads_ahead(settings: Settings, current: Range, following: Range) -> bool:
+    """Whether `following` is read while `current` is written.
+
+    Only a range of another partition (the next one of the same partition starts where this one
+    ends, and its start check needs this commit first), and only when the two together are no
+    bigger than one range may be: a run never holds more than PIPELINE_MAX_RANGE_EVENTS records
+    in memory, so its peak stays that of one full range. Smaller ranges (a sensor run's, a
+    lower PIPELINE_MAX_RANGE_EVENTS) overlap; two full ones run one after the other.
+    """
+    if following.partition == current.partition:
+        return False
+    return current.size + following.size <= settings.max_range_events
 
 
 def interleaved(ranges: Sequence[Range]) -> list[Range]:
@@ -417,14 +441,21 @@ def commit_stage(
     dlq: DlqPublisher,
     drained: DrainedRange,
     topic: epochs.TopicIdentity | None = None,
+    filtered: Callable[[], None] | None = None,
 ) -> RangeOutcome:
-    """Filters, stages the files while the DLQ confirms the rejects, then the one commit."""
+    """Filters, stages the files while the DLQ confirms the rejects, then the one commit.
+
+    `filtered` is called once the range is filtered, its mapped rows dropped: the run reads the
+    next range from then on, so two ranges' rows before the filter never share the memory.
+    """
     rng, steps, identity = drained.range, drained.steps, drained.identity
     with paused_gc():
         steps.lap("wait")  # for the range before it to commit (0 unless read ahead)
         batch = finish_batch(drained.mapped, committed_ids_of(lake))
         drained.mapped = None  # its rows are in `batch` now: ~150 MB less while staging
         steps.lap("filter")
+        if filtered is not None:
+            filtered()
         token = uuid.uuid4().hex
         staged, deliveries = stage_while_sending(
             lambda: stage_files(lake, rng.range_id, token, epochs.with_epoch(batch.good, rng)),

@@ -38,6 +38,7 @@ class PipelineSettings(ConfigurableResource):
     max_range_events: int | None = None
     min_backlog_events: int | None = None
     max_wait_seconds: float | None = None
+    partitions_per_run: int | None = None
     drain_timeout_seconds: float | None = None
     dlq_timeout_seconds: float | None = None
     max_lateness_days: int | None = None

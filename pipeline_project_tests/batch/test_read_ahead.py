@@ -42,9 +42,23 @@ def test_a_run_of_many_ranges_commits_each_once_in_its_partitions_order(
 ) -> None:
     settings = dataclasses.replace(lake_settings, max_range_events=400)
     truth = produce(settings, tmp_path / "truth.jsonl", 3000, "--bad-ratio", "0.05")
-    result = ingest(settings)
-    assert len(result.committed) >= 8  # 3 partitions of ~1000 records, in ranges of 400
+    consumer = make_consumer(settings)
+    try:
+        ends = {p: watermarks(consumer, settings.raw_topic, p)[1] for p in range(3)}
+    finally:
+        consumer.close()
+    # Ranges of 150, as a sensor run gets them: two fit in the memory of one (400).
+    ranges = [
+        Range(settings.raw_topic, p, start, min(start + 150, end))
+        for p, end in ends.items()
+        for start in range(0, end, 150)
+    ]
+    result = ingest(settings, ranges)
+    assert len(result.committed) == len(ranges) >= 18
     assert result.records == len(truth) and result.accounting_ok()
+    # Every range after the first was read while the one before it (of another partition) was
+    # written, until one partition is left.
+    assert sum(o.read_ahead for o in result.outcomes) >= len(ranges) // 2
     # Read ahead, then committed one after another, each partition's ranges in order.
     seen: dict[int, int] = {}
     for outcome in result.outcomes:
@@ -53,16 +67,24 @@ def test_a_run_of_many_ranges_commits_each_once_in_its_partitions_order(
         seen[rng.partition] = rng.end
     partitions = [o.range.partition for o in result.outcomes]
     assert partitions[:3] == sorted(set(partitions)), "the partitions did not take turns"
+    assert seen == ends
     lake = lake_of(settings)
-    consumer = make_consumer(settings)
-    try:
-        table = open_table(lake)
-        for partition, end in seen.items():
-            assert txn_version(table, f"{settings.raw_topic}-{partition}") == end
-            assert watermarks(consumer, settings.raw_topic, partition)[1] == end
-    finally:
-        consumer.close()
+    table = open_table(lake)
+    for partition, end in ends.items():
+        assert txn_version(table, f"{settings.raw_topic}-{partition}") == end
     assert audit(lake).ok
+
+
+def test_two_full_ranges_are_not_held_at_once(kafka_settings: Settings, tmp_path: Path) -> None:
+    """Ranges that together exceed PIPELINE_MAX_RANGE_EVENTS run one after the other."""
+    settings = dataclasses.replace(kafka_settings, max_range_events=400)
+    produce(settings, tmp_path / "truth.jsonl", 1500)
+    result = ingest(settings)
+    assert len(result.committed) >= 6 and result.accounting_ok()
+    pairs = list(zip(result.outcomes, result.outcomes[1:], strict=False))
+    full = [cur for prev, cur in pairs if prev.range.size + cur.range.size > 400]
+    assert full, [o.range.range_id for o in result.outcomes]
+    assert not any(cur.read_ahead for cur in full)
 
 
 def test_a_stopped_run_stops_reading_at_once(kafka_settings: Settings) -> None:

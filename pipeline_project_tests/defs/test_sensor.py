@@ -102,3 +102,34 @@ def test_sensor_skips_a_partition_whose_run_is_still_running(kafka_settings: Set
         assert isinstance(again, SensorResult)
         keys = sorted(r.run_key for r in again.run_requests)
         assert keys == sorted([f"{failed_key}#retry1", f"{topic}-0-{0:019d}-{20:019d}"])
+
+
+def test_partitions_per_run_puts_several_partitions_in_one_run(kafka_settings: Settings) -> None:
+    """PIPELINE_PARTITIONS_PER_RUN=2: three ready partitions make two runs, each partition in one;
+    a partition of a run not finished yet is busy, whichever run it is in."""
+    topic = kafka_settings.raw_topic
+    resources = dagster_resources(kafka_settings, min_backlog_events=1, partitions_per_run=2)
+    with DagsterInstance.ephemeral() as instance:
+        for partition in (0, 1, 2):
+            fill(kafka_settings, partition, 10 + partition)
+        result = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(result, SensorResult)
+        first, second = result.run_requests
+        assert first.tags[PARTITION_TAG] == f"{topic}-0 {topic}-1"
+        assert (
+            first.run_key
+            == first.tags[RANGE_TAG]
+            == (f"{topic}-0-{0:019d}-{10:019d} {topic}-1-{0:019d}-{11:019d}")
+        )
+        assert first.run_config["ops"]["ingest"]["config"]["ranges"] == [
+            {"partition": 0, "start": 0, "end": 10},
+            {"partition": 1, "start": 0, "end": 11},
+        ]
+        assert second.tags[PARTITION_TAG] == f"{topic}-2"
+
+        add_run(instance, DagsterRunStatus.STARTED, first.tags)
+        fill(kafka_settings, 0, 5)
+        fill(kafka_settings, 2, 5)
+        later = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(later, SensorResult)
+        assert [r.tags[PARTITION_TAG] for r in later.run_requests] == [f"{topic}-2"]

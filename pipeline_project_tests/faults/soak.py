@@ -191,6 +191,7 @@ def freshness(settings: Settings, produced_until_ms: float) -> dict[str, float]:
             for r in records
         ]
     ).sort("start")
+    rows = rows.with_columns(pl.col("kafka_partition").cast(pl.Int64))  # the lake's is Int32
     joined = (
         rows.collect()
         .sort("kafka_offset")
