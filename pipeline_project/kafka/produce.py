@@ -29,7 +29,6 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from pipeline_project.errors import PipelineError
-from pipeline_project.events.ahead import RecordsAhead
 from pipeline_project.events.generator import (
     EventGenerator,
     Record,
@@ -437,7 +436,7 @@ def _produce_one(
 def _produce_loop(
     producer: Producer,
     topic: str,
-    source: EventGenerator | RecordsAhead,
+    gen: EventGenerator,
     args: argparse.Namespace,
     tally: Tally,
     stop: _Stop,
@@ -445,7 +444,7 @@ def _produce_loop(
 ) -> float:
     """Generates and sends until count, duration or a signal; returns the seconds it ran."""
     rate = float(args.rate)
-    limit = _limit(args)
+    limit = args.count if args.count is not None else math.inf
     start = time.monotonic()
     deadline = start + args.duration if args.duration is not None else math.inf
     min_batch = max(1, int(rate * TICK_S))
@@ -470,7 +469,7 @@ def _produce_loop(
             n = int(min(due, MAX_BATCH, limit - sent))
         else:
             n = int(min(MAX_BATCH, limit - sent))
-        for record in source.batch(n):
+        for record in gen.batch(n):
             callback: Callable[[KafkaError | None, Message], None] | None
             if with_truth:
                 callback = partial(tally.on_delivery_truth, record)
@@ -566,6 +565,9 @@ def run(
     }
     # Before the metadata check: it names a refused login or TLS trust at once, not after 10 s.
     require(settings, {topic: (WRITE,)}, outcome="nothing was sent", timeout=METADATA_TIMEOUT_S)
+    producer = Producer(conf)
+    check_broker(producer, settings, topic)
+    errors.quiet = False
     gen = EventGenerator(
         seed,
         bad_ratio=args.bad_ratio,
@@ -574,32 +576,6 @@ def run(
         clock=clock,
         schema_mix=schema_mix(args),
     )
-    # At full speed events are made in a child process, forked before the client's threads exist.
-    source = RecordsAhead(gen, _limit(args)) if float(args.rate) == 0 else gen
-    try:
-        return _run(args, settings, conf, topic, seed, source, stop, errors)
-    finally:
-        if isinstance(source, RecordsAhead):
-            source.close()
-
-
-def _limit(args: argparse.Namespace) -> float:
-    return args.count if args.count is not None else math.inf
-
-
-def _run(
-    args: argparse.Namespace,
-    settings: Settings,
-    conf: dict[str, Any],
-    topic: str,
-    seed: int,
-    source: EventGenerator | RecordsAhead,
-    stop: _Stop,
-    errors: _ErrorLog,
-) -> int:
-    producer = Producer(conf)
-    check_broker(producer, settings, topic)
-    errors.quiet = False
     tally = Tally()
     metrics = _Metrics(args.metrics_port) if args.metrics_port is not None else None
     truth = args.truth.open("ab") if args.truth is not None else None
@@ -608,7 +584,7 @@ def _run(
     began = time.monotonic()
     stop.install()
     try:
-        produce_seconds = _produce_loop(producer, topic, source, args, tally, stop, status)
+        produce_seconds = _produce_loop(producer, topic, gen, args, tally, stop, status)
         in_flight = _flush(producer, stop, status)
     finally:
         stop.restore()
