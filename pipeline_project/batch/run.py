@@ -352,21 +352,11 @@ def run_ranges(
                     read_next()
                     outcome = drained
                 else:
-                    if was_ahead:  # its snapshot predates the commits since: a schema change too
-                        refresh(lake, drained)
                     outcome = commit_stage(lake, main, dlq, drained, topic, read_next)
                 outcome.read_ahead = was_ahead
                 yield outcome
         finally:
             stop.set()  # a range read ahead for a run that stopped is dropped, uncommitted
-
-
-def refresh(lake: Lake, drained: DrainedRange) -> None:
-    """Brings a range's table snapshot up to the latest commit (or opens a table made since)."""
-    if drained.table is None:
-        drained.table = open_table(lake)
-    else:
-        drained.table.update_incremental()
 
 
 def reads_ahead(settings: Settings, current: Range, following: Range) -> bool:

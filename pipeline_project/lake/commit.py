@@ -337,8 +337,13 @@ def evolve_schema(lake: Lake, table: DeltaTable, schema: pa.Schema) -> None:
     Rows of earlier commits read as null there; no file is rewritten. A column whose type differs
     from the table's is refused: readers could not combine the two.
     """
-    known = {f.name: f for f in table.schema().fields}
     incoming = DeltaSchema.from_arrow(schema)
+    known = {f.name: f for f in table.schema().fields}
+    if any(f.name not in known for f in incoming.fields):
+        # The snapshot may predate another writer's schema change (a run's start check, a range
+        # read ahead): adding the same columns again would conflict with it.
+        table.update_incremental()
+        known = {f.name: f for f in table.schema().fields}
     new = [f for f in incoming.fields if f.name not in known]
     clash = [
         f"{f.name} ({known[f.name].type} in the table, {f.type} now)"
