@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
@@ -39,6 +40,20 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         env["PIPELINE_KAFKA_CONFIG"] = str(settings.kafka_config_file)
     env.update(extra)
     return env
+
+
+def pipeline_cli(
+    env: Mapping[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`pipeline-project ARGS` as a user runs it: a child process with `env`, output captured."""
+    return subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO_ROOT,
+    )
 
 
 def plain_properties(path: Path) -> dict[str, str]:

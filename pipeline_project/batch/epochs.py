@@ -333,26 +333,45 @@ def new_epoch(settings: Settings, topic: str, reason: str) -> EpochResult:
     for partition, (low, _high) in sorted(marks.items()):
         if txn_version(open_table(lake), app_id(topic, partition, epoch)) is not None:
             continue
-        record = RangeRecord(
-            range=Range(topic, partition, low, low, epoch),
-            kind=EPOCH_KIND,
-            run_id=f"new-epoch-{uuid.uuid4().hex[:12]}",
-            ingested_at=moment,
-            reference_time=moment,
-            records=0,
-            record_offsets_sha256=_empty_digest(),
-            extra={
+        record = _note(
+            Range(topic, partition, low, low, epoch),
+            EPOCH_KIND,
+            "new-epoch",
+            moment,
+            {
                 "reason": reason,
                 "previous_epoch": old.epoch,
                 "previous_topic_id": old.lake_id,
                 "previous_end": ends.get(partition),
             },
             topic_id=old.kafka_id,
-            history_start=low,
         )
         commit_range(lake, record, empty_lake_frame())
     record_identity(lake, open_table(lake) or table, topic, old.kafka_id or "", epoch)
     return EpochResult(topic, epoch, old.kafka_id, {p: low for p, (low, _h) in marks.items()})
+
+
+def _note(
+    at: Range,
+    kind: str,
+    run_prefix: str,
+    moment: datetime,
+    extra: dict,
+    topic_id: str | None = None,
+) -> RangeRecord:
+    """A record-only commit's record (no records): an operator's act at one offset, with why."""
+    return RangeRecord(
+        range=at,
+        kind=kind,
+        run_id=f"{run_prefix}-{uuid.uuid4().hex[:12]}",
+        ingested_at=moment,
+        reference_time=moment,
+        records=0,
+        record_offsets_sha256=_empty_digest(),
+        extra=extra,
+        topic_id=topic_id,
+        history_start=at.start,
+    )
 
 
 def acknowledge_start(
@@ -380,16 +399,12 @@ def acknowledge_start(
     if known == start:
         return f"{app}: history already starts at {start}"
     moment = datetime.now(UTC)
-    note = RangeRecord(
-        range=Range(topic, partition, start, start, epoch),
-        kind=HISTORY_KIND,
-        run_id=f"history-{uuid.uuid4().hex[:12]}",
-        ingested_at=moment,
-        reference_time=moment,
-        records=0,
-        record_offsets_sha256=_empty_digest(),
-        extra={"reason": reason, "previous_start": known},
-        history_start=start,
+    note = _note(
+        Range(topic, partition, start, start, epoch),
+        HISTORY_KIND,
+        "history",
+        moment,
+        {"reason": reason, "previous_start": known},
     )
     commit_note(lake, table, note)
     return f"{app}: history acknowledged to start at {start} (was {known})"

@@ -21,7 +21,7 @@ from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
 from pipeline_project_tests import ingest_support
 from pipeline_project_tests.ingest_support import lake_frame
-from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for, unique
+from pipeline_project_tests.support import env_for, pipeline_cli, unique
 
 UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0.0.0 Safari/537.36"
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -148,14 +148,7 @@ def by_source(records: list[dict]) -> dict[tuple[int, int], list[dict]]:
 
 def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`pipeline-project ARGS` in a child process with the test's settings."""
-    return subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", *args],
-        env=env_for(settings, **env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO_ROOT,
-    )
+    return pipeline_cli(env_for(settings, **env), *args, timeout=180)
 
 
 def statuses(settings: Settings) -> Counter[str]:

@@ -10,7 +10,7 @@ from confluent_kafka import KafkaException
 
 from pipeline_project.kafka.topics import admin_client, ensure_topics, list_topics
 from pipeline_project.settings import Settings
-from pipeline_project_tests.support import PYTHON, REPO_ROOT, env_for
+from pipeline_project_tests.support import env_for, pipeline_cli
 
 
 def recreate_topic(settings: Settings, topic: str, partitions: int = 3) -> None:
@@ -35,14 +35,7 @@ def recreate_topic(settings: Settings, topic: str, partitions: int = 3) -> None:
 
 def cli(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`pipeline-project <args>` as a user runs it."""
-    return subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", *args],
-        env=env_for(settings, **env),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=REPO_ROOT,
-    )
+    return pipeline_cli(env_for(settings, **env), *args, timeout=180)
 
 
 def reconcile(settings: Settings) -> tuple[int, dict]:

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from pipeline_project.lake.location import AWS_VARIABLES
 from pipeline_project.lake.s3server import LocalS3
-from pipeline_project_tests.support import PYTHON, REPO_ROOT, unique
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-    )
+from pipeline_project_tests.support import pipeline_cli as cli
+from pipeline_project_tests.support import unique
 
 
 def test_lake_commands_and_errors_never_print_the_secret(

@@ -36,6 +36,7 @@ from pipeline_project_tests.lake.lake_support import (
     record_of,
 )
 from pipeline_project_tests.support import PYTHON, REPO_ROOT
+from pipeline_project_tests.support import pipeline_cli as cli
 
 DAY = date(2025, 3, 1)
 
@@ -122,17 +123,6 @@ def cli_env(lake: Lake, **settings: str) -> dict[str, str]:
     """The environment a shell user would set for this lake (S3 connection included)."""
     env = {**os.environ, "PIPELINE_LAKE_URI": lake.root, "PYTHONPATH": str(REPO_ROOT)}
     return env | dict(lake.storage_options) | settings
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO_ROOT,
-    )
 
 
 def test_upkeep_from_a_shell(lake: Lake) -> None:
