@@ -3,15 +3,15 @@
 The result accounts for every input record exactly once (lake row, reject or filtered offset), and
 depends only on the arguments, so processing the same range twice gives identical frames.
 
-Everything up to the filter is row-wise (`map_rows`), so the parts of a range can be mapped apart,
-in different processes, and concatenated; only the filter (duplicates across the whole range and
-against the lake) needs every row at once (`finish_batch`).
+Everything up to the filter is row-wise (`map_rows`), so the parts of a range are mapped apart
+while the range is drained (`map_part`), and pandera judges their suspects once (`finish_parts`);
+only the filter (duplicates across the whole range and against the lake) needs every row at once
+(`finish_batch`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -24,10 +24,9 @@ from pipeline_project.batch.parse import (
     parse_records,
 )
 from pipeline_project.batch.records import BatchResult, RawBatch, Reject
-from pipeline_project.batch.transform import filter_rows, to_lake_rows
-from pipeline_project.batch.validate import validate_frame
+from pipeline_project.batch.transform import LakeRows, filter_rows, to_lake_rows
+from pipeline_project.batch.validate import judge, screen
 from pipeline_project.columns import DATE_COLUMN, OFFSET_COLUMN
-from pipeline_project.perf import quick_gil_handoff
 
 # (days, the batch's event ids) -> the (event_date, event_id) pairs among them already committed.
 CommittedIds = Callable[[list[date], pl.Series], pl.DataFrame]
@@ -53,89 +52,79 @@ class MappedRows:
 
 
 @dataclass(frozen=True)
-class ParsedPart:
-    """One drained part of a range, parsed: the native decoder's rows and the Python path's.
+class MappedPart:
+    """One drained part of a range, parsed, screened and its clean rows transformed.
 
-    `native` is None when the native decoder did not run (not built, switched off, no records).
+    `suspects` are the rows the screen found failing a rule, still to be judged by pandera once
+    per range (`finish_parts`); `rejects` are the part's parse and transform rejects.
     """
 
-    native: pl.DataFrame | None
-    python: ParsedBatch
+    rows: pl.DataFrame
+    suspects: pl.DataFrame
+    rejects: list[Reject]
 
 
-def parse_part(raw: RawBatch, *, native: bool = True) -> ParsedPart:
-    """Parses one part of a range; parts of a range can be parsed apart, while it is drained."""
+def parse_part(raw: RawBatch, *, native: bool = True) -> ParsedBatch:
+    """Parses one part of a range, in offset order (the native decoder's rows and the rest)."""
     split = native_split(raw) if native else None
     if split is None:
-        return ParsedPart(None, parse_batch(raw, native=False))
+        return parse_batch(raw, native=False)
     frame, deferred = split.frame, split.deferred
     del split
-    return ParsedPart(frame, parse_records(*deferred))
+    slow = parse_records(*deferred)
+    if slow.frame.height == 0:
+        return ParsedBatch(frame, slow.rejects)
+    return ParsedBatch(frame.merge_sorted(slow.frame, OFFSET_COLUMN), slow.rejects)
+
+
+def map_part(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedPart:
+    """Parse, screen and transform one part; parts of a range can be mapped while it is drained.
+
+    The parsed frame (~100 MB for 200k records) is dropped as soon as its lake rows exist.
+    """
+    parsed = parse_part(raw, native=native)
+    rejects = list(parsed.rejects)
+    screened = screen(parsed.frame, *_window(identity))
+    del parsed
+    lake = _transform(screened.clean, raw.topic, raw.partition, identity)
+    return MappedPart(lake.rows, screened.suspects, rejects + lake.rejects)
+
+
+def finish_parts(
+    parts: Sequence[MappedPart], topic: str, partition: int, identity: Identity
+) -> MappedRows:
+    """Pandera judges every part's suspects at once, then the range's rows in offset order.
+
+    One pandera call per range, not per part: its checks cost a fixed ~0.1 s a call.
+    """
+    judged = judge(pl.concat([p.suspects for p in parts], rechunk=True), *_window(identity))
+    rejects = [r for p in parts for r in p.rejects] + judged.rejects
+    rows = pl.concat([p.rows for p in parts], rechunk=True)
+    if judged.frame.height:  # rows the screen doubted and pandera passed (none, by design)
+        kept = _transform(judged.frame, topic, partition, identity)
+        rows = pl.concat([rows, kept.rows]).sort(OFFSET_COLUMN, maintain_order=True)
+        rejects += kept.rejects
+    return MappedRows(rows, sorted(rejects, key=lambda r: r.offset))
 
 
 def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedRows:
     """Parse, validate and transform: every step looks at one record at a time."""
-    return map_parts([parse_part(raw, native=native)], raw.topic, raw.partition, identity)
+    part = map_part(raw, identity, native=native)
+    return finish_parts([part], raw.topic, raw.partition, identity)
 
 
-def map_parts(
-    parts: Sequence[ParsedPart], topic: str, partition: int, identity: Identity
-) -> MappedRows:
-    """Validates and transforms the parsed parts of one range, as one batch per parse path.
-
-    The native decoder's rows are validated and transformed on a worker thread (polars and
-    pandera, mostly outside the GIL) while this thread maps the Python path's; the two are then
-    merged in offset order. One validation per path, not per part: pandera's checks cost a fixed
-    ~0.2 s a call, whatever the rows.
-    """
-    frames = [p.native for p in parts if p.native is not None]
-    python = ParsedBatch(
-        pl.concat([p.python.frame for p in parts], rechunk=True),
-        sorted((r for p in parts for r in p.python.rejects), key=lambda r: r.offset),
-    )
-    if not frames:
-        return _map_parsed(python, topic, partition, identity)
-    # One worker: pandera then never runs on two threads at once, and more threads would only
-    # compete for the same two cores.
-    with (
-        quick_gil_handoff(),
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-rows") as pool,
-    ):
-        native = ParsedBatch(pl.concat(frames, rechunk=True), [])
-        del frames
-        fast = pool.submit(_map_parsed, native, topic, partition, identity)
-        del native
-        slow_rows = _map_parsed(python, topic, partition, identity)
-        fast_rows = fast.result()
-    rows = fast_rows.rows.merge_sorted(slow_rows.rows, OFFSET_COLUMN)
-    return MappedRows(rows, sorted(fast_rows.rejects + slow_rows.rejects, key=lambda r: r.offset))
+def _window(identity: Identity) -> tuple[datetime, int, int]:
+    return identity.now, identity.max_lateness_days, identity.max_clock_skew_seconds
 
 
-def _map_parsed(parsed: ParsedBatch, topic: str, partition: int, identity: Identity) -> MappedRows:
-    """Validate and transform parsed rows (the frames are dropped as soon as the next exists).
-
-    A 200k batch's frames are ~100 MB each, and the run's peak memory is what the last three
-    alive at once add up to.
-    """
-    rejects = list(parsed.rejects)
-    validated = validate_frame(
-        parsed.frame,
-        now=identity.now,
-        max_lateness_days=identity.max_lateness_days,
-        max_clock_skew_seconds=identity.max_clock_skew_seconds,
-    )
-    del parsed
-    rejects += validated.rejects
-    lake = to_lake_rows(
-        validated.frame,
+def _transform(frame: pl.DataFrame, topic: str, partition: int, identity: Identity) -> LakeRows:
+    return to_lake_rows(
+        frame,
         topic=topic,
         partition=partition,
         run_id=identity.run_id,
         ingested_at=identity.ingested_at,
     )
-    del validated
-    rejects += lake.rejects
-    return MappedRows(lake.rows, sorted(rejects, key=lambda r: r.offset))
 
 
 def finish_batch(mapped: MappedRows, committed_ids: CommittedIds | None) -> BatchResult:

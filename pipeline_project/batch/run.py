@@ -34,12 +34,12 @@ from pipeline_project.batch.plan import plan_ranges
 from pipeline_project.batch.process import (
     CommittedIds,
     Identity,
+    MappedPart,
     MappedRows,
-    ParsedPart,
     finish_batch,
-    map_parts,
+    finish_parts,
+    map_part,
     map_rows,
-    parse_part,
 )
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
@@ -55,7 +55,7 @@ from pipeline_project.lake.location import Lake, lake_of
 from pipeline_project.lake.probe import check_commit_support
 from pipeline_project.lake.record import DlqEntry, RangeRecord, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
-from pipeline_project.perf import StepClock, paused_gc
+from pipeline_project.perf import StepClock, paused_gc, quick_gil_handoff
 from pipeline_project.settings import Settings
 from pipeline_project.utc import utc_text
 
@@ -561,24 +561,29 @@ def drain_and_map(
     steps: StepClock,
     stop: threading.Event | None = None,
 ) -> tuple[RawBatch, MappedRows]:
-    """Drains the range and parses each part on a worker thread while the next is read.
+    """Drains the range and maps each part on a worker thread while the next is read.
 
-    Reading is mostly librdkafka's fetching and building message objects, parsing mostly the
-    native decoder's: the two overlap on two cores. Validation and transformation then run once
-    over the whole range (map_parts), as they cost a fixed amount per call.
+    Reading is mostly librdkafka's fetching and building message objects; mapping a part (parse,
+    screen, transform) mostly the native decoder's and polars' work, outside the GIL. Two mapping
+    threads, so a part waiting on the GIL never leaves a core idle. pandera then judges the
+    range's suspects once (finish_parts): it costs a fixed amount per call.
     """
-    futures: list[Future[ParsedPart]] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse-parts") as pool:
+    futures: list[Future[MappedPart]] = []
+    native = settings.native_parse
+    with (
+        quick_gil_handoff(),
+        ThreadPoolExecutor(max_workers=2, thread_name_prefix="map-parts") as pool,
+    ):
 
-        def parse_later(part: RawBatch) -> None:
-            futures.append(pool.submit(parse_part, part, native=settings.native_parse))
+        def map_later(part: RawBatch) -> None:
+            futures.append(pool.submit(map_part, part, identity, native=native))
 
         raw = drain_range(
-            consumer, rng, settings.drain_timeout_seconds, on_part=parse_later, stop=stop
+            consumer, rng, settings.drain_timeout_seconds, on_part=map_later, stop=stop
         )
         steps.lap("drain")
-        parts = [f.result() for f in futures] or [parse_part(raw, native=settings.native_parse)]
-    return raw, map_parts(parts, rng.topic, rng.partition, identity)
+        parts = [f.result() for f in futures] or [map_part(raw, identity, native=native)]
+    return raw, finish_parts(parts, rng.topic, rng.partition, identity)
 
 
 def committed_ids_of(lake: Lake) -> CommittedIds:
