@@ -6,6 +6,10 @@ A record failing several checks gets the first in RULES order, so counts are det
 Before the checks, each row is read as its contract version says (`versioned_columns`): keys of a
 later version are null in an older event, and an alias (v2's `url`) fills the field it stands for.
 A version this code does not know is judged first and alone (`unsupported_schema_version`).
+
+Two steps, so a range's parts can be validated as they are drained: `screen` (column types, then
+every rule's expression in one polars pass) splits clean rows from suspects, and `judge` has
+pandera's checks name each suspect's failure, once per range.
 """
 
 from __future__ import annotations

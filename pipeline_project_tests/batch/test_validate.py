@@ -19,8 +19,10 @@ from pipeline_project.batch.validate import (
     TIMESTAMP_UTC_COLUMN,
     event_schema,
     parse_timestamp,
+    screen,
     validate_frame,
 )
+from pipeline_project.columns import OFFSET_COLUMN
 from pipeline_project.events.contract import ERROR_STAGE, VALIDATE_CATEGORIES
 from pipeline_project_tests.batch.batch_support import (
     LATENESS_DAYS,
@@ -30,6 +32,7 @@ from pipeline_project_tests.batch.batch_support import (
     encode,
     event_id,
     good_event,
+    good_values,
     raw_batch,
 )
 
@@ -279,6 +282,32 @@ def test_all_bad_and_empty_batches() -> None:
     assert [r.category for r in validated.rejects] == [c[2] for c in CASES]
     empty = _validate([])
     assert empty.rejects == [] and empty.frame.height == 0
+
+
+def test_the_screen_doubts_exactly_the_rows_pandera_fails() -> None:
+    """The screen's one polars pass must agree with pandera's checks row for row.
+
+    Every bad case among good events: pandera over the whole batch (all checks) fails the same
+    rows the screen sends to it as suspects, so a clean row never skips a check it would fail.
+    """
+    values = good_values(40)
+    for i, (_, overrides, *_) in enumerate(CASES):
+        values.insert(2 * i, encode(good_event(1000 + i, **overrides)))
+    frame = parse_batch(raw_batch(values)).frame
+    screened = screen(frame, NOW, LATENESS_DAYS, SKEW_SECONDS)
+    prepared = pl.concat([screened.clean, screened.suspects]).sort(OFFSET_COLUMN)
+    schema = event_schema(
+        NOW - timedelta(days=LATENESS_DAYS), NOW + timedelta(seconds=SKEW_SECONDS)
+    )
+    with config_context(validation_depth=ValidationDepth.SCHEMA_AND_DATA):
+        with pytest.raises(pa.errors.SchemaErrors) as failed:
+            schema.validate(prepared, lazy=True)
+    rows = failed.value.failure_cases.get_column("index").drop_nulls().unique()
+    assert set(prepared[OFFSET_COLUMN].gather(rows).to_list()) == set(
+        screened.suspects[OFFSET_COLUMN].to_list()
+    )
+    assert screened.suspects.height == len(CASES)
+    assert screened.clean.height == 40
 
 
 def test_naive_now_is_refused() -> None:
