@@ -101,13 +101,25 @@ def write_range_files(
         return []
     frame = pl.DataFrame(rows)
     actions = []
-    for index, ((day,), part) in enumerate(
-        sorted(frame.partition_by(DATE_COLUMN, as_dict=True).items())
-    ):
+    for index, (day, part) in enumerate(by_day(frame)):
         if index:
             fault_point("K4")  # a crash with some of the range's files written, none committed
         actions.append(_write_day(where, f"part-{range_id}-{token[:12]}.parquet", day, part, now))
     return actions
+
+
+def by_day(frame: pl.DataFrame) -> list[tuple[date, pl.DataFrame]]:
+    """The frame's rows per UTC day, in day order; a frame of one day as it is, not copied.
+
+    Live ranges hold one day most of the time, and splitting copies every row (~0.05 s a range).
+    """
+    days = frame.get_column(DATE_COLUMN).unique()
+    if len(days) == 1:
+        return [(days[0], frame)]
+    return [
+        (day, part)
+        for (day,), part in sorted(frame.partition_by(DATE_COLUMN, as_dict=True).items())
+    ]
 
 
 def _write_day(
