@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from pipeline_project.dlq import records as dlq_contract
-from pipeline_project.lake.audit import audit
+from pipeline_project.lake.audit import AuditReport, audit
 from pipeline_project.lake.history import read_history
 from pipeline_project.lake.location import lake_of
 from pipeline_project.lake.read import scan_table
@@ -74,13 +75,22 @@ class OracleReport:
 
 # -------------------------------------------------------------------------------------- reading
 
+Coord = tuple[int, int]
+COORD_SCHEMA = {"partition": pl.Int64, "offset": pl.Int64}
+Truth = Sequence[Sent] | pl.DataFrame
+
 
 def read_topic(
-    bootstrap: str, topic: str, partitions: Iterable[int] | None = None, timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    partitions: Iterable[int] | None = None,
+    timeout: float = 30.0,
+    wanted: Callable[[Coord], bool] | None = None,
 ) -> list[KafkaRecord]:
     """Every committed record of `topic` (read_committed), to the high watermark of each partition.
 
-    Stops by position, not by count: transaction markers take offsets.
+    Stops by position, not by count: transaction markers take offsets. `wanted`: keep only the
+    records at these coordinates (a soak's raw topic holds millions; the DLQ check needs a few).
     """
     consumer = Consumer(
         {
@@ -97,13 +107,17 @@ def read_topic(
         if topic not in meta.topics or meta.topics[topic].error is not None:
             return []
         parts = sorted(meta.topics[topic].partitions) if partitions is None else list(partitions)
-        return _read_partitions(consumer, topic, parts, timeout)
+        return _read_partitions(consumer, topic, parts, timeout, wanted)
     finally:
         consumer.close()
 
 
 def _read_partitions(
-    consumer: Consumer, topic: str, parts: list[int], timeout: float
+    consumer: Consumer,
+    topic: str,
+    parts: list[int],
+    timeout: float,
+    wanted: Callable[[Coord], bool] | None,
 ) -> list[KafkaRecord]:
     todo: dict[int, int] = {}
     starts = []
@@ -127,7 +141,7 @@ def _read_partitions(
             if high is None:
                 continue
             err = msg.error()
-            if err is None and offset < high:
+            if err is None and offset < high and (wanted is None or wanted((p, offset))):
                 out.append(
                     KafkaRecord(
                         p, offset, msg.timestamp()[1], msg.key(), msg.value(), msg.headers() or []
@@ -144,13 +158,16 @@ def _read_partitions(
     return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
-def lake_rows(settings: Settings) -> list[tuple[int, int]]:
+def lake_rows(settings: Settings) -> pl.DataFrame:
     """(partition, offset) of every ingested row of the events table, read through the log."""
     scan = scan_table(lake_of(settings))
     if scan is None:
-        return []
-    rows = scan.filter(pl.col("dlq_offset").is_null()).select("kafka_partition", "kafka_offset")
-    return [(int(p), int(o)) for p, o in rows.collect().iter_rows()]
+        return pl.DataFrame(schema=COORD_SCHEMA)
+    rows = scan.filter(pl.col("dlq_offset").is_null()).select(
+        pl.col("kafka_partition").cast(pl.Int64).alias("partition"),
+        pl.col("kafka_offset").cast(pl.Int64).alias("offset"),
+    )
+    return rows.collect()
 
 
 def raw_records(settings: Settings) -> list[RangeRecord]:
@@ -159,128 +176,173 @@ def raw_records(settings: Settings) -> list[RangeRecord]:
     return [r for r in history.records if r.range.topic == settings.raw_topic]
 
 
+def truth_frame(truth: Truth) -> pl.DataFrame:
+    """The truth as columns (partition, offset, verdict): millions of records in a soak."""
+    schema = {**COORD_SCHEMA, "verdict": pl.String}
+    if isinstance(truth, pl.DataFrame):
+        return truth.select(pl.col(c).cast(t) for c, t in schema.items())
+    return pl.DataFrame(
+        {
+            "partition": [s.partition for s in truth],
+            "offset": [s.offset for s in truth],
+            "verdict": [s.verdict for s in truth],
+        },
+        schema=schema,
+    )
+
+
+def read_truth_frame(path: Path) -> pl.DataFrame:
+    """The producer CLI's --truth file as (partition, offset, verdict): no Python object a line."""
+    schema = {**COORD_SCHEMA, "verdict": pl.String}
+    if path.stat().st_size == 0:
+        return pl.DataFrame(schema=schema)
+    return pl.scan_ndjson(path, schema=schema).collect()
+
+
 # --------------------------------------------------------------------------------------- checks
 
 
 def check(
     settings: Settings,
-    truth: Sequence[Sent],
+    truth: Truth,
     *,
     complete: bool = True,
     allow: Iterable[str] = (),
+    reconciled: AuditReport | None = None,
 ) -> OracleReport:
     """I1-I4 and I6 for `settings`' lake, ledger and DLQ topic against `truth`.
 
     `complete`: every truth record must be committed (the run caught up); otherwise only records
     inside committed ranges are checked. `allow`: reconcile problem codes to tolerate.
+    `reconciled`: reconcile's report of the same lake, if the caller has it already.
+    The records are held in columns, not Python objects, so a 12M-event soak checks in a few GB.
     """
     report = OracleReport()
     records = raw_records(settings)
-    _check_reconcile(report, settings, set(allow))
-    where = _destinations(report, records)
-    _check_lake_rows(report, lake_rows(settings), where)
-    _check_truth(report, truth, where, records, complete)
+    _check_reconcile(report, reconciled or audit(lake_of(settings)), set(allow))
+    where = _destinations(report, records, lake_rows(settings))
+    _check_truth(report, truth_frame(truth), where, records, complete)
     _check_dlq(report, settings, truth, records)
     return report
 
 
-def _check_reconcile(report: OracleReport, settings: Settings, allow: set[str]) -> None:
-    for problem in audit(lake_of(settings)).problems:
+def _check_reconcile(report: OracleReport, reconciled: AuditReport, allow: set[str]) -> None:
+    for problem in reconciled.problems:
         if problem.code not in allow:
             report.add("I2-I4", str(problem))
 
 
 def _destinations(
-    report: OracleReport, manifests: Sequence[RangeRecord]
-) -> dict[tuple[int, int], list[str]]:
-    """(partition, offset) → where the manifests put it ("lake", "dlq:<c>", "filtered:<r>")."""
-    where: dict[tuple[int, int], list[str]] = defaultdict(list)
+    report: OracleReport, manifests: Sequence[RangeRecord], lake: pl.DataFrame
+) -> pl.DataFrame:
+    """(partition, offset, dest) for every place a record is: "lake", "dlq:<c>", "filtered:<r>".
+
+    I1 on the lake rows too: each (partition, offset) once; count == distinct count.
+    """
+    partitions: list[int] = []
+    offsets: list[int] = []
+    dests: list[str] = []
     for m in manifests:
-        p = m.range.partition
         for d in m.dlq:
-            where[(p, d.source_offset)].append(f"dlq:{d.category}")
-        for reason, offsets in m.filtered.items():
-            for o in offsets:
-                where[(p, o)].append(f"filtered:{reason}")
+            offsets.append(d.source_offset)
+            dests.append(f"dlq:{d.category}")
+        for reason, filtered in m.filtered.items():
+            offsets.extend(filtered)
+            dests.extend([f"filtered:{reason}"] * len(filtered))
+        partitions.extend([m.range.partition] * (len(offsets) - len(partitions)))
         report.counts["ranges"] += 1
         report.counts["records"] += m.records
-    return where
+    listed = pl.DataFrame(
+        {"partition": partitions, "offset": offsets, "dest": dests},
+        schema={**COORD_SCHEMA, "dest": pl.String},
+    )
+    distinct = lake.unique()
+    report.counts["lake_rows"] = lake.height
+    report.counts["lake_distinct"] = distinct.height
+    if lake.height != distinct.height:
+        dups = lake.filter(lake.is_duplicated()).unique().sort(lake.columns).head(SAMPLE).rows()
+        report.add("I1", f"{lake.height - distinct.height} duplicate lake rows, e.g. {dups}")
+    return pl.concat([listed, distinct.with_columns(dest=pl.lit("lake"))])
 
 
-def _check_lake_rows(
-    report: OracleReport, rows: list[tuple[int, int]], where: dict[tuple[int, int], list[str]]
-) -> None:
-    """I1: each lake row once; count == distinct count."""
-    distinct = set(rows)
-    report.counts["lake_rows"] = len(rows)
-    report.counts["lake_distinct"] = len(distinct)
-    if len(rows) != len(distinct):
-        dups = [c for c, n in Counter(rows).items() if n > 1]
-        report.add("I1", f"{len(rows) - len(distinct)} duplicate lake rows, e.g. {dups[:SAMPLE]}")
-    for coord in distinct:
-        where[coord].append("lake")
+def _committed(truth: pl.DataFrame, manifests: Sequence[RangeRecord]) -> pl.DataFrame:
+    """The truth records inside a committed range."""
+    spans = pl.DataFrame(
+        {
+            "partition": [m.range.partition for m in manifests],
+            "start": [m.range.start for m in manifests],
+            "end": [m.range.end for m in manifests],
+        },
+        schema={"partition": pl.Int64, "start": pl.Int64, "end": pl.Int64},
+    ).sort("start")
+    placed = truth.sort("offset").join_asof(
+        spans, left_on="offset", right_on="start", by="partition", strategy="backward"
+    )
+    return placed.filter(pl.col("offset") < pl.col("end")).select(truth.columns)
 
 
-def _committed_spans(manifests: Sequence[RangeRecord]) -> dict[int, list[tuple[int, int]]]:
-    spans: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for m in manifests:
-        spans[m.range.partition].append((m.range.start, m.range.end))
-    return spans
-
-
-def _expected(verdict: str) -> str:
-    if verdict == "good":
-        return "lake"
-    if verdict.startswith("bad:"):
-        return "dlq:" + verdict[4:]
-    return "filtered:" + verdict
+def _expected() -> pl.Expr:
+    verdict = pl.col("verdict")
+    return (
+        pl.when(verdict == "good")
+        .then(pl.lit("lake"))
+        .when(verdict.str.starts_with("bad:"))
+        .then(pl.lit("dlq:") + verdict.str.slice(4))
+        .otherwise(pl.lit("filtered:") + verdict)
+    )
 
 
 def _check_truth(
     report: OracleReport,
-    truth: Sequence[Sent],
-    where: dict[tuple[int, int], list[str]],
+    truth: pl.DataFrame,
+    where: pl.DataFrame,
     manifests: Sequence[RangeRecord],
     complete: bool,
 ) -> None:
     """I1 against the truth: right destination exactly once; nothing unproduced; I4 first start."""
-    spans = _committed_spans(manifests)
+    coords = list(COORD_SCHEMA)
+    found = where.group_by(coords).agg(pl.col("dest").sort())
+    checked = truth if complete else _committed(truth, manifests)
+    report.counts["checked"] += checked.height
+    wrong = (
+        checked.with_columns(want=_expected())
+        .join(found, on=coords, how="left")
+        .filter(pl.col("dest").is_null() | (pl.col("dest") != pl.concat_list("want")))
+        .sort(coords)
+    )
+    if wrong.height:
+        rows = wrong.head(SAMPLE).select(*coords, "verdict", "want", "dest").iter_rows()
+        sample = [f"{(p, o)} {v}: expected {w}, found {g or 'nowhere'}" for p, o, v, w, g in rows]
+        report.add("I1", f"{wrong.height} records misplaced, e.g. {sample}")
+    extra = found.join(truth, on=coords, how="anti").sort(coords)
+    if extra.height:
+        sample = extra.select(coords).head(SAMPLE).rows()
+        report.add("I1", f"{extra.height} offsets that were never produced, e.g. {sample}")
+    doubled = found.filter(pl.col("dest").list.len() > 1).sort(coords)
+    if doubled.height:
+        sample = doubled.select(coords).head(SAMPLE).rows()
+        report.add("I1", f"{doubled.height} offsets in two places: {sample}")
+    _check_first_starts(report, truth, manifests)
 
-    def committed(p: int, o: int) -> bool:
-        return any(s <= o < e for s, e in spans.get(p, []))
 
-    wrong: list[str] = []
-    produced = set()
-    for s in truth:
-        coord = (s.partition, s.offset)
-        produced.add(coord)
-        if not complete and not committed(*coord):
-            continue
-        report.counts["checked"] += 1
-        got, want = where.get(coord, []), _expected(s.verdict)
-        if got != [want]:
-            wrong.append(f"{coord} {s.verdict}: expected {want}, found {got or 'nowhere'}")
-    if wrong:
-        report.add("I1", f"{len(wrong)} records misplaced, e.g. {wrong[:SAMPLE]}")
-    extra = sorted(c for c in where if c not in produced)
-    if extra:
-        report.add("I1", f"{len(extra)} offsets that were never produced, e.g. {extra[:SAMPLE]}")
-    doubled = sorted(c for c, w in where.items() if len(w) > 1)
-    if doubled:
-        report.add("I1", f"{len(doubled)} offsets in two places: {doubled[:SAMPLE]}")
-    firsts: dict[int, int] = {}
-    for s in truth:
-        firsts[s.partition] = min(firsts.get(s.partition, s.offset), s.offset)
-    for p, first in firsts.items():
-        starts = [s for s, _ in spans.get(p, [])]
-        if starts and min(starts) > first:
-            report.add("I4", f"partition {p}: first committed start {min(starts)} > {first}")
+def _check_first_starts(
+    report: OracleReport, truth: pl.DataFrame, manifests: Sequence[RangeRecord]
+) -> None:
+    """I4: a partition's first committed range starts at or before its first truth record."""
+    starts: dict[int, int] = {}
+    for m in manifests:
+        p = m.range.partition
+        starts[p] = min(starts.get(p, m.range.start), m.range.start)
+    firsts = truth.group_by("partition").agg(pl.col("offset").min()).sort("partition")
+    for p, first in firsts.iter_rows():
+        if p in starts and starts[p] > first:
+            report.add("I4", f"partition {p}: first committed start {starts[p]} > {first}")
 
 
 def _check_dlq(
     report: OracleReport,
     settings: Settings,
-    truth: Sequence[Sent],
+    truth: Truth,
     manifests: Sequence[RangeRecord],
 ) -> None:
     """I6 on every DLQ record; I1/I5: each manifest DLQ entry is in the topic where it says."""
@@ -290,7 +352,7 @@ def _check_dlq(
         return
     originals = _originals(settings, truth, dlq)
     at = {(r.partition, r.offset): r for r in dlq}
-    listed: set[tuple[int, int]] = set()
+    listed: set[Coord] = set()
     for m in manifests:
         for d in m.dlq:
             listed.add((m.range.partition, d.source_offset))
@@ -303,11 +365,15 @@ def _check_dlq(
 
 
 def _originals(
-    settings: Settings, truth: Sequence[Sent], dlq: Sequence[KafkaRecord]
-) -> dict[tuple[int, int], tuple[bytes | None, bytes | None, int | None]]:
-    """Source coordinates → (key, value, timestamp) as produced: from the truth, else the topic."""
-    out: dict[tuple[int, int], tuple[bytes | None, bytes | None, int | None]] = {
-        (s.partition, s.offset): (s.key, s.value, None) for s in truth if s.value is not None
+    settings: Settings, truth: Truth, dlq: Sequence[KafkaRecord]
+) -> dict[Coord, tuple[bytes | None, bytes | None, int | None]]:
+    """Source coordinates → (key, value, timestamp) as produced: from the truth, else the topic.
+
+    Only the DLQ's sources are read back from the raw topic, not the millions around them.
+    """
+    sent = [] if isinstance(truth, pl.DataFrame) else truth
+    out: dict[Coord, tuple[bytes | None, bytes | None, int | None]] = {
+        (s.partition, s.offset): (s.key, s.value, None) for s in sent if s.value is not None
     }
     need = set()
     for rec in dlq:
@@ -316,12 +382,11 @@ def _originals(
             need.add(
                 (int(head[dlq_contract.SOURCE_PARTITION]), int(head[dlq_contract.SOURCE_OFFSET]))
             )
-    parts = {p for p, _ in need}
-    for raw in read_topic(settings.bootstrap, settings.raw_topic, sorted(parts)) if parts else []:
+    parts = sorted({p for p, _ in need})
+    for raw in read_topic(settings.bootstrap, settings.raw_topic, parts, wanted=need.__contains__):
         coord = (raw.partition, raw.offset)
-        if coord in need:
-            key, value, _ = out.get(coord, (raw.key, raw.value, None))
-            out[coord] = (key, value, raw.timestamp_ms)
+        key, value, _ = out.get(coord, (raw.key, raw.value, None))
+        out[coord] = (key, value, raw.timestamp_ms)
     return out
 
 
@@ -329,8 +394,8 @@ def _check_dlq_record(
     report: OracleReport,
     settings: Settings,
     rec: KafkaRecord,
-    originals: dict[tuple[int, int], tuple[bytes | None, bytes | None, int | None]],
-    listed: set[tuple[int, int]],
+    originals: dict[Coord, tuple[bytes | None, bytes | None, int | None]],
+    listed: set[Coord],
 ) -> None:
     where = f"DLQ record {rec.partition}@{rec.offset}"
     names = [name for name, _ in rec.headers]

@@ -40,7 +40,6 @@ from pipeline_project.settings import Settings
 from pipeline_project_tests.faults import oracle
 from pipeline_project_tests.faults.fault_support import (
     fresh_settings,
-    read_truth,
     some_broker,
     start_producer,
     stop_producer,
@@ -293,15 +292,15 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         fresh = freshness(settings, produced_until_ms)  # the figures first, whatever follows
         print(json.dumps({"freshness": fresh}), file=sys.stderr)
         report = audit(lake_of(settings))
-        truth = read_truth(work / "truth.jsonl")
-        verdict = oracle.check(settings, truth)
+        truth = oracle.read_truth_frame(work / "truth.jsonl")
+        verdict = oracle.check(settings, truth, reconciled=report)
     runs = run_counts(work / "dagster_home")
     lags = [r["lag"] for r in timeline.rows]
     return {
         "rate": args.rate,
         "seconds": args.seconds,
         "partitions": args.partitions,
-        "produced": len(truth),
+        "produced": truth.height,
         "producer_exit": producer_exit,
         "caught_up": drained,
         "wall_seconds": round(time.monotonic() - start, 1),
