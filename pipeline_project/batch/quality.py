@@ -57,12 +57,13 @@ def unknown_user_agents(settings: Settings, day: date | None = None) -> UnknownU
     events = read_day_events(lake, day, ("device_type", "browser")) if day else None
     if day is None or events is None:
         return UnknownUserAgents(day, 0, 0, 0, 0)
-    frame = events.rows
     device = pl.col("device_type") == UNKNOWN_DEVICE
     browser = pl.col("browser") == UNKNOWN_BROWSER
-    counts = frame.select(
-        device.sum().alias("device"),
-        browser.sum().alias("browser"),
-        (device | browser).sum().alias("either"),
+    counts = events.collect(  # counted while reading: the day's rows are never in memory
+        events.scan.select(
+            device.sum().alias("device"),
+            browser.sum().alias("browser"),
+            (device | browser).sum().alias("either"),
+        )
     ).row(0)
-    return UnknownUserAgents(day, frame.height, *(int(c or 0) for c in counts))
+    return UnknownUserAgents(day, events.rows, *(int(c or 0) for c in counts))

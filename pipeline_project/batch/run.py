@@ -43,6 +43,7 @@ from pipeline_project.batch.process import (
 )
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
+from pipeline_project.columns import PARTITION_COLUMN
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import DataLossError, PipelineError
@@ -51,7 +52,8 @@ from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
 from pipeline_project.lake.commit import StagedFiles, check_start, commit_range, stage_files
-from pipeline_project.lake.location import Lake, lake_of
+from pipeline_project.lake.id_cache import IdCache
+from pipeline_project.lake.location import TABLE_EVENTS, Lake, lake_of
 from pipeline_project.lake.probe import check_commit_support
 from pipeline_project.lake.record import DlqEntry, RangeRecord, offsets_digest
 from pipeline_project.lake.table import open_table, txn_version
@@ -329,6 +331,7 @@ def run_ranges(
     """
     main, reader = consumers
     stop = threading.Event()
+    cache = id_cache_of(settings, lake)
 
     def read(rng: Range, consumer: Consumer) -> DrainedRange | RangeOutcome:
         return drain_stage(settings, lake, consumer, rng, run_id, clock, topic, stop)
@@ -352,7 +355,7 @@ def run_ranges(
                     read_next()
                     outcome = drained
                 else:
-                    outcome = commit_stage(lake, main, dlq, drained, topic, read_next)
+                    outcome = commit_stage(lake, main, dlq, drained, topic, read_next, cache)
                 outcome.read_ahead = was_ahead
                 yield outcome
         finally:
@@ -442,6 +445,7 @@ def commit_stage(
     drained: DrainedRange,
     topic: epochs.TopicIdentity | None = None,
     filtered: Callable[[], None] | None = None,
+    cache: IdCache | None = None,
 ) -> RangeOutcome:
     """Filters, stages the files while the DLQ confirms the rejects, then the one commit.
 
@@ -451,7 +455,7 @@ def commit_stage(
     rng, steps, identity = drained.range, drained.steps, drained.identity
     with paused_gc():
         steps.lap("wait")  # for the range before it to commit (0 unless read ahead)
-        batch = finish_batch(drained.mapped, committed_ids_of(lake))
+        batch = finish_batch(drained.mapped, committed_ids_of(lake, cache))
         drained.mapped = None  # its rows are in `batch` now: ~150 MB less while staging
         steps.lap("filter")
         if filtered is not None:
@@ -471,6 +475,8 @@ def commit_stage(
         record = epochs.stamp(record, topic, drained.history_start)
         committed = commit_range(lake, record, staged, table=drained.table, checked_start=True)
         steps.lap("commit")
+        if committed.status == "committed":
+            remember_ids(cache, staged, batch.good)
         fault_point("K7")
         commit_group_offset(consumer, rng)
         steps.lap("after_commit")
@@ -586,13 +592,31 @@ def drain_and_map(
     return raw, finish_parts(parts, rng.topic, rng.partition, identity)
 
 
-def committed_ids_of(lake: Lake) -> CommittedIds:
+def committed_ids_of(lake: Lake, cache: IdCache | None = None) -> CommittedIds:
     """The day's committed event ids from every source (raw partitions and DLQ recoveries)."""
 
     def committed(days: list[date], ids: pl.Series) -> pl.DataFrame:
-        return read.committed_ids(lake, days, among=ids)
+        return read.committed_ids(lake, days, among=ids, cache=cache)
 
     return committed
+
+
+def id_cache_of(settings: Settings, lake: Lake) -> IdCache:
+    """This host's cache of the events table's id hashes (a cache: deleting it loses nothing)."""
+    return IdCache(settings.state_dir / "event-ids", lake.table_uri(TABLE_EVENTS))
+
+
+def remember_ids(cache: IdCache | None, staged: StagedFiles, good: pl.DataFrame) -> None:
+    """The committed files' id hashes into the cache, so the next range need not read them."""
+    if cache is None:
+        return
+    files = [
+        (date.fromisoformat(a.partition_values[PARTITION_COLUMN]), a.path) for a in staged.actions
+    ]
+    try:
+        cache.remember(files, good)
+    except Exception as exc:  # noqa: BLE001 - a committed range must not fail for a cache
+        log.warning("id cache not updated (the next lookup reads the files): %s", exc)
 
 
 def send_rejects(

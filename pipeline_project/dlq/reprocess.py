@@ -51,6 +51,7 @@ from pipeline_project.batch.run import (
     RangeOutcome,
     committed_end,
     committed_ids_of,
+    id_cache_of,
     preflight,
     process,
     range_record,
@@ -395,7 +396,7 @@ def _retry(run: _Run, rng: Range, identity: Identity, tries: list[Live]) -> _Tri
         key = (record.source_topic, record.source_partition)
         groups.setdefault(key, []).append((record, message.offset, fixed.value))
     accepted: list[pl.DataFrame] = []
-    committed = committed_ids_of(run.lake)
+    committed = committed_ids_of(run.lake, id_cache_of(settings, run.lake))
 
     def known_ids(days: list[date], ids: pl.Series) -> pl.DataFrame:
         found = committed(days, ids)

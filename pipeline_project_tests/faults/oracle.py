@@ -301,24 +301,26 @@ def _check_truth(
 ) -> None:
     """I1 against the truth: right destination exactly once; nothing unproduced; I4 first start."""
     coords = list(COORD_SCHEMA)
-    found = where.group_by(coords).agg(pl.col("dest").sort())
+    found = where.group_by(coords).agg(pl.len().alias("n"), pl.col("dest").min())
     checked = truth if complete else _committed(truth, manifests)
     report.counts["checked"] += checked.height
     wrong = (
         checked.with_columns(want=_expected())
         .join(found, on=coords, how="left")
-        .filter(pl.col("dest").is_null() | (pl.col("dest") != pl.concat_list("want")))
+        .filter(pl.col("n").is_null() | (pl.col("n") != 1) | (pl.col("dest") != pl.col("want")))
         .sort(coords)
     )
     if wrong.height:
-        rows = wrong.head(SAMPLE).select(*coords, "verdict", "want", "dest").iter_rows()
+        shown = wrong.head(SAMPLE).select(*coords, "verdict", "want")
+        places = where.join(shown, on=coords).group_by(coords).agg(pl.col("dest").sort())
+        rows = shown.join(places, on=coords, how="left").sort(coords).iter_rows()
         sample = [f"{(p, o)} {v}: expected {w}, found {g or 'nowhere'}" for p, o, v, w, g in rows]
         report.add("I1", f"{wrong.height} records misplaced, e.g. {sample}")
     extra = found.join(truth, on=coords, how="anti").sort(coords)
     if extra.height:
         sample = extra.select(coords).head(SAMPLE).rows()
         report.add("I1", f"{extra.height} offsets that were never produced, e.g. {sample}")
-    doubled = found.filter(pl.col("dest").list.len() > 1).sort(coords)
+    doubled = found.filter(pl.col("n") > 1).sort(coords)
     if doubled.height:
         sample = doubled.select(coords).head(SAMPLE).rows()
         report.add("I1", f"{doubled.height} offsets in two places: {sample}")

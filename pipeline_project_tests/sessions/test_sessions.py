@@ -248,6 +248,53 @@ def test_a_run_that_read_earlier_does_not_put_back_older_rows(
     assert "sess_late" in read_sessions(ingested, DAY).get_column("session_id").to_list()
 
 
+def test_a_day_built_in_buckets_gives_the_same_rows_in_one_commit(
+    ingested: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every event of a session falls in one bucket, so buckets change nothing but memory."""
+    whole = sessions.materialize_day(ingested, DAY)
+    monkeypatch.setattr(sessions, "BUCKET_EVENTS", 3)  # the day's 10 events in 4 buckets
+    reads: list[int] = []
+    real_collect = sessions.DayEvents.collect
+
+    def counted(self, query):  # type: ignore[no-untyped-def]
+        reads.append(1)
+        return real_collect(self, query)
+
+    monkeypatch.setattr(sessions.DayEvents, "collect", counted)
+    out = sessions.materialize_day(ingested, DAY)
+    assert len(reads) == 4
+    assert (out.rows, out.event_rows, out.converted, out.funnel) == (
+        whole.rows,
+        whole.event_rows,
+        whole.converted,
+        whole.funnel,
+    )
+    assert out.version == whole.version + 1  # the buckets' files in one commit
+    assert_frame_equal(read_sessions(ingested, DAY), expected_day())
+
+
+def test_a_bucket_that_cannot_be_read_commits_nothing(
+    ingested: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = sessions.materialize_day(ingested, DAY)
+    monkeypatch.setattr(sessions, "BUCKET_EVENTS", 3)
+    real_collect = sessions.DayEvents.collect
+    reads: list[int] = []
+
+    def third_fails(self, query):  # type: ignore[no-untyped-def]
+        reads.append(1)
+        if len(reads) == 3:  # mid-write: two buckets' sessions are already handed to delta-rs
+            raise LakeError("lake x: reading events failed: injected")
+        return real_collect(self, query)
+
+    monkeypatch.setattr(sessions.DayEvents, "collect", third_fails)
+    with pytest.raises(LakeError, match="reading events failed: injected"):
+        sessions.materialize_day(ingested, DAY)
+    assert sessions_table(ingested).version() == first.version
+    assert_frame_equal(read_sessions(ingested, DAY), expected_day())
+
+
 def test_unknown_user_agent_share_reads_the_latest_day(ingested: Settings) -> None:
     counts = unknown_user_agents(ingested)
     assert (counts.day, counts.rows, counts.unknown_device, counts.unknown_browser) == (

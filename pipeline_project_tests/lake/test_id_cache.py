@@ -1,0 +1,95 @@
+"""The duplicate lookup through the host's id cache answers exactly what a scan of the day answers.
+
+Whatever the cache holds (nothing, the files of the last commit, a damaged entry, a hash that
+collides, entries of files compacted away), the ids found are the ids committed, on both backends.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+
+import polars as pl
+
+from pipeline_project.batch.run import remember_ids
+from pipeline_project.lake.commit import commit_range, stage_files
+from pipeline_project.lake.id_cache import SEED, IdCache, day_files
+from pipeline_project.lake.location import Lake
+from pipeline_project.lake.read import committed_ids
+from pipeline_project.lake.table import open_table
+from pipeline_project.lake.upkeep import compact
+from pipeline_project_tests.lake.lake_support import processed, record_of
+
+DAY = date(2025, 3, 1)
+
+
+def commit(lake: Lake, start: int, count: int, cache: IdCache | None = None) -> pl.Series:
+    """Commits a range of `count` events; returns its ids."""
+    rng, batch = processed(start, count)
+    record = record_of(rng, batch)
+    staged = stage_files(lake, rng.range_id, record.token, batch.good)
+    assert commit_range(lake, record, staged).status == "committed"
+    remember_ids(cache, staged, batch.good)
+    return batch.good.get_column("event_id")
+
+
+def lookup(lake: Lake, among: pl.Series, cache: IdCache | None) -> list[str]:
+    return sorted(committed_ids(lake, [DAY], among, cache=cache).get_column("event_id").to_list())
+
+
+def entries(cache: IdCache) -> list[Path]:
+    return sorted(cache.root.rglob("*.arrow"))
+
+
+def test_the_cached_lookup_finds_exactly_the_committed_ids(lake: Lake, tmp_path: Path) -> None:
+    cache = IdCache(tmp_path / "cache", lake.table_uri("events"))
+    first = commit(lake, 0, 300)
+    second = commit(lake, 300, 300, cache)
+    assert len(entries(cache)) == 1  # the second commit's file, remembered from its rows
+    new = pl.Series(["ffffffff-0000-4000-8000-000000000000"] * 2)
+    among = pl.concat([first.head(5), second.tail(5), new])
+    expected = lookup(lake, among, None)
+    assert len(expected) == 10
+    assert lookup(lake, among, cache) == expected  # the first file read once, then cached
+    assert len(entries(cache)) == 2
+    assert lookup(lake, among, cache) == expected
+    shutil.rmtree(cache.root)  # a deleted cache is rebuilt from the table
+    assert lookup(lake, among, cache) == expected
+    assert lookup(lake, new, cache) == []
+
+
+def test_a_damaged_entry_is_rebuilt(lake: Lake, tmp_path: Path) -> None:
+    cache = IdCache(tmp_path / "cache", lake.table_uri("events"))
+    ids = commit(lake, 0, 200, cache)
+    (entry,) = entries(cache)
+    entry.write_bytes(b"not arrow")
+    assert lookup(lake, ids.head(3), cache) == sorted(ids.head(3).to_list())
+    assert pl.read_ipc(entry).height == 200
+
+
+def test_a_hash_collision_never_drops_an_event(lake: Lake, tmp_path: Path) -> None:
+    """An entry that holds a new id's hash (as a collision would) costs a read, not the event."""
+    cache = IdCache(tmp_path / "cache", lake.table_uri("events"))
+    ids = commit(lake, 0, 200, cache)
+    new = pl.Series(["0f0f0f0f-1111-4222-8333-444444444444"])
+    table = open_table(lake)
+    assert table is not None
+    ((day, path),) = day_files(table, [DAY])
+    cache.remember([(day, path)], pl.DataFrame({"event_date": [DAY], "event_id": new}))
+    assert pl.read_ipc(entries(cache)[0]).to_series().to_list() == new.hash(SEED).to_list()
+    assert lookup(lake, new, cache) == []  # the file was read: the id is not in it
+    assert lookup(lake, pl.concat([new, ids.head(1)]), cache) == [ids[0]]
+
+
+def test_after_a_compaction_the_new_files_are_read_and_the_old_entries_pruned(
+    lake: Lake, tmp_path: Path
+) -> None:
+    cache = IdCache(tmp_path / "cache", lake.table_uri("events"))
+    ids = pl.concat([commit(lake, start, 100, cache) for start in range(0, 500, 100)])
+    assert len(entries(cache)) == 5
+    done = compact(lake, day=DAY, min_small_files=2)
+    assert (done.total("files_before"), done.total("files_after")) == (5, 1)
+    sample = ids.gather([0, 150, 499])
+    assert lookup(lake, sample, cache) == sorted(sample.to_list())
+    assert len(entries(cache)) == 1  # the compacted file's; the five removed files' are gone
