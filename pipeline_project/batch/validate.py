@@ -87,6 +87,10 @@ class Rule:
     def field(self) -> str:
         return FIELD_PATHS.get(self.column, self.column)
 
+    def verdict(self) -> pl.Expr:
+        """True where a row passes, as pandera judges it (null passes unless `ignore_na` is off)."""
+        return self.passes(pl.col(self.column)).fill_null(self.ignore_na)
+
 
 @dataclass(frozen=True)
 class ValidatedBatch:
@@ -333,7 +337,7 @@ def screen(
     )
     _run_schema(event_schema(start, end), frame, ValidationDepth.SCHEMA_ONLY)
     rules = rule_order(start, end)
-    passes = [r.passes(pl.col(r.column)).fill_null(r.ignore_na) for r in rules]
+    passes = [r.verdict() for r in rules]
     mask = frame.select(pl.all_horizontal(passes)).to_series()
     return ScreenedBatch(frame.filter(mask), frame.filter(~mask))
 
@@ -362,7 +366,7 @@ def _failing(suspects: pl.DataFrame, rules: list[Rule]) -> frozenset[str]:
     Each check is a query of its own in pandera (~2 ms each, whatever the rows); the suspects of a
     range fail a few rules, not all of them.
     """
-    fails = [(~r.passes(pl.col(r.column)).fill_null(r.ignore_na)).any() for r in rules]
+    fails = [(~r.verdict()).any() for r in rules]
     row = suspects.select([f.alias(r.name) for f, r in zip(fails, rules, strict=True)]).row(0)
     return frozenset(r.name for r, failed in zip(rules, row, strict=True) if failed)
 

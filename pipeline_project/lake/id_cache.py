@@ -17,15 +17,19 @@ live under that version. Entries of files the table no longer lists are pruned a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import date
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 SEED = 0x5EED
 CHUNK_HASHES = 4_000_000  # hashes probed at once: ~32 MB, whatever the day's size
 ENTRY_SUFFIX = ".arrow"
+PRUNE_AGE_SECONDS = 600  # an entry younger than this may be of a commit after our snapshot
 
 
 class IdCache:
@@ -72,9 +77,9 @@ class IdCache:
 
     def _hashes(self, where: Storage, day: date, path: str) -> pl.Series:
         entry = self._entry(day, path)
-        try:
-            return pl.read_ipc(entry).to_series()
-        except (OSError, pl.exceptions.PolarsError) as exc:
+        try:  # memory-mapped, not copied: a day's entries are tens of MB
+            return pl.Series("h", ipc.open_file(pa.memory_map(str(entry))).read_all().column(0))
+        except (OSError, ValueError, pa.ArrowException, IndexError) as exc:
             if not isinstance(exc, FileNotFoundError):
                 log.warning("id cache entry %s unreadable, rebuilt: %s", entry, exc)
         hashes = read_ids(where, path).hash(SEED)
@@ -87,22 +92,32 @@ class IdCache:
         try:
             entry.parent.mkdir(parents=True, exist_ok=True)
             aside = entry.with_name(f".{entry.name}.{uuid.uuid4().hex[:8]}")
-            pl.DataFrame({"h": hashes}).write_ipc(aside, compression="uncompressed")
+            table = pa.table({"h": hashes.to_arrow()})
+            with pa.OSFile(str(aside), "wb") as sink, ipc.new_file(sink, table.schema) as out:
+                out.write_table(table)
             os.replace(aside, entry)
         except OSError as exc:  # a cache that cannot be written only costs reads
             log.warning("id cache %s not written: %s", entry, exc)
 
     def _prune(self, days: Sequence[date], listed: set[str]) -> None:
+        """Drops entries of files the snapshot no longer lists (compacted, expired, uncommitted).
+
+        Entries younger than PRUNE_AGE_SECONDS stay: another run may have just committed the file
+        after this lookup's snapshot was taken.
+        """
         keep = {_entry_name(path) for path in listed}
+        young = time.time() - PRUNE_AGE_SECONDS
         for day in days:
             folder = self.root / f"{PARTITION_COLUMN}={day.isoformat()}"
             try:
-                names = os.listdir(folder)
+                names = [n for n in os.listdir(folder) if n.endswith(ENTRY_SUFFIX)]
             except FileNotFoundError:
                 continue
             for name in names:
-                if name.endswith(ENTRY_SUFFIX) and name not in keep:
-                    (folder / name).unlink(missing_ok=True)
+                entry = folder / name
+                with contextlib.suppress(FileNotFoundError):
+                    if name not in keep and entry.stat().st_mtime < young:
+                        entry.unlink()
 
     def _entry(self, day: date, path: str) -> Path:
         return self.root / f"{PARTITION_COLUMN}={day.isoformat()}" / _entry_name(path)
@@ -132,13 +147,12 @@ def _holding(chunk: list[tuple[date, str, pl.Series]], wanted: pl.Series) -> lis
     """The files of `chunk` holding one of the wanted hashes (one probe of the whole chunk)."""
     if not chunk:
         return []
-    found = pl.concat([h for *_, h in chunk], rechunk=False).is_in(wanted)
-    out, start = [], 0
-    for day, path, hashes in chunk:
-        if found.slice(start, len(hashes)).any():
-            out.append((day, path))
-        start += len(hashes)
-    return out
+    found = pl.concat([h for *_, h in chunk], rechunk=False).is_in(wanted).arg_true()
+    if found.is_empty():
+        return []
+    ends = pl.Series([len(h) for *_, h in chunk]).cum_sum()
+    files = ends.search_sorted(found, side="right").unique().sort()
+    return [chunk[index][:2] for index in files.to_list()]
 
 
 def _confirm(where: Storage, holding: list[tuple[date, str]], ids: pl.Series) -> pl.DataFrame:

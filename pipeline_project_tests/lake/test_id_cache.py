@@ -6,15 +6,19 @@ collides, entries of files compacted away), the ids found are the ids committed,
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from datetime import date
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
 
 from pipeline_project.batch.run import remember_ids
 from pipeline_project.lake.commit import commit_range, stage_files
-from pipeline_project.lake.id_cache import SEED, IdCache, day_files
+from pipeline_project.lake.id_cache import PRUNE_AGE_SECONDS, SEED, IdCache, day_files
 from pipeline_project.lake.location import Lake
 from pipeline_project.lake.read import committed_ids
 from pipeline_project.lake.table import open_table
@@ -36,6 +40,10 @@ def commit(lake: Lake, start: int, count: int, cache: IdCache | None = None) -> 
 
 def lookup(lake: Lake, among: pl.Series, cache: IdCache | None) -> list[str]:
     return sorted(committed_ids(lake, [DAY], among, cache=cache).get_column("event_id").to_list())
+
+
+def hashes_in(entry: Path) -> pl.Series:
+    return pl.Series(ipc.open_file(pa.memory_map(str(entry))).read_all().column(0))
 
 
 def entries(cache: IdCache) -> list[Path]:
@@ -65,7 +73,7 @@ def test_a_damaged_entry_is_rebuilt(lake: Lake, tmp_path: Path) -> None:
     (entry,) = entries(cache)
     entry.write_bytes(b"not arrow")
     assert lookup(lake, ids.head(3), cache) == sorted(ids.head(3).to_list())
-    assert pl.read_ipc(entry).height == 200
+    assert hashes_in(entry).len() == 200
 
 
 def test_a_hash_collision_never_drops_an_event(lake: Lake, tmp_path: Path) -> None:
@@ -77,7 +85,7 @@ def test_a_hash_collision_never_drops_an_event(lake: Lake, tmp_path: Path) -> No
     assert table is not None
     ((day, path),) = day_files(table, [DAY])
     cache.remember([(day, path)], pl.DataFrame({"event_date": [DAY], "event_id": new}))
-    assert pl.read_ipc(entries(cache)[0]).to_series().to_list() == new.hash(SEED).to_list()
+    assert hashes_in(entries(cache)[0]).to_list() == new.hash(SEED).to_list()
     assert lookup(lake, new, cache) == []  # the file was read: the id is not in it
     assert lookup(lake, pl.concat([new, ids.head(1)]), cache) == [ids[0]]
 
@@ -91,5 +99,10 @@ def test_after_a_compaction_the_new_files_are_read_and_the_old_entries_pruned(
     done = compact(lake, day=DAY, min_small_files=2)
     assert (done.total("files_before"), done.total("files_after")) == (5, 1)
     sample = ids.gather([0, 150, 499])
+    assert lookup(lake, sample, cache) == sorted(sample.to_list())
+    assert len(entries(cache)) == 6  # young entries stay: a commit after the snapshot may own them
+    old = time.time() - PRUNE_AGE_SECONDS - 1
+    for entry in entries(cache):
+        os.utime(entry, (old, old))
     assert lookup(lake, sample, cache) == sorted(sample.to_list())
     assert len(entries(cache)) == 1  # the compacted file's; the five removed files' are gone
