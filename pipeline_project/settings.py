@@ -72,6 +72,9 @@ class Settings:
     # Days before today that Dagster shows as daily partitions (today is one more); read when the
     # code location loads, as partitions are fixed then (`setting_at_load`).
     partition_days: int = 7
+    # How often a day's sessions may be redone while its events keep changing ("" = after every
+    # change); read when the code location loads, as automation conditions are fixed then.
+    sessions_cron: str = ""
     consumer_group: str = "pipeline-project-lake"
     # Operator thresholds (`pipeline-project health`, the events checks): past one is "degraded".
     health_max_lag_records: int = 100_000
@@ -219,6 +222,7 @@ class EnvSettings(BaseSettings):
     max_lateness_days: int | None = Field(None, ge=0)
     max_clock_skew_seconds: int | None = Field(None, ge=0)
     partition_days: int | None = Field(None, ge=1, le=3660)
+    sessions_cron: Cron | None = None
     consumer_group: str | None = None
     health_max_lag_records: int | None = Field(None, ge=0)
     health_max_lag_seconds: float | None = Field(None, ge=0)
@@ -267,7 +271,8 @@ def setting_at_load(field_name: str) -> Any:
         return getattr(Settings(), field_name)
     info = EnvSettings.model_fields[field_name]
     try:
-        return TypeAdapter(Annotated[info.annotation, *info.metadata]).validate_python(raw)
+        kind = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        return TypeAdapter(kind).validate_python(raw)
     except ValidationError as exc:
         message = str(exc.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
         raise SettingsError(f"{variable}={raw!r}: {message}") from None

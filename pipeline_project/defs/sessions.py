@@ -9,6 +9,7 @@ pipeline_project_tests/sessions verifies against real ingest runs. No postponed 
 Dagster checks the `context` annotation's type at import.
 """
 
+import logging
 from datetime import date
 
 from dagster import (
@@ -16,6 +17,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    AssetsDefinition,
     AssetSelection,
     AutomationCondition,
     AutomationConditionSensorDefinition,
@@ -32,14 +34,18 @@ from pipeline_project.defs.ingest.quality import events_quality_checks
 from pipeline_project.defs.resources import PipelineSettings
 from pipeline_project.defs.tags import JOB_TAG
 from pipeline_project.defs.upkeep.checks import events_small_files
+from pipeline_project.errors import SettingsError
 from pipeline_project.lake.location import TABLE_SESSIONS
+from pipeline_project.settings import setting_at_load
 
 SESSIONS_KEY = AssetKey([TABLE_SESSIONS])
 ROWS_CHECK = "rows_on_days_with_events"
 AUTOMATION_SENSOR = "pipeline_automation_sensor"
 
+log = logging.getLogger(__name__)
 
-def sessions_condition() -> AutomationCondition:
+
+def sessions_condition(cron: str = "") -> AutomationCondition:
     """Request a day of `sessions` whenever that day of `events` was updated since the last request.
 
     Not `eager()`, for two reasons found in Dagster 1.13's source and pinned by the tests. eager()
@@ -52,56 +58,92 @@ def sessions_condition() -> AutomationCondition:
     wins: at worst one redundant run, never a stale day. No time window: late and reprocessed
     events can land on any day. The first evaluation after deployment catches up days that have
     events but no sessions.
+
+    `cron` (PIPELINE_SESSIONS_CRON): a day is also requested only once a tick of it has passed
+    since the day's last request, so a day that changes every few seconds is redone once a tick,
+    not once a run. Each redo reads the whole day: on a busy day that is CPU the ingestion needs.
     """
     updated = AutomationCondition.any_deps_match(AutomationCondition.newly_updated()).since(
         AutomationCondition.newly_requested()
     )
+    if cron:
+        ticked = AutomationCondition.cron_tick_passed(cron).since(
+            AutomationCondition.newly_requested()
+        )
+        updated = updated & ticked
     catch_up = AutomationCondition.initial_evaluation() & AutomationCondition.missing()
+    label = "events day updated since last request" + (f", a {cron} tick since" if cron else "")
     return (
         (updated | catch_up)
         & ~AutomationCondition.any_deps_missing()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
-    ).with_label("events day updated since last request")
+    ).with_label(label)
 
 
-@asset(
-    key=SESSIONS_KEY,
-    deps=[EVENTS_KEY],
-    partitions_def=daily_partitions,
-    automation_condition=sessions_condition(),
-    check_specs=[
-        AssetCheckSpec(
-            ROWS_CHECK,
-            asset=SESSIONS_KEY,
-            description="A day with committed events has at least one session row.",
-        )
-    ],
-    group_name="lake",
-    kinds={"delta", "polars"},
-    description=(
-        "Sessions per UTC day (start, end, duration, events, page views, entry/exit page, device, "
-        "conversion, revenue, funnel stage) from the day's committed events: the Delta table "
-        "<lake>/sessions, partitioned by date, each day replaced by one overwrite commit."
-    ),
-)
-def sessions(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
-    """Recomputes one day of sessions from the committed `events` rows of that day."""
-    day = date.fromisoformat(context.partition_key)
-    out = core.materialize_day(settings.for_run(), day)
-    context.log.info(
-        "%s: %d sessions from %d events (%d files)", day, out.rows, out.event_rows, out.source_files
-    )
-    checks = []
-    if _selected(context):
-        checks.append(
-            AssetCheckResult(
-                check_name=ROWS_CHECK,
-                passed=out.rows > 0 or out.event_rows == 0,
-                metadata={"rows": out.rows, "event_rows": out.event_rows},
+def redo_cron() -> str:
+    """PIPELINE_SESSIONS_CRON, read when the code location loads (conditions are fixed then).
+
+    A malformed value must not stop the location loading: it is logged as one line and sessions
+    follow every change of their day (the default).
+    """
+    try:
+        return str(setting_at_load("sessions_cron"))
+    except SettingsError as exc:
+        log.warning("bad setting: %s; sessions are redone after every change of their day", exc)
+        return ""
+
+
+def sessions_asset(cron: str = "") -> AssetsDefinition:
+    """The `sessions` asset, its days redone after every change or once a `cron` tick."""
+
+    @asset(
+        key=SESSIONS_KEY,
+        deps=[EVENTS_KEY],
+        partitions_def=daily_partitions,
+        automation_condition=sessions_condition(cron),
+        check_specs=[
+            AssetCheckSpec(
+                ROWS_CHECK,
+                asset=SESSIONS_KEY,
+                description="A day with committed events has at least one session row.",
             )
+        ],
+        group_name="lake",
+        kinds={"delta", "polars"},
+        description=(
+            "Sessions per UTC day (start, end, duration, events, page views, entry/exit page, "
+            "device, "
+            "conversion, revenue, funnel stage) from the day's committed events: the Delta table "
+            "<lake>/sessions, partitioned by date, each day replaced by one overwrite commit."
+        ),
+    )
+    def sessions(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
+        """Recomputes one day of sessions from the committed `events` rows of that day."""
+        day = date.fromisoformat(context.partition_key)
+        out = core.materialize_day(settings.for_run(), day)
+        context.log.info(
+            "%s: %d sessions from %d events (%d files)",
+            day,
+            out.rows,
+            out.event_rows,
+            out.source_files,
         )
-    return MaterializeResult(metadata=_metadata(out), check_results=checks)
+        checks = []
+        if _selected(context):
+            checks.append(
+                AssetCheckResult(
+                    check_name=ROWS_CHECK,
+                    passed=out.rows > 0 or out.event_rows == 0,
+                    metadata={"rows": out.rows, "event_rows": out.event_rows},
+                )
+            )
+        return MaterializeResult(metadata=_metadata(out), check_results=checks)
+
+    return sessions
+
+
+sessions = sessions_asset(redo_cron())
 
 
 def _selected(context: AssetExecutionContext) -> bool:

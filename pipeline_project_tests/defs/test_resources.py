@@ -2,8 +2,8 @@
 
 It shows where it is used, as one line: the sensor tick's skip reason, the schedule's, the failed
 run's error. Also: the reprocess schedule follows PIPELINE_DLQ_REPROCESS_CRON at its tick, and a
-fresh instance shows only today and the PIPELINE_PARTITION_DAYS before it (the one setting read at
-load, where a malformed value is one line and the default).
+fresh instance shows only today and the PIPELINE_PARTITION_DAYS before it (one of the two settings
+read at load, with PIPELINE_SESSIONS_CRON; a malformed value is one line and the default).
 """
 
 from __future__ import annotations
@@ -88,9 +88,10 @@ def test_a_run_fails_with_the_malformed_setting_in_one_line(tmp_path: Path) -> N
     assert not (tmp_path / "output").exists()  # stopped before touching anything
 
 
-def test_only_the_partition_window_is_read_at_import() -> None:
-    """Imports the code location with os.environ replaced by a spy: the one PIPELINE_* looked up is
-    PIPELINE_PARTITION_DAYS (Dagster fixes partitions when the location loads)."""
+def test_only_the_partition_window_and_the_sessions_cron_are_read_at_import() -> None:
+    """Imports the code location with os.environ replaced by a spy: the PIPELINE_* looked up are
+    PIPELINE_PARTITION_DAYS and PIPELINE_SESSIONS_CRON (Dagster fixes partitions and automation
+    conditions when the location loads)."""
     spy = (
         "import os\n"
         "seen = []\n"
@@ -109,7 +110,8 @@ def test_only_the_partition_window_is_read_at_import() -> None:
         [sys.executable, "-c", spy], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "['PIPELINE_PARTITION_DAYS']"
+    expected = "['PIPELINE_PARTITION_DAYS', 'PIPELINE_SESSIONS_CRON']"
+    assert done.stdout.strip().splitlines()[-1] == expected
 
 
 def schedule_tick(at: datetime, **settings: str) -> RunRequest | SkipReason:
@@ -157,10 +159,10 @@ PARTITION_KEYS = (
 )
 
 
-def partition_keys(home: Path, **env: str) -> tuple[dict[str, list[str]], str]:
-    """Each daily asset's partition keys on a fresh instance of a freshly loaded location."""
+def load_location(home: Path, script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Runs `script` in a fresh interpreter that loads the code location with these variables."""
     done = subprocess.run(
-        [sys.executable, "-c", PARTITION_KEYS],
+        [sys.executable, "-c", script],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -168,6 +170,12 @@ def partition_keys(home: Path, **env: str) -> tuple[dict[str, list[str]], str]:
         env={**clean_env(home), **env},
     )
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def partition_keys(home: Path, **env: str) -> tuple[dict[str, list[str]], str]:
+    """Each daily asset's partition keys on a fresh instance of a freshly loaded location."""
+    done = load_location(home, PARTITION_KEYS, **env)
     keys = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
     return keys, done.stderr
 
@@ -185,4 +193,32 @@ def test_the_partition_window_is_a_setting(tmp_path: Path) -> None:
     assert line.endswith(
         "bad setting: PIPELINE_PARTITION_DAYS='0': Input should be greater than or equal to 1; "
         "daily partitions cover the default 7 days"
+    )
+
+
+SESSIONS_LABEL = (
+    "from dagster import AssetKey\n"
+    "from pipeline_project.definitions import defs\n"
+    "spec = defs.resolve_asset_graph().get(AssetKey('sessions'))\n"
+    "print(spec.automation_condition.get_label())\n"
+)
+
+
+def test_the_sessions_cron_is_read_when_the_location_loads(tmp_path: Path) -> None:
+    """PIPELINE_SESSIONS_CRON shapes the sessions condition; a malformed one is one line, the
+    default (after every change) applies and the location still loads."""
+
+    def label(**env: str) -> tuple[str, str]:
+        done = load_location(tmp_path, SESSIONS_LABEL, **env)
+        return done.stdout.strip().splitlines()[-1], done.stderr
+
+    assert label()[0] == "events day updated since last request"
+    every_five = label(PIPELINE_SESSIONS_CRON="*/5 * * * *")[0]
+    assert every_five == "events day updated since last request, a */5 * * * * tick since"
+    default, stderr = label(PIPELINE_SESSIONS_CRON="often")
+    assert default == "events day updated since last request"
+    [line] = [x for x in stderr.splitlines() if "PIPELINE_SESSIONS_CRON" in x]
+    assert line.endswith(
+        "bad setting: PIPELINE_SESSIONS_CRON='often': is not a cron expression (minute hour day "
+        "month weekday); sessions are redone after every change of their day"
     )

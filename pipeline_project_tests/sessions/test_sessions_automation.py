@@ -25,7 +25,7 @@ from dagster import (
 from pipeline_project.batch.sessions import day_commits_since
 from pipeline_project.definitions import defs
 from pipeline_project.defs.ingest.job import ingest_events
-from pipeline_project.defs.sessions import ROWS_CHECK, SESSIONS_KEY, sessions
+from pipeline_project.defs.sessions import ROWS_CHECK, SESSIONS_KEY, sessions, sessions_asset
 from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
@@ -53,9 +53,13 @@ class Ticks:
     def __init__(self, located: Definitions, instance: DagsterInstance) -> None:
         self.located, self.instance, self.cursor = located, instance, None
 
-    def requested(self) -> set[str]:
+    def requested(self, at: datetime | None = None) -> set[str]:
         result = evaluate_automation_conditions(
-            self.located, self.instance, asset_selection=SELECTION, cursor=self.cursor
+            self.located,
+            self.instance,
+            asset_selection=SELECTION,
+            cursor=self.cursor,
+            evaluation_time=at,
         )
         self.cursor = result.cursor
         return {p for p in result.get_requested_partitions(SESSIONS_KEY) if p}
@@ -147,6 +151,41 @@ def test_late_event_rematerializes_its_old_day(
         materialize_days(located, instance, {old_day})
         assert ticks.requested() == {old_day}
         assert ticks.requested() == set()
+
+
+def test_with_a_sessions_cron_a_busy_day_is_redone_once_a_tick(
+    kafka_settings: Settings,
+) -> None:
+    """PIPELINE_SESSIONS_CRON: a day updated between ticks is requested at the next tick, once;
+    an update after that request waits for the following tick and is never lost.
+
+    Evaluated at chosen times a few minutes back (every minute is a tick), so the real updates
+    fall where the test needs them: after the request they follow.
+    """
+    base = defs_for(kafka_settings)
+    located = Definitions(
+        assets=[sessions_asset("* * * * *") if a is sessions else a for a in base.assets or []],
+        asset_checks=base.asset_checks,
+        jobs=base.jobs,
+        resources=base.resources,
+        executor=base.executor,
+    )
+    now = datetime.now(UTC)
+    start = now.replace(second=10, microsecond=0) - timedelta(minutes=4)
+    day = now.date().isoformat()
+    with DagsterInstance.ephemeral() as instance:
+        ticks = Ticks(located, instance)
+        assert ticks.requested(start) == set()
+        send(kafka_settings, [raw_event("s1", "u1", "page_view", now - timedelta(seconds=5), "/")])
+        assert ingest(located, instance) == {day}
+        assert ticks.requested(start + timedelta(seconds=20)) == set()  # updated, no tick since
+        assert ticks.requested(start + timedelta(seconds=70)) == {day}  # a minute's tick passed
+        materialize_days(located, instance, {day})
+        send(kafka_settings, [raw_event("s2", "u2", "click", now - timedelta(seconds=4), "/")])
+        ingest(located, instance)
+        assert ticks.requested(start + timedelta(seconds=80)) == set()  # no tick since the request
+        assert ticks.requested(start + timedelta(seconds=100)) == set()
+        assert ticks.requested(start + timedelta(seconds=130)) == {day}  # the next tick
 
 
 def test_first_evaluation_catches_up_days_that_have_events(
