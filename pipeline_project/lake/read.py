@@ -20,7 +20,7 @@ from deltalake import DeltaTable, write_deltalake
 from pipeline_project.columns import DATE_COLUMN, EVENT_ID_COLUMN
 from pipeline_project.errors import LakeError
 from pipeline_project.lake.files import storage
-from pipeline_project.lake.id_cache import IdCache
+from pipeline_project.lake.id_cache import IdCache, day_files
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.table import PARTITION_COLUMN, lake_errors, open_table
 
@@ -110,13 +110,9 @@ def unreadable_files(lake: Lake, days: Iterable[date], table: str = TABLE_EVENTS
     opened = open_table(lake, table)
     if opened is None:
         return []
-    adds = pl.DataFrame(opened.get_add_actions(flatten=True))
-    day_column = f"partition.{PARTITION_COLUMN}"
-    wanted = {d.isoformat() for d in days}
-    paths = [p for p, d in adds.select("path", day_column).iter_rows() if str(d) in wanted]
     where = storage(lake, table)
     broken = []
-    for path in paths:
+    for _, path in day_files(opened, sorted(set(days))):
         try:
             with where.fs.open_input_file(f"{where.root}/{path}") as handle:
                 pq.ParquetFile(handle).metadata  # noqa: B018 - reading the footer is the check
