@@ -172,16 +172,17 @@ def test_with_a_sessions_cron_a_busy_day_is_redone_once_a_tick(
     )
     now = datetime.now(UTC)
     start = now.replace(second=10, microsecond=0) - timedelta(minutes=4)
-    day = now.date().isoformat()
+    at = start - timedelta(seconds=5)  # the events' time: their day exists at every evaluation
+    day = at.date().isoformat()
     with DagsterInstance.ephemeral() as instance:
         ticks = Ticks(located, instance)
         assert ticks.requested(start) == set()
-        send(kafka_settings, [raw_event("s1", "u1", "page_view", now - timedelta(seconds=5), "/")])
+        send(kafka_settings, [raw_event("s1", "u1", "page_view", at, "/")])
         assert ingest(located, instance) == {day}
         assert ticks.requested(start + timedelta(seconds=20)) == set()  # updated, no tick since
         assert ticks.requested(start + timedelta(seconds=70)) == {day}  # a minute's tick passed
         materialize_days(located, instance, {day})
-        send(kafka_settings, [raw_event("s2", "u2", "click", now - timedelta(seconds=4), "/")])
+        send(kafka_settings, [raw_event("s2", "u2", "click", at + timedelta(seconds=1), "/")])
         ingest(located, instance)
         assert ticks.requested(start + timedelta(seconds=80)) == set()  # no tick since the request
         assert ticks.requested(start + timedelta(seconds=100)) == set()
