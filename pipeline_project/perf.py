@@ -1,4 +1,6 @@
-"""Pausing Python's cyclic garbage collector around batch work.
+"""Process-level performance: the cyclic collector, GIL hand-offs, step clocks, CPU priority.
+
+Pausing Python's cyclic garbage collector around batch work:
 
 A range allocates hundreds of thousands of small acyclic objects (messages, bytes, rows); every few
 thousand allocations the collector walks the whole heap, which with Dagster, pandera and polars
@@ -9,11 +11,14 @@ done.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 @contextmanager
@@ -58,3 +63,32 @@ class StepClock:
         now = time.perf_counter()
         self.steps[step] = round(now - self._last, 4)
         self._last = now
+
+
+def lower_priority(nice: int) -> int:
+    """Raises this process's niceness to at least `nice` on every thread it has; returns it.
+
+    Linux keeps a niceness per thread (a new thread inherits its creator's), so every existing
+    thread is set: polars', pyarrow's and librdkafka's pools included. Only ever lowered: an
+    unprivileged process cannot take priority back, and a process already nicer stays so.
+    """
+    for tid in _thread_ids():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+    return niceness()
+
+
+def niceness() -> int:
+    """The lowest niceness among this process's threads: the priority its busiest part may get."""
+    values = []
+    for tid in _thread_ids():
+        with contextlib.suppress(ProcessLookupError):
+            values.append(os.getpriority(os.PRIO_PROCESS, tid))
+    return min(values, default=os.getpriority(os.PRIO_PROCESS, 0))
+
+
+def _thread_ids() -> list[int]:
+    """This process's threads (Linux); [0], the process as a whole, where there is no /proc."""
+    tasks = Path("/proc/self/task")
+    return [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]

@@ -75,6 +75,9 @@ class Settings:
     # How often a day's sessions may be redone while its events keep changing ("" = after every
     # change); read when the code location loads, as automation conditions are fixed then.
     sessions_cron: str = ""
+    # Niceness of the runs that are not ingestion (sessions, DLQ reprocessing and report, upkeep,
+    # checks) in a process of their own: on a busy host they take the CPU the ingest runs leave.
+    background_nice: int = 10
     consumer_group: str = "pipeline-project-lake"
     # Operator thresholds (`pipeline-project health`, the events checks): past one is "degraded".
     health_max_lag_records: int = 100_000
@@ -223,6 +226,7 @@ class EnvSettings(BaseSettings):
     max_clock_skew_seconds: int | None = Field(None, ge=0)
     partition_days: int | None = Field(None, ge=1, le=3660)
     sessions_cron: Cron | None = None
+    background_nice: int | None = Field(None, ge=0, le=19)
     consumer_group: str | None = None
     health_max_lag_records: int | None = Field(None, ge=0)
     health_max_lag_seconds: float | None = Field(None, ge=0)

@@ -49,6 +49,7 @@ def test_variables_are_read_and_empty_ones_mean_the_default(
         ("PIPELINE_RAW_TOPIC", "raw events", "not a valid Kafka topic name"),
         ("PIPELINE_DLQ_REPROCESS_CRON", "hourly", "not a cron expression"),
         ("PIPELINE_SESSIONS_CRON", "often", "not a cron expression"),
+        ("PIPELINE_BACKGROUND_NICE", "20", "less than or equal to 19"),
         ("PIPELINE_NATIVE_PARSE", "sometimes", "valid boolean"),
         ("PIPELINE_COMPACT_TARGET_MB", "0", "greater than or equal to 1"),
         ("PIPELINE_VACUUM_RETENTION_HOURS", "0", "greater than or equal to 1"),

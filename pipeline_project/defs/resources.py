@@ -15,12 +15,14 @@ second resource would only split that object for Dagster's sake.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource, Failure
+from dagster import ConfigurableResource, DagsterLogManager, Failure
 
 from pipeline_project.errors import SettingsError
+from pipeline_project.perf import lower_priority
 from pipeline_project.settings import Settings
 
 SETTINGS_KEY = "settings"
@@ -59,6 +61,7 @@ class PipelineSettings(ConfigurableResource):
     compact_target_mb: int | None = None
     vacuum_retention_hours: int | None = None
     lake_retention_days: int | None = None
+    background_nice: int | None = None
 
     @classmethod
     def of(cls, settings: Settings, **overrides: Any) -> PipelineSettings:
@@ -88,3 +91,28 @@ class PipelineSettings(ConfigurableResource):
             return self.resolve()
         except SettingsError as exc:
             raise Failure(description=f"bad setting: {exc}", allow_retries=False) from None
+
+    def for_background_run(self, log: DagsterLogManager | None = None) -> Settings:
+        """`for_run()` for work that is not ingestion: it also leaves the CPU to the ingest runs.
+
+        Sessions, the DLQ reprocessing and report, upkeep and checks can wait a little; on a busy
+        host the ingest runs' freshness cannot. In a process Dagster started for this run alone,
+        every thread's niceness is raised to PIPELINE_BACKGROUND_NICE (0: unchanged). A run
+        executed inside another process (`execute_in_process`, a notebook) leaves it alone.
+        """
+        settings = self.for_run()
+        if settings.background_nice and run_owns_process():
+            nice = lower_priority(settings.background_nice)
+            if log is not None:
+                log.info(f"background work: CPU niceness {nice} (PIPELINE_BACKGROUND_NICE)")
+        return settings
+
+
+# How Dagster starts a process for one run: every run launcher's `dagster api execute_run` (a run
+# worker), a multiprocess executor's `dagster api execute_step`, `dagster job execute` in a shell.
+RUN_PROCESS_COMMANDS = (["api", "execute_run"], ["api", "execute_step"], ["job", "execute"])
+
+
+def run_owns_process() -> bool:
+    """True in a process started to execute this one run (so its priority is the run's own)."""
+    return sys.argv[1:3] in RUN_PROCESS_COMMANDS

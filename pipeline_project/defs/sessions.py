@@ -121,7 +121,7 @@ def sessions_asset(cron: str = "") -> AssetsDefinition:
     def sessions(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
         """Recomputes one day of sessions from the committed `events` rows of that day."""
         day = date.fromisoformat(context.partition_key)
-        out = core.materialize_day(settings.for_run(), day)
+        out = core.materialize_day(settings.for_background_run(context.log), day)
         context.log.info(
             "%s: %d sessions from %d events (%d files)",
             day,

@@ -54,7 +54,7 @@ _CHECKS = {
 )
 def dlq_report(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
     """Reads the DLQ since the last materialization and rewrites the report."""
-    found = dlq_report_core.build(settings.for_run())
+    found = dlq_report_core.build(settings.for_background_run(context.log))
     context.log.info(
         "%d failed source records, %d new DLQ records", found.records.height, found.new_records
     )

@@ -38,7 +38,8 @@ REPROCESS_JOB = "reprocess_dlq"
 )
 def reprocess(context: OpExecutionContext, settings: PipelineSettings) -> None:
     """One reprocessing pass; a bad setting fails the run with its one line."""
-    result = reprocess_core(settings.for_run(), run_id=context.run_id, log=context.log)
+    resolved = settings.for_background_run(context.log)
+    result = reprocess_core(resolved, run_id=context.run_id, log=context.log)
     for event in reprocess_events(result):
         context.log_event(event)
     context.log.info(result.summary())

@@ -21,7 +21,7 @@ from pipeline_project.lake.location import lake_of
 )
 def accounting_identity(settings: PipelineSettings) -> AssetCheckResult:
     """The same proof as `pipeline-project reconcile`, its table as the check's metadata."""
-    report = audit(lake_of(settings.for_run()))
+    report = audit(lake_of(settings.for_background_run()))
     return AssetCheckResult(
         passed=report.ok,
         metadata={

@@ -61,7 +61,7 @@ def last_update(settings: Settings) -> tuple[datetime | None, str | None]:
 )
 def events_freshness(settings: PipelineSettings) -> AssetCheckResult:
     """Same rule as `health`'s last_ingest line; Kafka is asked only when events look old."""
-    resolved = settings.for_run()
+    resolved = settings.for_background_run()
     updated, error = last_update(resolved)
     if error is not None:
         return AssetCheckResult(passed=False, severity=AssetCheckSeverity.WARN, description=error)
@@ -93,7 +93,7 @@ def events_freshness(settings: PipelineSettings) -> AssetCheckResult:
 )
 def events_unknown_user_agents(settings: PipelineSettings) -> AssetCheckResult:
     """Reads the device/browser columns of the latest day's committed files only."""
-    resolved = settings.for_run()
+    resolved = settings.for_background_run()
     counts = unknown_user_agents(resolved)
     limit = resolved.max_unknown_ua_share
     return AssetCheckResult(

@@ -47,7 +47,7 @@ def events_compaction(
     context: AssetExecutionContext, settings: PipelineSettings
 ) -> MaterializeResult:
     """One compaction pass; the metadata sums the days it compacted."""
-    resolved = settings.for_run()
+    resolved = settings.for_background_run(context.log)
     result = compact(lake_of(resolved), target_mb=resolved.compact_target_mb)
     context.log.info(result.render())
     return MaterializeResult(metadata=compaction_metadata(result))
@@ -91,7 +91,7 @@ def _avg_mib(size: int, files: int) -> float:
 )
 def lake_vacuum(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
     """Vacuum and checkpoint each table; bytes reclaimed summed over the tables."""
-    resolved = settings.for_run()
+    resolved = settings.for_background_run(context.log)
     lake = lake_of(resolved)
     files = reclaimed = 0
     seconds = 0.0
@@ -134,7 +134,7 @@ def lake_vacuum(context: AssetExecutionContext, settings: PipelineSettings) -> M
 )
 def lake_retention(context: AssetExecutionContext, settings: PipelineSettings) -> MaterializeResult:
     """Expires old days, or records that retention is off."""
-    resolved = settings.for_run()
+    resolved = settings.for_background_run(context.log)
     days = resolved.lake_retention_days
     if days is None:
         context.log.info("PIPELINE_LAKE_RETENTION_DAYS is not set: nothing deleted")

@@ -39,7 +39,7 @@ SMALL_FILES_CHECK = "small_files"
 )
 def events_small_files(settings: PipelineSettings) -> AssetCheckResult:
     """The worst day's small files against the limit; every day's count as metadata."""
-    resolved = settings.for_run()
+    resolved = settings.for_background_run()
     stats = table_stats(lake_of(resolved), small_below=small_file_bytes(resolved.compact_target_mb))
     worst = max(stats.days, key=lambda d: d["small_files"], default=None)
     over = small_file_days(stats)
