@@ -15,6 +15,7 @@ second resource would only split that object for Dagster's sake.
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,16 @@ class PipelineSettings(ConfigurableResource):
         return settings
 
 
-# How Dagster starts a process for one run: every run launcher's `dagster api execute_run` (a run
-# worker), a multiprocess executor's `dagster api execute_step`, `dagster job execute` in a shell.
+# How Dagster starts a process for one run from a shell or a step: `dagster api execute_run` (a run
+# worker of the container launchers), `dagster api execute_step` (a multiprocess executor's step),
+# `dagster job execute`.
 RUN_PROCESS_COMMANDS = (["api", "execute_run"], ["api", "execute_step"], ["job", "execute"])
 
 
 def run_owns_process() -> bool:
-    """True in a process started to execute this one run (so its priority is the run's own)."""
-    return sys.argv[1:3] in RUN_PROCESS_COMMANDS
+    """True in a process started to execute this one run (so its priority is the run's own).
+
+    A code server (`dagster api grpc`, what the webserver and the daemon launch runs through)
+    starts each run in a multiprocessing child of its own, which inherits the server's argv.
+    """
+    return sys.argv[1:3] in RUN_PROCESS_COMMANDS or multiprocessing.parent_process() is not None

@@ -3,8 +3,7 @@
 It shows where it is used, as one line: the sensor tick's skip reason, the schedule's, the failed
 run's error. Also: the reprocess schedule follows PIPELINE_DLQ_REPROCESS_CRON at its tick, and a
 fresh instance shows only today and the PIPELINE_PARTITION_DAYS before it (one of the two settings
-read at load, with PIPELINE_SESSIONS_CRON; a malformed value is one line and the default), and
-runs that are not ingestion lower their own CPU priority (PIPELINE_BACKGROUND_NICE).
+read at load, with PIPELINE_SESSIONS_CRON; a malformed value is one line and the default).
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from pipeline_project.defs.dlq.reprocess import reprocess_dlq_schedule
 from pipeline_project.defs.ingest.assets import EVENTS_KEY, PARTITION_WINDOW_DAYS
 from pipeline_project.defs.ingest.sensor import kafka_backlog_sensor
 from pipeline_project.defs.resources import PipelineSettings
-from pipeline_project.perf import niceness
 from pipeline_project_tests.support import PYTHON, REPO_ROOT
 
 BAD = {"PIPELINE_MAX_RANGE_EVENTS": "lots"}
@@ -224,48 +222,3 @@ def test_the_sessions_cron_is_read_when_the_location_loads(tmp_path: Path) -> No
         "bad setting: PIPELINE_SESSIONS_CRON='often': is not a cron expression (minute hour day "
         "month weekday); sessions are redone after every change of their day"
     )
-
-
-def test_background_runs_in_their_own_process_leave_the_cpu_to_ingestion(tmp_path: Path) -> None:
-    """A background job run by `dagster job execute` lowers its own priority (the niceness it
-    logs is read back from the OS); 0 leaves it alone; run in process, this process keeps its own.
-    """
-    job = ("job", "execute", "-m", "pipeline_project.definitions", "-j", "expire_lake_days")
-    data = {"PIPELINE_DATA_DIR": str(tmp_path / "data")}
-    niced = dagster(*job, home=tmp_path, PIPELINE_BACKGROUND_NICE="7", **data)
-    assert niced.returncode == 0, niced.stderr[-3000:]
-    assert "background work: CPU niceness 7 (PIPELINE_BACKGROUND_NICE)" in niced.stderr
-    plain = dagster(*job, home=tmp_path, PIPELINE_BACKGROUND_NICE="0", **data)
-    assert plain.returncode == 0, plain.stderr[-3000:]
-    assert "background work" not in plain.stderr
-
-    before = niceness()
-    settings = PipelineSettings(background_nice=7, data_dir=str(tmp_path / "data"))
-    with DagsterInstance.ephemeral() as instance:
-        run = (
-            build_defs(settings)
-            .resolve_job_def("expire_lake_days")
-            .execute_in_process(instance=instance)
-        )
-    assert run.success and niceness() == before
-
-
-def test_lowering_priority_reaches_every_thread_and_never_raises_it() -> None:
-    """Linux keeps a niceness per thread: a pool started before the call is lowered too."""
-    script = (
-        "import os, threading\n"
-        "from pipeline_project.perf import lower_priority\n"
-        "done = threading.Event()\n"
-        "pool = threading.Thread(target=done.wait)\n"
-        "pool.start()\n"
-        "first = lower_priority(12)\n"
-        "again = lower_priority(5)\n"
-        "tasks = os.listdir('/proc/self/task')\n"
-        "print(first, again, sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in tasks}),"
-        " len(tasks))\n"
-        "done.set()\n"
-    )
-    done = subprocess.run([PYTHON, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    first, again, values, threads = done.stdout.split(" ", 3)
-    assert (first, again, values) == ("12", "12", "[12]") and int(threads) >= 2
