@@ -72,9 +72,9 @@ class Settings:
     # Days before today that Dagster shows as daily partitions (today is one more); read when the
     # code location loads, as partitions are fixed then (`setting_at_load`).
     partition_days: int = 7
-    # How often a day's sessions may be redone while its events keep changing ("" = after every
-    # change); read when the code location loads, as automation conditions are fixed then.
-    sessions_cron: str = ""
+    # How often a day's sessions may be redone while its events keep changing: each redo reads the
+    # whole day. Read when the code location loads, as automation conditions are fixed then.
+    sessions_cron: str = "*/5 * * * *"
     # Niceness of the runs that are not ingestion (sessions, DLQ reprocessing and report, upkeep,
     # checks) in a process of their own: on a busy host they take the CPU the ingest runs leave.
     background_nice: int = 10

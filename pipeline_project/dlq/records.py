@@ -161,6 +161,8 @@ def escape_payload(value: bytes | None, limit: int = PREVIEW_CHARS) -> str:
     if value is None:
         return "<null>"
     text = value[: limit * 4].decode("utf-8", "backslashreplace")[: limit + 1]
+    if text.isprintable() and "`" not in text:  # most payloads: nothing to escape, checked in C
+        return bounded(text, limit)
     return bounded("".join(_escaped(ch) for ch in text), limit)
 
 

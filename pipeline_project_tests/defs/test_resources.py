@@ -206,19 +206,20 @@ SESSIONS_LABEL = (
 
 def test_the_sessions_cron_is_read_when_the_location_loads(tmp_path: Path) -> None:
     """PIPELINE_SESSIONS_CRON shapes the sessions condition; a malformed one is one line, the
-    default (after every change) applies and the location still loads."""
+    default (every 5 minutes) applies and the location still loads."""
 
     def label(**env: str) -> tuple[str, str]:
         done = load_location(tmp_path, SESSIONS_LABEL, **env)
         return done.stdout.strip().splitlines()[-1], done.stderr
 
-    assert label()[0] == "events day updated since last request"
-    every_five = label(PIPELINE_SESSIONS_CRON="*/5 * * * *")[0]
-    assert every_five == "events day updated since last request, a */5 * * * * tick since"
+    every_five = "events day updated since last request, a */5 * * * * tick since"
+    assert label()[0] == every_five
+    hourly = label(PIPELINE_SESSIONS_CRON="0 * * * *")[0]
+    assert hourly == "events day updated since last request, a 0 * * * * tick since"
     default, stderr = label(PIPELINE_SESSIONS_CRON="often")
-    assert default == "events day updated since last request"
+    assert default == every_five
     [line] = [x for x in stderr.splitlines() if "PIPELINE_SESSIONS_CRON" in x]
     assert line.endswith(
         "bad setting: PIPELINE_SESSIONS_CRON='often': is not a cron expression (minute hour day "
-        "month weekday); sessions are redone after every change of their day"
+        "month weekday); the default '*/5 * * * *' applies"
     )

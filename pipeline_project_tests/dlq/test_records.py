@@ -1,4 +1,5 @@
-"""The DLQ record's headers: contract names in order, bounded values, and a lossless round trip."""
+"""The DLQ record's headers (contract names in order, bounded values, a lossless round trip) and
+the payload previews of reports."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pipeline_project.dlq.records import (
     HEADER_NAMES,
     MAX_MESSAGE_CHARS,
     MAX_VALUE_CHARS,
+    PREVIEW_CHARS,
     SOURCE_OFFSET,
     DlqRecord,
+    escape_payload,
 )
 
 RECORD = DlqRecord(
@@ -58,3 +61,17 @@ def test_long_values_are_bounded_and_unencodable_text_is_replaced() -> None:
     assert headers[ERROR_FIELD].endswith(b"...")
     assert len(headers[ERROR_MESSAGE]) == MAX_MESSAGE_CHARS
     assert headers["dlq.run_id"] == b"r?"
+
+
+def test_payload_previews_escape_what_could_hide_or_break_and_keep_the_rest() -> None:
+    """A preview is the payload as text, escaped only where a table or a reader would be fooled."""
+    plain = b'{"event_id": "e1", "page_url": "https://shop.example/p?q=red shoes"}'
+    assert escape_payload(plain) == plain.decode()
+    assert escape_payload(None) == "<null>"
+    assert escape_payload(b"a`b\nc") == "a\\x60b\\nc"
+    assert escape_payload("x\u202ey\u200dz".encode()) == "x\\u202ey\\u200dz"
+    assert escape_payload(b"caf\xe9 \x00") == "caf\\xe9 \\x00"
+    long = escape_payload(b"x" * 500)
+    assert len(long) == PREVIEW_CHARS and long.endswith("...")
+    escaped_long = escape_payload(b"\t" * 500)
+    assert len(escaped_long) == PREVIEW_CHARS and escaped_long.startswith("\\t\\t")

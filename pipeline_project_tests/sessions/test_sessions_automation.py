@@ -65,6 +65,20 @@ class Ticks:
         return {p for p in result.get_requested_partitions(SESSIONS_KEY) if p}
 
 
+def with_sessions_cron(base: Definitions, cron: str) -> Definitions:
+    """The location with `sessions` redone once a `cron` tick ("": after every change).
+
+    What PIPELINE_SESSIONS_CRON gives a location that loads with it (the setting is read then).
+    """
+    return Definitions(
+        assets=[sessions_asset(cron) if a is sessions else a for a in base.assets or []],
+        asset_checks=base.asset_checks,
+        jobs=base.jobs,
+        resources=base.resources,
+        executor=base.executor,
+    )
+
+
 def ingest(located: Definitions, instance: DagsterInstance) -> set[str]:
     """One ingest_events run; returns the `events` days it materialized."""
     run = located.resolve_job_def(ingest_events.name).execute_in_process(instance=instance)
@@ -113,7 +127,7 @@ def test_late_event_rematerializes_its_old_day(
     now = datetime.now(UTC)
     old = now - timedelta(days=3)
     old_day, new_day = old.date().isoformat(), now.date().isoformat()
-    located = defs_for(kafka_settings)
+    located = with_sessions_cron(defs_for(kafka_settings), "")  # after every change
     with DagsterInstance.ephemeral() as instance:
         ticks = Ticks(located, instance)
         assert ticks.requested() == set()  # first evaluation: nothing materialized yet
@@ -162,14 +176,7 @@ def test_with_a_sessions_cron_a_busy_day_is_redone_once_a_tick(
     Evaluated at chosen times a few minutes back (every minute is a tick), so the real updates
     fall where the test needs them: after the request they follow.
     """
-    base = defs_for(kafka_settings)
-    located = Definitions(
-        assets=[sessions_asset("* * * * *") if a is sessions else a for a in base.assets or []],
-        asset_checks=base.asset_checks,
-        jobs=base.jobs,
-        resources=base.resources,
-        executor=base.executor,
-    )
+    located = with_sessions_cron(defs_for(kafka_settings), "* * * * *")
     now = datetime.now(UTC)
     start = now.replace(second=10, microsecond=0) - timedelta(minutes=4)
     at = start - timedelta(seconds=5)  # the events' time: their day exists at every evaluation
