@@ -33,7 +33,7 @@ from pipeline_project.batch import sessions as core
 from pipeline_project.defs.ingest.assets import EVENTS_KEY, daily_partitions
 from pipeline_project.defs.ingest.quality import events_quality_checks
 from pipeline_project.defs.resources import PipelineSettings
-from pipeline_project.defs.tags import JOB_TAG
+from pipeline_project.defs.tags import BACKGROUND_TAGS, JOB_TAG
 from pipeline_project.defs.upkeep.checks import events_small_files
 from pipeline_project.errors import SettingsError
 from pipeline_project.lake.location import TABLE_SESSIONS
@@ -184,7 +184,7 @@ pipeline_automation_sensor = AutomationConditionSensorDefinition(
     | AssetSelection.checks(*events_quality_checks, events_small_files),
     default_status=DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=15,
-    run_tags={JOB_TAG: "automation"},  # dagster.yaml: one such run at a time
+    run_tags={JOB_TAG: "automation", **BACKGROUND_TAGS},  # dagster.yaml: one at a time
     description="Runs `sessions` days whose events changed, and the periodic `events` checks.",
 )
 

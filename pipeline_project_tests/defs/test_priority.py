@@ -4,7 +4,7 @@ A background run (sessions, DLQ jobs, upkeep, checks) lowers the niceness of its
 Dagster started that process for it alone: a run the webserver or the daemon launches through the
 code server (a multiprocessing child of it), or `dagster job execute`. Executed in another process
 (`execute_in_process`), the run leaves that process's priority alone. The niceness a run logs is
-read back from the operating system.
+read back from the operating system. And the run queue gives all of them one slot at a time.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import yaml
 from dagster import DagsterInstance
 
-from pipeline_project.definitions import build_defs
+from pipeline_project.definitions import build_defs, defs
 from pipeline_project.defs.resources import PipelineSettings
+from pipeline_project.defs.tags import BACKGROUND, LANE_TAG
 from pipeline_project.perf import niceness
 from pipeline_project_tests.defs.test_resources import dagster
-from pipeline_project_tests.support import PYTHON
+from pipeline_project_tests.support import PYTHON, REPO_ROOT
 from pipeline_project_tests.ui.dagster_ui import DagsterWebserver
 
 # Runs launch at once, without a daemon to dequeue them (Dagster queues by default).
@@ -123,3 +125,21 @@ def test_lowering_priority_reaches_every_thread_and_never_raises_it() -> None:
     assert done.returncode == 0, done.stderr
     first, again, values, threads = done.stdout.split(" ", 3)
     assert (first, again, values) == ("12", "12", "[12]") and int(threads) >= 2
+
+
+def test_every_run_but_ingestion_is_in_the_background_lane_the_queue_limits() -> None:
+    """One background run holds a run slot at a time (dagster.yaml): the rest stay for ingestion.
+
+    Every job but `ingest_events`, and the automation sensor's runs, carry pipeline/lane=background.
+    """
+    jobs = {job.name: job for job in defs.resolve_all_job_defs() if not job.name.startswith("__")}
+    assert jobs["ingest_events"].tags.get(LANE_TAG) is None
+    background = {name for name, job in jobs.items() if job.tags.get(LANE_TAG) == BACKGROUND}
+    assert background == set(jobs) - {"ingest_events"}
+    assert {"reprocess_dlq", "dlq_report_job", "compact_events"} <= background
+    sensor = defs.resolve_sensor_def("pipeline_automation_sensor")
+    assert sensor.run_tags[LANE_TAG] == BACKGROUND
+    limits = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())["run_queue"]
+    lane = [x for x in limits["tag_concurrency_limits"] if x["key"] == LANE_TAG]
+    assert lane == [{"key": LANE_TAG, "value": BACKGROUND, "limit": 1}]
+    assert limits["max_concurrent_runs"] > 1  # a slot is always left to ingestion

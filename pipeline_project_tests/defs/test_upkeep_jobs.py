@@ -101,7 +101,7 @@ def test_upkeep_schedules_are_on_from_the_start() -> None:
         schedule = defs.resolve_schedule_def(name)
         assert schedule.cron_schedule == cron
         assert schedule.default_status == DefaultScheduleStatus.RUNNING
-        assert schedule.job.tags == {"pipeline/job": "upkeep"}
+        assert schedule.job.tags == {"pipeline/job": "upkeep", "pipeline/lane": "background"}
 
 
 def test_the_small_files_check_runs_on_the_automation_sensors_cron(tmp_path: Path) -> None:

@@ -263,4 +263,4 @@ def test_definitions_wire_sessions_checks_and_the_running_sensor() -> None:
     } <= checks
     sensor = defs.resolve_sensor_def("pipeline_automation_sensor")
     assert sensor.default_status.value == "RUNNING"
-    assert sensor.run_tags == {"pipeline/job": "automation"}  # dagster.yaml: one at a time
+    assert sensor.run_tags == {"pipeline/job": "automation", "pipeline/lane": "background"}

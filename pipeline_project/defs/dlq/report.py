@@ -23,6 +23,7 @@ from dagster import (
 
 from pipeline_project.defs.ingest.assets import DLQ_KEY
 from pipeline_project.defs.resources import PipelineSettings
+from pipeline_project.defs.tags import BACKGROUND_TAGS
 from pipeline_project.dlq import report as dlq_report_core
 
 DLQ_REPORT_KEY = AssetKey(["dlq_report"])
@@ -111,6 +112,7 @@ dlq_report_job = define_asset_job(
     "dlq_report_job",
     selection=[DLQ_REPORT_KEY],
     executor_def=in_process_executor,
+    tags=BACKGROUND_TAGS,
     description="Refreshes the DLQ report and its checks.",
 )
 dlq_report_schedule = ScheduleDefinition(

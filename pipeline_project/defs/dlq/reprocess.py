@@ -25,7 +25,7 @@ from dagster import (
 
 from pipeline_project.defs.ingest.assets import DLQ_KEY, EVENTS_KEY
 from pipeline_project.defs.resources import PipelineSettings
-from pipeline_project.defs.tags import JOB_TAG
+from pipeline_project.defs.tags import BACKGROUND_TAGS, JOB_TAG
 from pipeline_project.dlq.reprocess import ReprocessResult
 from pipeline_project.dlq.reprocess import reprocess as reprocess_core
 from pipeline_project.errors import SettingsError
@@ -73,7 +73,7 @@ def reprocess_events(result: ReprocessResult) -> list[AssetMaterialization | Ass
 @job(
     name=REPROCESS_JOB,
     executor_def=in_process_executor,
-    tags={JOB_TAG: REPROCESS_JOB},
+    tags={JOB_TAG: REPROCESS_JOB, **BACKGROUND_TAGS},
     description="DLQ ranges through the lake protocol: repaired records land once, the rest retry "
     "with attempt + 1 and are parked after PIPELINE_DLQ_MAX_ATTEMPTS.",
 )

@@ -8,7 +8,7 @@ from dagster import (
     in_process_executor,
 )
 
-from pipeline_project.defs.tags import JOB_TAG
+from pipeline_project.defs.tags import BACKGROUND_TAGS, JOB_TAG
 from pipeline_project.defs.upkeep.assets import events_compaction, lake_retention, lake_vacuum
 
 UPKEEP_TAG_VALUE = "upkeep"
@@ -25,7 +25,7 @@ def _scheduled_job(
         name,
         selection=[asset_def.key],
         executor_def=in_process_executor,
-        tags={JOB_TAG: UPKEEP_TAG_VALUE},
+        tags={JOB_TAG: UPKEEP_TAG_VALUE, **BACKGROUND_TAGS},
         description=what,
     )
     return ScheduleDefinition(
