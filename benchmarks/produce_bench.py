@@ -12,8 +12,10 @@ import argparse
 import dataclasses
 import json
 import logging
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -57,6 +59,34 @@ def produce_run(settings: Settings, *flags: str) -> dict[str, Any]:
     return summary
 
 
+# The defect-laden run the producer's goal names: 200k events, 5 % bad, 1 % duplicates, full speed.
+DEFECT_FLAGS = (
+    "--count",
+    "200000",
+    "--rate",
+    "0",
+    "--bad-ratio",
+    "0.05",
+    "--duplicate-ratio",
+    "0.01",
+)
+
+
+def defect_runs(settings: Settings, truth: bool, runs: int = 3) -> dict[str, Any]:
+    """Median delivered events/s of `runs` DEFECT_FLAGS runs, with or without a truth file."""
+    rates = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            flags = (*DEFECT_FLAGS, "--truth", f"{tmp}/truth.jsonl") if truth else DEFECT_FLAGS
+            run = produce_run(settings, *flags)
+            if truth:
+                lines = sum(1 for _ in open(f"{tmp}/truth.jsonl", "rb"))
+                if lines != run["delivered"]:
+                    raise SystemExit(f"truth has {lines} lines for {run['delivered']} delivered")
+        rates.append(run["events_per_s"])
+    return {"median_eps": round(statistics.median(rates)), "runs_eps": rates}
+
+
 def _delete(settings: Settings, topic: str) -> None:
     conf: dict[str, Any] = {**settings.kafka_common(), "logger": logging.getLogger(__name__)}
     admin = AdminClient(conf)
@@ -86,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"produce --rate 0 {codec:<5}:    {run['events_per_s']:>10,.0f} events/s delivered "
             f"({run['delivered']:,} in {run['seconds']} s, failed {run['failed']})"
+        )
+    for truth in (False, True):
+        name = "defects_with_truth" if truth else "defects"
+        figures[name] = defect_runs(settings, truth)
+        print(
+            f"produce 5% bad 1% dup{' --truth' if truth else '':<8}: "
+            f"{figures[name]['median_eps']:>10,} events/s delivered (median of 3: "
+            f"{', '.join(f'{r:,.0f}' for r in figures[name]['runs_eps'])})"
         )
     for rate in (1_000, 20_000):
         run = produce_run(settings, "--rate", str(rate), "--duration", str(args.seconds))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -201,10 +202,18 @@ def log_entry(where: Storage, version: int) -> bytes | None:
 
 
 def commit_info(text: bytes) -> dict[str, Any]:
-    """The commitInfo action of a log entry (empty when it has none)."""
+    """The commitInfo action of a log entry (empty when it has none).
+
+    orjson first: a history read parses every commit's record, tens of KB each (0.46 vs 0.81 ms
+    on one of 2,000 DLQ entries); the standard parser takes what orjson refuses (NaN, huge ints).
+    """
     for line in text.splitlines():
         if b'"commitInfo"' in line:
-            return dict(json.loads(line).get("commitInfo") or {})
+            try:
+                action = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                action = json.loads(line)
+            return dict(action.get("commitInfo") or {})
     return {}
 
 

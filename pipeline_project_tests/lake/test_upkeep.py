@@ -120,8 +120,17 @@ def _day_files(lake: Lake) -> set[str]:
 
 
 def cli_env(lake: Lake, **settings: str) -> dict[str, str]:
-    """The environment a shell user would set for this lake (S3 connection included)."""
-    env = {**os.environ, "PIPELINE_LAKE_URI": lake.root, "PYTHONPATH": str(REPO_ROOT)}
+    """The environment a shell user would set for this lake (S3 connection included).
+
+    No broker: reconcile would compare the lake's topic with a topic of the same name on one
+    (a developer's `make demo` broker on the default port is another topic, another epoch).
+    """
+    env = {
+        **os.environ,
+        "PIPELINE_LAKE_URI": lake.root,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PIPELINE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+    }
     return env | dict(lake.storage_options) | settings
 
 
