@@ -2,16 +2,20 @@
 
 Every range commit carries its RangeRecord in the commit metadata (see record.py), so the log alone
 says which offsets of which partition were committed, by which run, and where each record went.
-Reading it is a full history scan: meant for audits (reconcile) and reports, never for a run's
-start, which needs only the app transaction versions of the latest snapshot.
+Reading it whole (`read_history`) is a full history scan: meant for audits (reconcile) and reports,
+never for a run's start, which needs only the app transaction versions of the latest snapshot.
+Readers of recent commits only (health, the freshness check) read the log's tail (`read_tail`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from deltalake import DeltaTable
 
@@ -21,6 +25,9 @@ from pipeline_project.lake.record import METADATA_KEY, RETENTION_KEY, RangeRecor
 from pipeline_project.lake.table import lake_errors, open_table
 
 log = logging.getLogger(__name__)
+
+TAIL_CHUNK = 32  # log entries read at once (in parallel) by read_tail
+CLOCK_SKEW = timedelta(minutes=5)  # how far apart two writers' clocks may be
 
 
 @dataclass
@@ -66,15 +73,66 @@ def read_history(lake: Lake, table: DeltaTable | None = None) -> History:
     with lake_errors(lake, "reading the events table's log"), ThreadPoolExecutor(16) as pool:
         texts = list(pool.map(lambda v: log_entry(where, v), range(upto + 1)))
     for version, text in enumerate(texts):
-        info = commit_info(text) if text is not None else {}
-        retention = info.get(RETENTION_KEY)
-        if isinstance(retention, dict) and isinstance(retention.get("cutoff"), str):
-            history.retentions.append((version, retention["cutoff"]))
-        meta = info.get(METADATA_KEY)
-        if meta is None:
-            continue
-        try:
-            history.records.append(RangeRecord.from_metadata(meta, version))
-        except (KeyError, TypeError, ValueError) as exc:
-            history.unreadable.append((version, f"{type(exc).__name__}: {exc}"))
+        _add_entry(history, version, commit_info(text) if text is not None else {})
     return history
+
+
+def read_tail(
+    lake: Lake,
+    table: DeltaTable,
+    since: datetime,
+    want: Callable[[RangeRecord], bool] | None = None,
+) -> History:
+    """The range records committed since `since`, and further back until one `want` accepts.
+
+    For readers that look at recent commits only (health, the freshness check): the log is read
+    from the snapshot's version backwards, TAIL_CHUNK entries at a time, and stops at the first
+    chunk whose commits are all older than `since` (less CLOCK_SKEW: writers' clocks differ) once
+    a wanted record is among those read, or at the log's start. A full read costs one GET and one
+    parse per commit of the table's life; this costs the window's. Records come oldest first.
+    """
+    history = History()
+    where = storage(lake, TABLE_EVENTS)
+    cutoff_ms = (since - CLOCK_SKEW).timestamp() * 1000
+    found = want is None
+    entries: list[tuple[int, dict[str, Any]]] = []
+    top = table.version()
+    with lake_errors(lake, "reading the events table's log"), ThreadPoolExecutor(16) as pool:
+        while top >= 0:
+            versions = range(top, max(top - TAIL_CHUNK, -1), -1)
+            texts = pool.map(lambda v: log_entry(where, v), versions)
+            infos = [commit_info(t) if t is not None else {} for t in texts]
+            entries += zip(versions, infos, strict=True)
+            if not found:
+                found = any(_wanted(info, want) for info in infos)
+            stamps = [i["timestamp"] for i in infos if isinstance(i.get("timestamp"), int)]
+            if found and stamps and max(stamps) < cutoff_ms:
+                break
+            top -= TAIL_CHUNK
+    for version, info in sorted(entries, key=lambda e: e[0]):
+        _add_entry(history, version, info)
+    return history
+
+
+def _wanted(info: dict[str, Any], want: Callable[[RangeRecord], bool] | None) -> bool:
+    meta = info.get(METADATA_KEY)
+    if meta is None or want is None:
+        return False
+    try:
+        return want(RangeRecord.from_metadata(meta))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _add_entry(history: History, version: int, info: dict[str, Any]) -> None:
+    """Files one log entry's commit info: a retention commit, a range record, or unreadable."""
+    retention = info.get(RETENTION_KEY)
+    if isinstance(retention, dict) and isinstance(retention.get("cutoff"), str):
+        history.retentions.append((version, retention["cutoff"]))
+    meta = info.get(METADATA_KEY)
+    if meta is None:
+        return
+    try:
+        history.records.append(RangeRecord.from_metadata(meta, version))
+    except (KeyError, TypeError, ValueError) as exc:
+        history.unreadable.append((version, f"{type(exc).__name__}: {exc}"))

@@ -42,7 +42,7 @@ def last_update(settings: Settings) -> tuple[datetime | None, str | None]:
 
     The error is the lake's one-line LakeError text when the table cannot be read.
     """
-    state = health.read_lake(lake_of(settings))
+    state = health.read_lake(lake_of(settings), settings.raw_topic, datetime.now(UTC))
     if state.error is not None:
         return None, state.error
     return health.last_commit(state.ingested(settings.raw_topic)), None
