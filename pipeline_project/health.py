@@ -355,10 +355,15 @@ def check_last_ingest(
     return Check("last_ingest", WARN, f"{detail}; stalled: {why}", values)
 
 
+def window_start(settings: Settings, now: datetime) -> datetime:
+    """Where the DLQ-rate window (PIPELINE_HEALTH_WINDOW_SECONDS) ending `now` starts."""
+    return now - timedelta(seconds=settings.health_window_seconds)
+
+
 def check_dlq_rate(settings: Settings, records: Sequence[RangeRecord], now: datetime) -> Check:
     """DLQ entries / records over the raw topic's ranges committed in the window."""
     window = settings.health_window_seconds
-    since = now - timedelta(seconds=window)
+    since = window_start(settings, now)
     recent = [r for r in records if r.committed_at is not None and r.committed_at >= since]
     consumed = sum(r.records for r in recent)
     dlq = sum(len(r.dlq) for r in recent)
@@ -431,8 +436,7 @@ def collect(settings: Settings, now: datetime | None = None) -> HealthReport:
     started = time.monotonic()
     meta, cause = metadata_or_cause(settings)
     checks = [check_broker(settings, meta, time.monotonic() - started, cause)]
-    since = moment - timedelta(seconds=settings.health_window_seconds)
-    state = read_lake(lake_of(settings), settings.raw_topic, since)
+    state = read_lake(lake_of(settings), settings.raw_topic, window_start(settings, moment))
     lags: list[PartitionLag] = []
     backlog: int | None = None
     if meta is None:

@@ -39,7 +39,7 @@ from pipeline_project.dlq import resolution
 from pipeline_project.dlq.records import PREVIEW_CHARS, escape_payload
 from pipeline_project.dlq.reprocess import DlqMessage, decode_batch
 from pipeline_project.events.contract import ERROR_CATEGORIES, UNSUPPORTED_VERSION
-from pipeline_project.health import OK, check_dlq_rate, read_lake
+from pipeline_project.health import OK, check_dlq_rate, read_lake, window_start
 from pipeline_project.kafka.access import DESCRIBE, READ, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake.derived import ensure_table, replace_whole, retry_on_conflict
@@ -391,7 +391,7 @@ def checks(settings: Settings, report: Report, now: datetime) -> list[CheckOutco
 
 def rate_check(settings: Settings, now: datetime) -> CheckOutcome:
     """DLQ records / consumed records in the recent window, as `pipeline-project health` sees it."""
-    state = read_lake(lake_of(settings))
+    state = read_lake(lake_of(settings), settings.raw_topic, window_start(settings, now))
     if state.error is not None:
         return CheckOutcome(RATE_CHECK, False, "warn", f"unknown: {state.error}", {})
     check = check_dlq_rate(settings, state.ingested(settings.raw_topic), now)

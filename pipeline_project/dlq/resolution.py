@@ -108,7 +108,7 @@ class Segment:
 
 def load_segments(lake: Lake, history: History | None = None) -> list[Segment]:
     """Every committed segment, oldest commit first (of `history` when the caller read it)."""
-    found = history if history is not None else read_history(lake)
+    found = history if history is not None else read_history(lake, kinds=(KIND,))
     return [Segment.from_record(r) for r in found.records if r.kind == KIND]
 
 

@@ -10,8 +10,9 @@ Readers of recent commits only (health, the freshness check) read the log's tail
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,12 +58,18 @@ class History:
         return dict(groups)
 
 
-def read_history(lake: Lake, table: DeltaTable | None = None) -> History:
+def read_history(
+    lake: Lake, table: DeltaTable | None = None, kinds: Collection[str] | None = None
+) -> History:
     """Every range record of the events table up to its snapshot's version, oldest first.
 
     Read from the log entries themselves: delta-rs's `history()` numbers its entries by counting
     back from the snapshot's version, so commits made after the snapshot was read get the wrong
     version (measured). Entries are fetched in parallel: on S3 each is one GET.
+
+    With `kinds`, only records of those kinds (and retention commits) are kept, and an entry whose
+    text does not name one of them is not parsed at all: the DLQ report wants the few "reprocess"
+    records among thousands of ingest ones (0.1 s instead of 1.3 s on 300 soak-like commits).
     """
     table = table if table is not None else open_table(lake, TABLE_EVENTS)
     history = History()
@@ -72,9 +79,22 @@ def read_history(lake: Lake, table: DeltaTable | None = None) -> History:
     where = storage(lake, TABLE_EVENTS)
     with lake_errors(lake, "reading the events table's log"), ThreadPoolExecutor(16) as pool:
         texts = list(pool.map(lambda v: log_entry(where, v), range(upto + 1)))
+    named = None if kinds is None else _kind_pattern(kinds)
     for version, text in enumerate(texts):
-        _add_entry(history, version, commit_info(text) if text is not None else {})
+        if text is None or (named is not None and not _names(text, named)):
+            continue
+        _add_entry(history, version, commit_info(text), kinds)
     return history
+
+
+def _kind_pattern(kinds: Collection[str]) -> re.Pattern[bytes]:
+    alternatives = b"|".join(re.escape(kind.encode()) for kind in sorted(kinds))
+    return re.compile(rb'"kind"\s*:\s*"(?:' + alternatives + rb')"')
+
+
+def _names(text: bytes, named: re.Pattern[bytes]) -> bool:
+    """Whether a log entry may hold a wanted record or a retention (parsed, then checked)."""
+    return named.search(text) is not None or RETENTION_KEY.encode() in text
 
 
 def read_tail(
@@ -124,8 +144,13 @@ def _wanted(info: dict[str, Any], want: Callable[[RangeRecord], bool] | None) ->
         return False
 
 
-def _add_entry(history: History, version: int, info: dict[str, Any]) -> None:
-    """Files one log entry's commit info: a retention commit, a range record, or unreadable."""
+def _add_entry(
+    history: History, version: int, info: dict[str, Any], kinds: Collection[str] | None = None
+) -> None:
+    """Files one log entry's commit info: a retention commit, a range record, or unreadable.
+
+    With `kinds`, a record of another kind is left out.
+    """
     retention = info.get(RETENTION_KEY)
     if isinstance(retention, dict) and isinstance(retention.get("cutoff"), str):
         history.retentions.append((version, retention["cutoff"]))
@@ -133,6 +158,9 @@ def _add_entry(history: History, version: int, info: dict[str, Any]) -> None:
     if meta is None:
         return
     try:
-        history.records.append(RangeRecord.from_metadata(meta, version))
+        record = RangeRecord.from_metadata(meta, version)
     except (KeyError, TypeError, ValueError) as exc:
         history.unreadable.append((version, f"{type(exc).__name__}: {exc}"))
+        return
+    if kinds is None or record.kind in kinds:
+        history.records.append(record)

@@ -1,4 +1,7 @@
-"""read_tail: the log's recent commits, read backwards, the same records a full read holds.
+"""Partial history reads hold exactly what a full read holds of the records they keep.
+
+read_tail: the log's recent commits, read backwards. read_history(kinds=...): only records of
+those kinds, the rest not even parsed.
 
 The table is real (delta-rs opens it and reads its log); its 200 commits are written as the Delta
 protocol defines them, with commit timestamps a minute apart ending now, as three hours of runs
@@ -30,8 +33,11 @@ def stamp(version: int) -> datetime:
     return NOW - timedelta(minutes=COMMITS - version)
 
 
-def history_table(root: Path, topic_of: dict[int, str]) -> tuple[Lake, DeltaTable]:
-    """A table whose commits 1..COMMITS each hold one 10-offset range of topic_of[v] (else 't')."""
+def history_table(
+    root: Path, topic_of: dict[int, str], kind_of: dict[int, str] | None = None
+) -> tuple[Lake, DeltaTable]:
+    """A table whose commits 1..COMMITS each hold one 10-offset range of topic_of[v] (else 't'),
+    of kind kind_of[v] (else "ingest")."""
     lake = parse_lake_uri(str(root), {})
     frame = pl.DataFrame(
         {
@@ -50,8 +56,9 @@ def history_table(root: Path, topic_of: dict[int, str]) -> tuple[Lake, DeltaTabl
         topic = topic_of.get(version, "t")
         rng = Range(topic, 0, version * 10, version * 10 + 10)
         offsets = tuple(range(rng.start, rng.end))
+        kind = (kind_of or {}).get(version, "ingest")
         record = RangeRecord(
-            rng, "ingest", "run", at, at, 10, offsets_digest(offsets), filtered={"bot": offsets}
+            rng, kind, "run", at, at, 10, offsets_digest(offsets), filtered={"bot": offsets}
         )
         lines = [
             {
@@ -105,3 +112,14 @@ def test_without_the_wanted_record_or_with_a_wide_window_the_tail_is_the_whole_l
     since = NOW - timedelta(minutes=minutes)
     want = (lambda r: False) if minutes == 0 else None
     assert read_tail(lake, table, since, want=want).records == read_history(lake, table).records
+
+
+def test_a_read_of_some_kinds_keeps_exactly_those_records(tmp_path: Path) -> None:
+    kinds = {v: "reprocess" for v in (3, 77, 150)} | {v: "loss" for v in (5, 6)}
+    lake, table = history_table(tmp_path, {}, kinds)
+    full = read_history(lake, table).records
+    wanted = read_history(lake, table, kinds=("reprocess",)).records
+    assert versions(wanted) == [3, 77, 150]
+    assert wanted == [r for r in full if r.kind == "reprocess"]
+    both = read_history(lake, table, kinds=("reprocess", "loss")).records
+    assert versions(both) == [3, 5, 6, 77, 150]
