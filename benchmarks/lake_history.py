@@ -1,5 +1,8 @@
 """Run start plus commit on a long history: a table of N commits holding M files (checkpoints on).
 
+Then the history readers on it (a full read, health's tail of the last 15 minutes, the DLQ
+report's ledger), the commits spread evenly over the last day.
+
 Builds the history fast (one tiny Parquet file hard-linked M times, add actions committed in
 bulk with the app transaction and a range record each, as ingestion does), then times, in a fresh
 process each, what a run pays before and at its commit: opening the table, reading the partition's
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -27,12 +30,17 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable
 
 from pipeline_project.batch.ranges import Range
+from pipeline_project.dlq.resolution import load_book
+from pipeline_project.health import read_lake
 from pipeline_project.lake.commit import commit_range, create_table
+from pipeline_project.lake.history import read_history
 from pipeline_project.lake.location import parse_lake_uri
 from pipeline_project.lake.record import METADATA_KEY, RangeRecord, offsets_digest
 
 TOPIC = "bench-history"
 RUNS = 3
+DAY_S = 86_400
+HEALTH_WINDOW = timedelta(minutes=15)  # PIPELINE_HEALTH_WINDOW_SECONDS' default
 
 
 def filtered_range(rng: Range, moment: datetime) -> RangeRecord:
@@ -74,15 +82,17 @@ def build(root: Path, commits: int, files: int) -> None:
     day_dir.mkdir(parents=True, exist_ok=True)
     log_dir = root / "events" / "_delta_log"
     per_commit = max(files // commits, 1)
-    moment = datetime.now(UTC)
+    now = datetime.now(UTC)
     now_ms = int(time.time() * 1000)
     for index in range(commits):
+        # The commits of one day, evenly spaced, the last one now (the tail readers' case).
+        moment = now - timedelta(seconds=DAY_S * (commits - 1 - index) / commits)
         rng = Range(TOPIC, 0, index * 10, index * 10 + 10)
         record = filtered_range(rng, moment)
         lines = [
             {
                 "commitInfo": {
-                    "timestamp": now_ms,
+                    "timestamp": int(moment.timestamp() * 1000),
                     "operation": "WRITE",
                     METADATA_KEY: record.to_metadata(moment),
                 }
@@ -130,6 +140,22 @@ def timed_start_and_commit(root: str, start: int) -> dict:
     }
 
 
+def timed_reads(root: str) -> dict:
+    """The history readers on this table: a full read, health's tail, the DLQ report's ledger."""
+    lake = parse_lake_uri(root, {})
+    table = DeltaTable(lake.table_uri("events"))
+    figures = {}
+    for name, read in (
+        ("full_history_s", lambda: read_history(lake, table)),
+        ("health_tail_s", lambda: read_lake(lake, TOPIC, datetime.now(UTC) - HEALTH_WINDOW)),
+        ("dlq_ledger_s", lambda: load_book(lake)),
+    ):
+        began = time.perf_counter()
+        read()
+        figures[name] = round(time.perf_counter() - began, 3)
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commits", type=int, default=10_000)
@@ -169,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     "build_s": round(built, 1),
                     "start_plus_commit_s_median": statistics.median(r["total_s"] for r in runs),
                     "runs": runs,
+                    "history_reads": timed_reads(str(root)),
                 },
                 indent=2,
             )
