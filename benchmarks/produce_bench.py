@@ -60,16 +60,7 @@ def produce_run(settings: Settings, *flags: str) -> dict[str, Any]:
 
 
 # The defect-laden run the producer's goal names: 200k events, 5 % bad, 1 % duplicates, full speed.
-DEFECT_FLAGS = (
-    "--count",
-    "200000",
-    "--rate",
-    "0",
-    "--bad-ratio",
-    "0.05",
-    "--duplicate-ratio",
-    "0.01",
-)
+DEFECT_FLAGS = tuple("--count 200000 --rate 0 --bad-ratio 0.05 --duplicate-ratio 0.01".split())
 
 
 def defect_runs(settings: Settings, truth: bool, runs: int = 3) -> dict[str, Any]:
