@@ -20,7 +20,7 @@ from typing import Any
 
 from deltalake import DeltaTable
 
-from pipeline_project.lake.files import commit_info, log_entry, storage
+from pipeline_project.lake.files import Storage, commit_info, log_entry, storage
 from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import METADATA_KEY, RETENTION_KEY, RangeRecord
 from pipeline_project.lake.table import lake_errors, open_table
@@ -78,7 +78,7 @@ def read_history(
     upto = table.version()
     where = storage(lake, TABLE_EVENTS)
     with lake_errors(lake, "reading the events table's log"), ThreadPoolExecutor(16) as pool:
-        texts = list(pool.map(lambda v: log_entry(where, v), range(upto + 1)))
+        texts = _fetch(pool, where, range(upto + 1))
     named = None if kinds is None else _kind_pattern(kinds)
     for version, text in enumerate(texts):
         if text is None or (named is not None and not _names(text, named)):
@@ -111,37 +111,38 @@ def read_tail(
     a wanted record is among those read, or at the log's start. A full read costs one GET and one
     parse per commit of the table's life; this costs the window's. Records come oldest first.
     """
-    history = History()
     where = storage(lake, TABLE_EVENTS)
     cutoff_ms = (since - CLOCK_SKEW).timestamp() * 1000
     found = want is None
-    entries: list[tuple[int, dict[str, Any]]] = []
+    chunks: list[History] = []  # newest first
     top = table.version()
     with lake_errors(lake, "reading the events table's log"), ThreadPoolExecutor(16) as pool:
         while top >= 0:
-            versions = range(top, max(top - TAIL_CHUNK, -1), -1)
-            texts = pool.map(lambda v: log_entry(where, v), versions)
-            infos = [commit_info(t) if t is not None else {} for t in texts]
-            entries += zip(versions, infos, strict=True)
-            if not found:
-                found = any(_wanted(info, want) for info in infos)
-            stamps = [i["timestamp"] for i in infos if isinstance(i.get("timestamp"), int)]
+            versions = range(max(top - TAIL_CHUNK + 1, 0), top + 1)
+            chunk = History()
+            stamps = []
+            for version, text in zip(versions, _fetch(pool, where, versions), strict=True):
+                info = commit_info(text) if text is not None else {}
+                _add_entry(chunk, version, info)
+                if isinstance(info.get("timestamp"), int):
+                    stamps.append(info["timestamp"])
+            chunks.append(chunk)
+            if want is not None and not found:
+                found = any(want(r) for r in chunk.records)
             if found and stamps and max(stamps) < cutoff_ms:
                 break
             top -= TAIL_CHUNK
-    for version, info in sorted(entries, key=lambda e: e[0]):
-        _add_entry(history, version, info)
+    history = History()
+    for chunk in reversed(chunks):
+        history.records += chunk.records
+        history.unreadable += chunk.unreadable
+        history.retentions += chunk.retentions
     return history
 
 
-def _wanted(info: dict[str, Any], want: Callable[[RangeRecord], bool] | None) -> bool:
-    meta = info.get(METADATA_KEY)
-    if meta is None or want is None:
-        return False
-    try:
-        return want(RangeRecord.from_metadata(meta))
-    except (KeyError, TypeError, ValueError):
-        return False
+def _fetch(pool: ThreadPoolExecutor, where: Storage, versions: range) -> list[bytes | None]:
+    """The raw log entries of these versions, fetched in parallel (on S3 each is one GET)."""
+    return list(pool.map(lambda v: log_entry(where, v), versions))
 
 
 def _add_entry(

@@ -3,16 +3,15 @@
 read_tail: the log's recent commits, read backwards. read_history(kinds=...): only records of
 those kinds, the rest not even parsed.
 
-The table is real (delta-rs opens it and reads its log); its 200 commits are written as the Delta
-protocol defines them, with commit timestamps a minute apart ending now, as three hours of runs
-would leave them.
+The table is real (delta-rs opens it and reads its log), on local disk and on versitygw; its 200
+commits are written as the Delta protocol defines them, with commit timestamps a minute apart
+ending now, as three hours of runs would leave them.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -20,8 +19,9 @@ from deltalake import DeltaTable
 
 from pipeline_project.batch.ranges import Range
 from pipeline_project.lake.commit import create_table
+from pipeline_project.lake.files import storage
 from pipeline_project.lake.history import TAIL_CHUNK, read_history, read_tail
-from pipeline_project.lake.location import TABLE_EVENTS, Lake, parse_lake_uri
+from pipeline_project.lake.location import TABLE_EVENTS, Lake
 from pipeline_project.lake.record import METADATA_KEY, RangeRecord, offsets_digest
 
 COMMITS = 200
@@ -34,11 +34,10 @@ def stamp(version: int) -> datetime:
 
 
 def history_table(
-    root: Path, topic_of: dict[int, str], kind_of: dict[int, str] | None = None
-) -> tuple[Lake, DeltaTable]:
+    lake: Lake, topic_of: dict[int, str], kind_of: dict[int, str] | None = None
+) -> DeltaTable:
     """A table whose commits 1..COMMITS each hold one 10-offset range of topic_of[v] (else 't'),
-    of kind kind_of[v] (else "ingest")."""
-    lake = parse_lake_uri(str(root), {})
+    of kind kind_of[v] (else "ingest"); its log entries written through the lake's filesystem."""
     frame = pl.DataFrame(
         {
             "event_id": ["x"],
@@ -50,7 +49,7 @@ def history_table(
         }
     )
     create_table(lake, TABLE_EVENTS, frame.to_arrow().schema)
-    log_dir = root / TABLE_EVENTS / "_delta_log"
+    where = storage(lake, TABLE_EVENTS)
     for version in range(1, COMMITS + 1):
         at = stamp(version)
         topic = topic_of.get(version, "t")
@@ -70,16 +69,18 @@ def history_table(
             },
             {"txn": {"appId": record.app_id, "version": rng.end}},
         ]
-        (log_dir / f"{version:020d}.json").write_text("\n".join(map(json.dumps, lines)) + "\n")
-    return lake, DeltaTable(lake.table_uri(TABLE_EVENTS))
+        entry = f"{where.root}/_delta_log/{version:020d}.json"
+        with where.fs.open_output_stream(entry) as out:
+            out.write(("\n".join(map(json.dumps, lines)) + "\n").encode())
+    return DeltaTable(lake.table_uri(TABLE_EVENTS), storage_options=lake.options())
 
 
 def versions(records: list[RangeRecord]) -> list[int | None]:
     return [r.version for r in records]
 
 
-def test_the_tail_holds_the_window_and_stops_a_chunk_past_it(tmp_path: Path) -> None:
-    lake, table = history_table(tmp_path, {})
+def test_the_tail_holds_the_window_and_stops_a_chunk_past_it(lake: Lake) -> None:
+    table = history_table(lake, {})
     full = read_history(lake, table)
     since = NOW - timedelta(minutes=30)
     tail = read_tail(lake, table, since)
@@ -93,10 +94,10 @@ def test_the_tail_holds_the_window_and_stops_a_chunk_past_it(tmp_path: Path) -> 
     assert len(got) < len(full.records)
 
 
-def test_the_tail_goes_back_to_the_newest_wanted_record(tmp_path: Path) -> None:
+def test_the_tail_goes_back_to_the_newest_wanted_record(lake: Lake) -> None:
     # Only commit 10 is of topic "raw": an idle source, its last ingest three hours ago.
     topics = {v: "other" for v in range(1, COMMITS + 1)} | {10: "raw"}
-    lake, table = history_table(tmp_path, topics)
+    table = history_table(lake, topics)
     since = NOW - timedelta(minutes=30)
     tail = read_tail(lake, table, since, want=lambda r: r.range.topic == "raw")
     raw = [r for r in tail.records if r.range.topic == "raw"]
@@ -106,17 +107,17 @@ def test_the_tail_goes_back_to_the_newest_wanted_record(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("minutes", [0, COMMITS * 2])
 def test_without_the_wanted_record_or_with_a_wide_window_the_tail_is_the_whole_log(
-    tmp_path: Path, minutes: int
+    lake: Lake, minutes: int
 ) -> None:
-    lake, table = history_table(tmp_path, {})
+    table = history_table(lake, {})
     since = NOW - timedelta(minutes=minutes)
     want = (lambda r: False) if minutes == 0 else None
     assert read_tail(lake, table, since, want=want).records == read_history(lake, table).records
 
 
-def test_a_read_of_some_kinds_keeps_exactly_those_records(tmp_path: Path) -> None:
+def test_a_read_of_some_kinds_keeps_exactly_those_records(lake: Lake) -> None:
     kinds = {v: "reprocess" for v in (3, 77, 150)} | {v: "loss" for v in (5, 6)}
-    lake, table = history_table(tmp_path, {}, kinds)
+    table = history_table(lake, {}, kinds)
     full = read_history(lake, table).records
     wanted = read_history(lake, table, kinds=("reprocess",)).records
     assert versions(wanted) == [3, 77, 150]
