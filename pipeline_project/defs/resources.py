@@ -119,6 +119,7 @@ def run_owns_process() -> bool:
     """True in a process started to execute this one run (so its priority is the run's own).
 
     A code server (`dagster api grpc`, what the webserver and the daemon launch runs through)
-    starts each run in a multiprocessing child of its own, which inherits the server's argv.
+    starts each run in a multiprocessing child of its own, which inherits the server's argv; the
+    repo's PrewarmedRunLauncher forks it as a child of its fork server, a multiprocessing child too.
     """
     return sys.argv[1:3] in RUN_PROCESS_COMMANDS or multiprocessing.parent_process() is not None

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,10 +87,12 @@ def sample_processes(root: int) -> ProcSample:
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        _, cmd, rss = table[pid]
-        # The code server starts each run as a multiprocessing child ("spawn_main"); the
-        # watch_orphans and resource_tracker helpers are tiny and not counted.
-        if "spawn_main" in cmd or "execute_run" in cmd:
+        ppid, cmd, rss = table[pid]
+        # The code server starts each run as a multiprocessing child ("spawn_main"), the
+        # repo's PrewarmedRunLauncher forks it from its fork server (same command line as its
+        # parent); the watch_orphans and resource_tracker helpers are tiny and not counted.
+        forked = "forkserver" in cmd and "forkserver" in table.get(ppid, (0, "", 0.0))[1]
+        if "spawn_main" in cmd or "execute_run" in cmd or forked:
             sample.runs.append(round(rss, 1))
         elif "api grpc" in cmd or "code-server" in cmd:
             sample.code_servers += rss
@@ -220,8 +223,8 @@ def freshness(settings: Settings, produced_until_ms: float) -> dict[str, float]:
     }
 
 
-def run_counts(home: Path) -> dict[str, int]:
-    """Runs by status, from the soak's own Dagster instance."""
+def run_counts(home: Path) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
+    """Runs by status, and where the ingest runs' time went, from the soak's Dagster instance."""
     os.environ["DAGSTER_HOME"] = str(home)
     from dagster import DagsterInstance
 
@@ -229,7 +232,51 @@ def run_counts(home: Path) -> dict[str, int]:
         counts: dict[str, int] = {}
         for run in instance.get_runs(limit=100_000):
             counts[run.status.value] = counts.get(run.status.value, 0) + 1
-    return counts
+        phases = run_phases(instance)
+    return counts, phases
+
+
+# Phases of a sensor-launched run, between two of its events: queued (the run queue held it until
+# the daemon dequeued and launched it), launch (the code server started a run process that loaded
+# the code), work (its ranges, until it ended).
+PHASES = {
+    "queued_s": ("RUN_ENQUEUED", "RUN_STARTING"),
+    "launch_s": ("RUN_STARTING", "RUN_START"),
+    "work_s": ("RUN_START", "RUN_SUCCESS"),
+}
+
+
+def run_phases(instance) -> dict[str, dict[str, float]]:
+    """p50 / p90 / max of each phase over the ingest runs that succeeded.
+
+    Freshness is these phases plus the wait for the sensor tick that plans a partition's next range.
+    """
+    from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
+
+    wanted = {DagsterEventType[a] for pair in PHASES.values() for a in pair}
+    runs = instance.get_runs(
+        filters=RunsFilter(job_name="ingest_events", statuses=[DagsterRunStatus.SUCCESS]),
+        limit=100_000,
+    )
+    rows: dict[str, list[float]] = {name: [] for name in PHASES}
+    for run in runs:
+        at = {  # by name: Dagster stores some under older values (RUN_START is PIPELINE_START)
+            entry.dagster_event.event_type.name: entry.timestamp
+            for entry in instance.all_logs(run.run_id, of_type=wanted)
+            if entry.dagster_event is not None
+        }
+        for name, (first, last) in PHASES.items():
+            if first in at and last in at:
+                rows[name].append(at[last] - at[first])
+    return {
+        name: {
+            "p50": round(statistics.median(values), 2),
+            "p90": round(statistics.quantiles(values, n=10)[-1], 2) if len(values) > 1 else 0.0,
+            "max": round(max(values), 2),
+        }
+        for name, values in rows.items()
+        if values
+    }
 
 
 def wait_caught_up(
@@ -294,7 +341,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         report = audit(lake_of(settings))
         truth = oracle.read_truth_frame(work / "truth.jsonl")
         verdict = oracle.check(settings, truth, reconciled=report)
-    runs = run_counts(work / "dagster_home")
+    runs, phases = run_counts(work / "dagster_home")
     lags = [r["lag"] for r in timeline.rows]
     return {
         "rate": args.rate,
@@ -309,6 +356,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         "freshness": fresh,
         "runs": runs,
         "failures": runs.get("FAILURE", 0),
+        "ingest_run_phases": phases,
         "rss_mb": rss_summary(timeline),
         "reconcile_ok": report.ok,
         "oracle": "ok" if verdict.ok else "FAILED",
