@@ -15,11 +15,15 @@ from pipeline_project_tests.support import PYTHON, REPO_ROOT
 def test_resources_are_declared_and_no_private_dagster_api_is_used() -> None:
     assert set(defs.resources) == {"settings"}
     # The package only: test_compose parses Dagster's CLI and instance config, which have no
-    # public API.
+    # public API. Nor has a run launcher: its base class, config plumbing and the run execution
+    # `dagster api execute_run` performs live in dagster._core (Dagster's own launcher libraries
+    # import them the same way); test_launcher.py runs every one of those calls.
+    launcher = REPO_ROOT / "pipeline_project" / "defs" / "launcher.py"
     private = [
         str(path.relative_to(REPO_ROOT))
         for path in (REPO_ROOT / "pipeline_project").rglob("*.py")
-        if re.search(r"^\s*(from|import) dagster\._", path.read_text(), re.MULTILINE)
+        if path != launcher
+        and re.search(r"^\s*(from|import) dagster\._", path.read_text(), re.MULTILINE)
     ]
     assert private == []
 
