@@ -46,7 +46,7 @@ from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
 from pipeline_project.columns import PARTITION_COLUMN
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
-from pipeline_project.errors import DataLossError, PipelineError
+from pipeline_project.errors import ContiguityError, DataLossError, PipelineError
 from pipeline_project.events.contract import FILTER_REASONS
 from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
@@ -202,11 +202,13 @@ def ingest(
     log: logging.Logger | logging.LoggerAdapter | None = None,
     now: Callable[[], datetime] | None = None,
     result: IngestResult | None = None,
+    after: Predecessor | None = None,
 ) -> IngestResult:
     """Runs the protocol for `ranges`, or for every partition's backlog up to the high watermark.
 
     A `result` passed in is filled range by range (its run_id wins), so the caller still knows what
-    committed when a later range fails or the run is interrupted.
+    committed when a later range fails or the run is interrupted. `after`: the run whose ranges
+    end where these begin (a successor run, `Predecessor`).
     """
     logger = log or logging.getLogger(__name__)
     clock = now or (lambda: datetime.now(UTC))
@@ -226,7 +228,15 @@ def ingest(
                     f"range {rng.range_id} is not of the raw topic {settings.raw_topic}"
                 )
         outcomes = run_ranges(
-            settings, lake, (consumer, reader), dlq, interleaved(todo), result.run_id, clock, topic
+            settings,
+            lake,
+            (consumer, reader),
+            dlq,
+            interleaved(todo),
+            result.run_id,
+            clock,
+            topic,
+            after,
         )
         with closing(outcomes):  # a stop here stops the range being read ahead, before the close
             for outcome in outcomes:
@@ -320,6 +330,7 @@ def run_ranges(
     run_id: str,
     clock: Callable[[], datetime],
     topic: epochs.TopicIdentity | None = None,
+    after: Predecessor | None = None,
 ) -> Iterator[RangeOutcome]:
     """Each range's outcome in turn; the next range is read while this one is written.
 
@@ -334,7 +345,7 @@ def run_ranges(
     cache = id_cache_of(settings, lake)
 
     def read(rng: Range, consumer: Consumer) -> DrainedRange | RangeOutcome:
-        return drain_stage(settings, lake, consumer, rng, run_id, clock, topic, stop)
+        return drain_stage(settings, lake, consumer, rng, run_id, clock, topic, stop, after)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
         try:
@@ -404,6 +415,59 @@ class DrainedRange:
     started: float
 
 
+@dataclass(frozen=True)
+class Predecessor:
+    """The run whose ranges end where this run's begin: this run was started while it ran.
+
+    A sensor starts the next run of a partition while the last one still works, so the next
+    one's process start-up (seconds of Python and Dagster imports) is off the freshness path.
+    Its ranges wait for the predecessor's commits; nothing else changes, and the Delta commit
+    still fences every writer (the start must equal the committed end, checked again at commit).
+    """
+
+    run_id: str
+    running: Callable[[], bool]  # False once the predecessor ended, whatever its outcome
+    wait_seconds: float
+
+
+AWAIT_POLL_SECONDS = 0.25
+
+
+def await_start(
+    lake: Lake,
+    rng: Range,
+    table: DeltaTable | None,
+    done: int | None,
+    after: Predecessor,
+    stop: threading.Event | None = None,
+) -> tuple[DeltaTable | None, int | None]:
+    """The table once the partition is committed up to `rng.start` by the run before this one.
+
+    Waits while that run is alive, at most `after.wait_seconds`; then one last look. ContiguityError
+    when the start is still not reached (the predecessor failed or stalled): this run commits
+    nothing, and the sensor plans the partition again from what was committed. A successor never
+    takes "nothing committed yet" as its start: its start is the end of a range that must commit.
+    """
+    deadline = time.monotonic() + after.wait_seconds
+    while (done is None or done < rng.start) and time.monotonic() < deadline:
+        if stop is not None and stop.is_set():
+            break
+        alive = after.running()
+        time.sleep(AWAIT_POLL_SECONDS)
+        table = open_table(lake)
+        done = txn_version(table, rng.source)
+        if not alive:
+            break
+    if done is None or done < rng.start:
+        seen = "nothing" if done is None else f"up to offset {done}"
+        raise ContiguityError(
+            f"{rng.range_id}: follows run {after.run_id}, which ended or stalled before "
+            f"committing {rng.source} up to {rng.start} (committed: {seen}); this run committed "
+            "nothing, and the partition is planned again from its committed end"
+        )
+    return table, done
+
+
 def drain_stage(
     settings: Settings,
     lake: Lake,
@@ -413,11 +477,17 @@ def drain_stage(
     clock: Callable[[], datetime],
     topic: epochs.TopicIdentity | None = None,
     stop: threading.Event | None = None,
+    after: Predecessor | None = None,
 ) -> DrainedRange | RangeOutcome:
-    """Checks the range's start, drains and maps it; nothing is written yet."""
+    """Checks the range's start, drains and maps it; nothing is written yet.
+
+    `after`: the run this one follows; the range waits for it to commit up to its start.
+    """
     with paused_gc():
         table = open_table(lake)
         done = txn_version(table, rng.source)
+        if after is not None:
+            table, done = await_start(lake, rng, table, done, after, stop)
         if done is not None and done >= rng.end and (done > rng.start or rng.size == 0):
             return RangeOutcome(rng, "already_committed")  # an empty range at the end included
         started = time.perf_counter()

@@ -106,7 +106,7 @@ def test_sensor_skips_a_partition_whose_run_is_still_running(kafka_settings: Set
 
 def test_partitions_per_run_puts_several_partitions_in_one_run(kafka_settings: Settings) -> None:
     """PIPELINE_PARTITIONS_PER_RUN=2: three ready partitions make two runs, each partition in one;
-    a partition of a run not finished yet is busy, whichever run it is in."""
+    a partition of a run not launched yet is busy, whichever run it is in."""
     topic = kafka_settings.raw_topic
     resources = dagster_resources(kafka_settings, min_backlog_events=1, partitions_per_run=2)
     with DagsterInstance.ephemeral() as instance:
@@ -127,9 +127,52 @@ def test_partitions_per_run_puts_several_partitions_in_one_run(kafka_settings: S
         ]
         assert second.tags[PARTITION_TAG] == f"{topic}-2"
 
-        add_run(instance, DagsterRunStatus.STARTED, first.tags)
+        add_run(instance, DagsterRunStatus.NOT_STARTED, first.tags)
         fill(kafka_settings, 0, 5)
         fill(kafka_settings, 2, 5)
         later = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
         assert isinstance(later, SensorResult)
         assert [r.tags[PARTITION_TAG] for r in later.run_requests] == [f"{topic}-2"]
+
+
+def test_a_working_run_gets_one_successor_from_where_its_ranges_end(
+    kafka_settings: Settings,
+) -> None:
+    """While a run works, its partitions' next run starts (and waits for its commit): planned from
+    the working run's range ends, only for partitions with a new backlog, one successor at most,
+    and none while a run waits in the queue for a slot."""
+    topic = kafka_settings.raw_topic
+    resources = dagster_resources(kafka_settings, min_backlog_events=1, partitions_per_run=3)
+    with DagsterInstance.ephemeral() as instance:
+        for partition in (0, 1, 2):
+            fill(kafka_settings, partition, 10)
+        (request,) = kafka_backlog_sensor(
+            build_sensor_context(instance=instance, resources=resources)
+        ).run_requests
+        working = add_run(instance, DagsterRunStatus.STARTED, request.tags)
+
+        fill(kafka_settings, 0, 5)
+        fill(kafka_settings, 2, 7)
+        result = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(result, SensorResult)
+        (successor,) = result.run_requests
+        assert successor.tags[PARTITION_TAG] == f"{topic}-0 {topic}-2"
+        assert successor.run_config["ops"]["ingest"]["config"] == {
+            "ranges": [
+                {"partition": 0, "start": 10, "end": 15},
+                {"partition": 2, "start": 10, "end": 17},
+            ],
+            "after_run": working,
+        }
+
+        # The successor is in flight: both partitions have their two runs, the third waits.
+        add_run(instance, DagsterRunStatus.STARTED, successor.tags)
+        fill(kafka_settings, 0, 5)
+        busy = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(busy, SkipReason) and f"{topic}-0 busy" in busy.skip_message
+
+        # A run not launched yet (queued for a slot): no successor takes one more.
+        fill(kafka_settings, 1, 5)
+        add_run(instance, DagsterRunStatus.NOT_STARTED, {PARTITION_TAG: f"{topic}-5"})
+        queued = kafka_backlog_sensor(build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(queued, SkipReason) and f"{topic}-1 busy" in queued.skip_message

@@ -29,7 +29,7 @@ def test_the_tag_limits_are_the_same_everywhere() -> None:
     assert instance == demo == helm["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
     per_partition = [limit for limit in instance if limit["key"] == PARTITION_TAG]
     assert per_partition == [
-        {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        {"key": PARTITION_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 2}
     ]
 
 

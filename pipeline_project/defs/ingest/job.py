@@ -10,6 +10,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetMaterialization,
     Config,
+    DagsterInstance,
     MetadataValue,
     OpExecutionContext,
     in_process_executor,
@@ -38,13 +39,22 @@ class RangeConfig(Config):
 
 
 class IngestConfig(Config):
-    """Ranges to ingest; empty means every partition up to the high watermark seen at start."""
+    """Ranges to ingest; empty means every partition up to the high watermark seen at start.
+
+    `after_run`: the run whose ranges end where these begin (the sensor starts a partition's next
+    run while the last one works); each range waits for that run's commit before it is read.
+    """
 
     ranges: list[RangeConfig] = []
+    after_run: str = ""
 
 
-def range_run_config(ranges: list[Range]) -> dict:
-    """Run config that makes ingest_events run exactly `ranges`."""
+# How long a successor run waits for the run before it, at most, while that run is alive.
+PREDECESSOR_WAIT_SECONDS = 900.0
+
+
+def range_run_config(ranges: list[Range], after_run: str = "") -> dict:
+    """Run config that makes ingest_events run exactly `ranges` (after the run `after_run`)."""
     cfg = [
         {
             "partition": r.partition,
@@ -54,7 +64,20 @@ def range_run_config(ranges: list[Range]) -> dict:
         }
         for r in ranges
     ]
-    return {"ops": {"ingest": {"config": {"ranges": cfg}}}}
+    config: dict = {"ranges": cfg, **({"after_run": after_run} if after_run else {})}
+    return {"ops": {"ingest": {"config": config}}}
+
+
+def predecessor(instance: DagsterInstance, run_id: str) -> protocol.Predecessor | None:
+    """The run this one follows, as the protocol waits for it (None: it follows no run)."""
+    if not run_id:
+        return None
+
+    def running() -> bool:
+        run = instance.get_run_by_id(run_id)
+        return run is not None and not run.is_finished
+
+    return protocol.Predecessor(run_id, running, PREDECESSOR_WAIT_SECONDS)
 
 
 @op(description="Drain exact offset ranges, validate, transform, write daily Parquet, DLQ, commit.")
@@ -66,7 +89,8 @@ def ingest(context: OpExecutionContext, config: IngestConfig, settings: Pipeline
     ranges = [Range(topic, r.partition, r.start, r.end, r.epoch) for r in config.ranges] or None
     result = IngestResult(run_id=context.run_id)
     try:
-        protocol.ingest(resolved, ranges, log=context.log, result=result)
+        after = predecessor(context.instance, config.after_run)
+        protocol.ingest(resolved, ranges, log=context.log, result=result, after=after)
     except BaseException:
         # A failed range or a termination (Dagster raises an interrupt inside the op) must not hide
         # the ranges that committed before it: `sessions` reacts to these materializations. Nothing
