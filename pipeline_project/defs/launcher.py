@@ -38,6 +38,7 @@ from dagster._serdes import ConfigurableClass, deserialize_value, serialize_valu
 from dagster._serdes.config_class import ConfigurableClassData
 
 from pipeline_project.defs.tags import WORKER_TAG
+from pipeline_project.defs.workers import local_pid
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +140,7 @@ class PrewarmedRunLauncher(RunLauncher, ConfigurableClass):
         process = self._processes.get(run.run_id)
         if process is not None and process.is_alive():
             return process.pid
-        host_pid = run.tags.get(WORKER_TAG, "").split(":")
-        if len(host_pid) >= 2 and host_pid[0] == os.uname().nodename and host_pid[1].isdigit():
-            return int(host_pid[1])
-        return None
+        return local_pid(run.tags.get(WORKER_TAG, ""))
 
     def dispose(self) -> None:
         self._fallback.dispose()

@@ -33,13 +33,20 @@ def this_worker() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
 
 
+def local_pid(tag: str) -> int | None:
+    """The tagged process's pid when it ran on this host, else None."""
+    host, _, rest = tag.partition(":")
+    pid = rest.partition(":")[0]
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
 def worker_gone(tag: str) -> bool:
     """True only when the tagged process was on this host and no longer exists."""
-    host, _, rest = tag.partition(":")
-    pid, _, ticks = rest.partition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    pid = local_pid(tag)
+    if pid is None:
         return False
-    return _start_ticks(int(pid)) != (ticks or None)
+    ticks = tag.split(":", 2)[2] if tag.count(":") >= 2 else ""
+    return _start_ticks(pid) != (ticks or None)
 
 
 def fail_dead_runs(instance: DagsterInstance, runs: list[DagsterRun]) -> list[DagsterRun]:
