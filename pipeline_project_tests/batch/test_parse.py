@@ -254,6 +254,27 @@ def test_chunk_boundaries_do_not_matter() -> None:
     assert offsets.len() == 8_995 and offsets.is_sorted()
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
+def test_oversized_values_among_others_keep_their_offsets(native: bool) -> None:
+    """Values over the cap are never decoded; they and their bad neighbours are named apart."""
+    values: list[bytes | None] = good_values(50)
+    bad = {
+        0: (_padded(MAX_MESSAGE_BYTES + 1), "too_large"),
+        1: (None, "null_value"),
+        2: (_padded(200_000), "too_large"),
+        3: (b"{", "invalid_json"),
+        49: (_padded(MAX_MESSAGE_BYTES + 1), "too_large"),
+    }
+    for at, (value, _) in bad.items():
+        values[at] = value
+    parsed = parse_batch(raw_batch(values), native=native)
+    assert [(r.offset - FIRST_OFFSET, r.category) for r in parsed.rejects] == [
+        (at, category) for at, (_, category) in sorted(bad.items())
+    ]
+    offsets = parsed.frame["kafka_offset"]
+    assert offsets.to_list() == [FIRST_OFFSET + i for i in range(50) if i not in bad]
+
+
 def test_properties_are_flattened_into_typed_columns() -> None:
     frame = parse_batch(raw_batch([GOOD])).frame
     row = frame.row(0, named=True)
