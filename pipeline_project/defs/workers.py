@@ -33,19 +33,25 @@ def this_worker() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or ''}"
 
 
+def _local(tag: str) -> tuple[int, str] | None:
+    """(pid, start ticks) of a `host:pid:ticks` worker tag written on this host, else None."""
+    host, _, rest = tag.partition(":")
+    pid, _, ticks = rest.partition(":")
+    return (int(pid), ticks) if host == socket.gethostname() and pid.isdigit() else None
+
+
 def local_pid(tag: str) -> int | None:
     """The tagged process's pid when it ran on this host, else None."""
-    host, _, rest = tag.partition(":")
-    pid = rest.partition(":")[0]
-    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+    local = _local(tag)
+    return local[0] if local is not None else None
 
 
 def worker_gone(tag: str) -> bool:
     """True only when the tagged process was on this host and no longer exists."""
-    pid = local_pid(tag)
-    if pid is None:
+    local = _local(tag)
+    if local is None:
         return False
-    ticks = tag.split(":", 2)[2] if tag.count(":") >= 2 else ""
+    pid, ticks = local
     return _start_ticks(pid) != (ticks or None)
 
 

@@ -95,7 +95,7 @@ def _successor_starts(
     starts: dict[str, tuple[int, str]] = {}
     busy: set[str] = set()
     for tag, runs in unfinished.items():
-        (only,) = runs if len(runs) == 1 else (None,)
+        only = runs[0] if len(runs) == 1 else None
         end = _planned_end(only, tag) if only is not None and only.status in LAUNCHED else None
         if end is None or queued:
             busy.add(tag)
