@@ -63,12 +63,16 @@ def produce_run(settings: Settings, *flags: str) -> dict[str, Any]:
 DEFECT_FLAGS = tuple("--count 200000 --rate 0 --bad-ratio 0.05 --duplicate-ratio 0.01".split())
 
 
-def defect_runs(settings: Settings, truth: bool, runs: int = 3) -> dict[str, Any]:
+def defect_runs(
+    settings: Settings, truth: bool, runs: int = 3, processes: int = 1
+) -> dict[str, Any]:
     """Median delivered events/s of `runs` DEFECT_FLAGS runs, with or without a truth file."""
     rates = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as tmp:
-            flags = (*DEFECT_FLAGS, "--truth", f"{tmp}/truth.jsonl") if truth else DEFECT_FLAGS
+            flags = (*DEFECT_FLAGS, "--processes", str(processes))
+            if truth:
+                flags = (*flags, "--truth", f"{tmp}/truth.jsonl")
             run = produce_run(settings, *flags)
             if truth:
                 lines = sum(1 for _ in open(f"{tmp}/truth.jsonl", "rb"))
@@ -108,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             f"produce --rate 0 {codec:<5}:    {run['events_per_s']:>10,.0f} events/s delivered "
             f"({run['delivered']:,} in {run['seconds']} s, failed {run['failed']})"
         )
-    for truth in (False, True):
-        name = "defects_with_truth" if truth else "defects"
-        figures[name] = defect_runs(settings, truth)
+    for truth, processes in ((False, 1), (True, 1), (False, 2), (True, 2)):
+        name = ("defects_with_truth" if truth else "defects") + (
+            f"_{processes}_processes" if processes > 1 else ""
+        )
+        figures[name] = defect_runs(settings, truth, processes=processes)
+        label = (" --truth" if truth else "") + (f" -p{processes}" if processes > 1 else "")
         print(
-            f"produce 5% bad 1% dup{' --truth' if truth else '':<8}: "
+            f"produce 5% bad 1% dup{label:<12}: "
             f"{figures[name]['median_eps']:>10,} events/s delivered (median of 3: "
             f"{', '.join(f'{r:,.0f}' for r in figures[name]['runs_eps'])})"
         )

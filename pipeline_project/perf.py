@@ -34,6 +34,22 @@ def paused_gc() -> Iterator[None]:
             gc.collect(1)
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Moves every object alive now out of the collector's sight for the block (`gc.freeze`).
+
+    For a long loop over a large, long-lived heap (the producer's pools of users and products,
+    the imported modules): collections then walk only the objects made since. Measured on the
+    producer: 74-75k events/s against 68-71k. Forked children inherit the frozen heap, so the
+    collector neither walks nor writes to (copies) the pages they share with their parent.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 # While two threads share work, the one that needs the GIL back (often for a moment, between two
 # calls into polars, pyarrow or librdkafka that release it) waits up to the switch interval
 # (5 ms) for the other: measured 0.04-0.07 s of a 200k range's staging. 0.5 ms cuts the waits.

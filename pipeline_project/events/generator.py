@@ -9,6 +9,10 @@ writes to the truth file.
 Events follow contract version 1 unless a schema mix says otherwise (`schema_mix`, the producer's
 `--schema-version` / `--schema-mix`). The version of each event is drawn from an RNG of its own, so
 a mix changes how events are written, never which events the main RNG makes.
+
+Several producer processes share one seed as separate *streams*: stream 0 is the seed's own
+stream, and stream N > 0 draws from an RNG of its own over the same pools of users and products,
+so the streams never repeat each other's event ids and each is reproducible on its own.
 """
 
 from __future__ import annotations
@@ -576,6 +580,8 @@ class EventGenerator:
         products: int = 2_000,
         concurrent_sessions: int = 256,
         schema_mix: dict[int, float] | None = None,
+        stream: int = 0,
+        pools: Pools | None = None,
     ) -> None:
         ratios = {"bad": bad_ratio, "duplicate": duplicate_ratio, "late": late_ratio}
         for name, ratio in ratios.items():
@@ -587,8 +593,12 @@ class EventGenerator:
         self.duplicate_ratio = duplicate_ratio
         self.late_ratio = late_ratio
         self._clock = clock
-        self._rng = random.Random(seed)  # noqa: S311 - reproducible data, not secrets
-        self._pools = build_pools(seed, users, products)
+        if stream < 0:
+            raise ValueError(f"stream {stream} must be >= 0")
+        # Stream 0 keeps the seed's historical stream byte for byte; others get RNGs of their own.
+        tag = "" if stream == 0 else f"-stream-{stream}"
+        self._rng = random.Random(seed if stream == 0 else f"{seed}{tag}")  # noqa: S311
+        self._pools = build_pools(seed, users, products) if pools is None else pools
         self._sessions = [self._new_session() for _ in range(concurrent_sessions)]
         self._recent: deque[Record] = deque(maxlen=512)
         self._ts_cache: dict[int, str] = {}
@@ -598,7 +608,7 @@ class EventGenerator:
         self.schema_mix = mix
         self._versions = tuple(mix)
         self._version_cum = _cum(list(mix.values())) if len(mix) > 1 else []
-        self._version_rng = random.Random(f"versions-{seed}")  # noqa: S311 - not secrets
+        self._version_rng = random.Random(f"versions-{seed}{tag}")  # noqa: S311 - not secrets
 
     # -- public API -------------------------------------------------------------------------------
 

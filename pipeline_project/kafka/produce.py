@@ -4,7 +4,8 @@ Idempotent (acks=all), keyed by user_id, rate-limited by a token bucket refilled
 Each record's delivery report is counted by verdict; a failure is counted and reported, never
 dropped, and the exit code is 0 only when every record sent was delivered. `--truth` writes one
 JSON line per delivered record with the partition and offset from its delivery report: the ground
-truth the pipeline is checked against.
+truth the pipeline is checked against. `--processes N` runs N such producers as one
+(`kafka/fanout.py`): one core's Python makes and sends ~75-90k events a second.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -31,12 +32,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pipeline_project.errors import PipelineError
 from pipeline_project.events.generator import (
     EventGenerator,
+    Pools,
     Record,
     check_schema_mix,
     parse_schema_mix,
 )
 from pipeline_project.kafka.access import WRITE, require, unreachable
-from pipeline_project.perf import paused_gc
+from pipeline_project.perf import frozen_heap, paused_gc
 from pipeline_project.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on this port"
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="producer processes sharing --count and --rate, each its own stream of the seed "
+        "(default 1; one process makes and sends ~75-90k events/s)",
     )
     versions = parser.add_mutually_exclusive_group()
     versions.add_argument(
@@ -186,6 +196,36 @@ def producer_config(settings: Settings, compression: str = COMPRESSIONS[0]) -> d
     }
 
 
+class TruthFile:
+    """Truth lines gathered in memory and appended in whole chunks by one `write` each.
+
+    Opened with O_APPEND, so the producer processes of one run can share the file: on a local
+    file system each chunk lands whole at the end, never interleaved with another's.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.lines: list[bytes] = []
+        self.add = self.lines.append
+
+    def flush(self) -> None:
+        """Appends the lines gathered so far."""
+        if not self.lines:
+            return
+        view = memoryview(b"".join(self.lines))
+        self.lines.clear()
+        while view:  # a short write (a signal, a full disk) leaves the rest for the next call
+            view = view[os.write(self.fd, view) :]
+
+    def close(self) -> None:
+        """Appends what is left and closes the file."""
+        try:
+            self.flush()
+        finally:
+            os.close(self.fd)
+
+
 @dataclass
 class Tally:
     """Counts by verdict, filled by `produce()` and the delivery callbacks."""
@@ -194,7 +234,7 @@ class Tally:
     delivered: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
-    truth: IO[bytes] | None = None
+    truth: TruthFile | None = None
 
     def on_delivery(self, verdict: str, err: KafkaError | None, msg: Message) -> None:
         """Delivery report for a record sent without a truth file: count it."""
@@ -203,22 +243,29 @@ class Tally:
         else:
             self.fail(verdict, err.name(), err.str())
 
-    def on_delivery_truth(self, record: Record, err: KafkaError | None, msg: Message) -> None:
+    def on_delivery_truth(
+        self,
+        verdict: str,
+        event_id: str | None,
+        key: bytes | None,
+        err: KafkaError | None,
+        msg: Message,
+    ) -> None:
         """Delivery report with a truth line at the partition and offset the broker assigned."""
         if err is not None:
-            self.fail(record.verdict, err.name(), err.str())
+            self.fail(verdict, err.name(), err.str())
             return
-        self.delivered[record.verdict] += 1
+        self.delivered[verdict] += 1
         line = {
             "topic": msg.topic(),
             "partition": msg.partition(),
             "offset": msg.offset(),
-            "event_id": record.event_id,
-            "verdict": record.verdict,
-            "key": None if record.key is None else record.key.decode("utf-8", "replace"),
+            "event_id": event_id,
+            "verdict": verdict,
+            "key": None if key is None else key.decode("utf-8", "replace"),
         }
         if self.truth is not None:
-            self.truth.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+            self.truth.add(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 
     def fail(self, verdict: str, name: str, text: str) -> None:
         """Counts a record that will never be delivered; logs the first few of each error."""
@@ -237,10 +284,10 @@ class _Stop:
         self.reason = ""
         self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
+    def install(self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signals can only be handled in the main thread; embedders stop us otherwise
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in signals:
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
@@ -289,7 +336,7 @@ class _Librdkafka(logging.Logger):
         super().log(logging.DEBUG, msg, *args, **kwargs)
 
 
-class _Metrics:
+class Metrics:
     """Prometheus counters by verdict and an in-flight gauge, updated from the tally in deltas."""
 
     def __init__(self, port: int) -> None:
@@ -350,12 +397,21 @@ class _Metrics:
         self.server.server_close()
 
 
-class _Status:
-    """A live status line on stderr when it is a terminal; silent otherwise."""
+Tick = Callable[[Tally, int], None]
 
-    def __init__(self, tally: Tally, producer: Producer, metrics: _Metrics | None) -> None:
-        self.tally, self.producer, self.metrics = tally, producer, metrics
-        self.tty = sys.stderr.isatty()
+
+class Status:
+    """Every STATUS_INTERVAL_S: truth flushed, `on_tick` told, a live line on stderr if a TTY."""
+
+    def __init__(
+        self,
+        tally: Tally,
+        in_flight: Callable[[], int],
+        on_tick: Tick | None,
+        tty: bool | None = None,
+    ) -> None:
+        self.tally, self.in_flight, self.on_tick = tally, in_flight, on_tick
+        self.tty = sys.stderr.isatty() if tty is None else tty
         self._last_t = time.monotonic()
         self._last_delivered = 0
         self._next = self._last_t + STATUS_INTERVAL_S
@@ -365,11 +421,11 @@ class _Status:
         if now < self._next and not force:
             return
         self._next = now + STATUS_INTERVAL_S
-        in_flight = len(self.producer)
+        in_flight = self.in_flight()
         if self.tally.truth is not None:
             self.tally.truth.flush()  # a killed producer loses at most half a second of truth
-        if self.metrics is not None:
-            self.metrics.update(self.tally, in_flight)
+        if self.on_tick is not None:
+            self.on_tick(self.tally, in_flight)
         if not self.tty:
             return
         delivered = self.tally.delivered.total()
@@ -441,7 +497,7 @@ def _produce_loop(
     args: argparse.Namespace,
     tally: Tally,
     stop: _Stop,
-    status: _Status,
+    status: Status,
 ) -> float:
     """Generates and sends until count, duration or a signal; returns the seconds it ran."""
     rate = float(args.rate)
@@ -474,7 +530,9 @@ def _produce_loop(
             for record in gen.batch(n):
                 callback: Callable[[KafkaError | None, Message], None] | None
                 if with_truth:
-                    callback = partial(tally.on_delivery_truth, record)
+                    callback = partial(
+                        tally.on_delivery_truth, record.verdict, record.event_id, record.key
+                    )
                 else:
                     callback = callbacks.get(record.verdict)
                     if callback is None:
@@ -494,7 +552,7 @@ def _produce_loop(
     return time.monotonic() - start
 
 
-def _flush(producer: Producer, stop: _Stop, status: _Status) -> int:
+def _flush(producer: Producer, stop: _Stop, status: Status) -> int:
     """Waits up to FLUSH_TIMEOUT_S for delivery reports; purges the rest so each one fails loudly.
 
     Returns how many were purged (their reports count them as failed: they may or may not be in the
@@ -540,11 +598,24 @@ def summary(
         "errors": dict(sorted(tally.errors.items())),
         "stopped_by": reason,
         "rate": args.rate,
+        "processes": args.processes,
         "schema_mix": {str(v): share for v, share in (schema_mix(args) or {1: 1.0}).items()},
         "send_rate": round(tally.sent.total() / produce_seconds, 1) if produce_seconds else 0.0,
         "seconds": round(seconds, 3),
         "events_per_s": round(delivered / seconds, 1) if seconds else 0.0,
     }
+
+
+@dataclass
+class Outcome:
+    """What a producer did: its tally, what stayed in flight, how long it took, why it stopped."""
+
+    tally: Tally
+    in_flight: int
+    seconds: float
+    produce_seconds: float
+    reason: str
+    fatal: bool
 
 
 def run(
@@ -558,10 +629,27 @@ def run(
     if args.bad_ratio + args.duplicate_ratio > 1.0:
         raise PipelineError("--bad-ratio plus --duplicate-ratio must be at most 1")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
-    stop = _Stop()
-    errors = _ErrorLog(stop)
+    if args.processes > 1:
+        from pipeline_project.kafka import fanout
+
+        return fanout.run(args, settings, clock, topic, seed)
+    metrics = Metrics(args.metrics_port) if args.metrics_port is not None else None
+    try:
+        tick = None if metrics is None else metrics.update
+        outcome = produce_stream(args, settings, clock, topic, seed, on_tick=tick)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return report(outcome, args, topic, seed)
+
+
+def connect(
+    settings: Settings, topic: str, compression: str, errors: _ErrorLog | None = None
+) -> Producer:
+    """A producer whose cluster answered and whose topic exists; one clear error line otherwise."""
+    errors = _ErrorLog(_Stop()) if errors is None else errors
     conf = {
-        **producer_config(settings, args.compression),
+        **producer_config(settings, compression),
         "error_cb": errors,
         "logger": _Librdkafka(),
     }
@@ -570,6 +658,26 @@ def run(
     producer = Producer(conf)
     check_broker(producer, settings, topic)
     errors.quiet = False
+    return producer
+
+
+def produce_stream(
+    args: argparse.Namespace,
+    settings: Settings,
+    clock: Callable[[], float],
+    topic: str,
+    seed: int,
+    *,
+    stream: int = 0,
+    pools: Pools | None = None,
+    on_tick: Tick | None = None,
+    tty: bool | None = None,
+    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> Outcome:
+    """One generator stream of the seed into the topic, flushed: what `run` does in one process."""
+    stop = _Stop()
+    errors = _ErrorLog(stop)
+    producer = connect(settings, topic, args.compression, errors)
     gen = EventGenerator(
         seed,
         bad_ratio=args.bad_ratio,
@@ -577,30 +685,42 @@ def run(
         late_ratio=args.late_ratio,
         clock=clock,
         schema_mix=schema_mix(args),
+        stream=stream,
+        pools=pools,
     )
     tally = Tally()
-    metrics = _Metrics(args.metrics_port) if args.metrics_port is not None else None
-    truth = args.truth.open("ab") if args.truth is not None else None
-    tally.truth = truth
-    status = _Status(tally, producer, metrics)
+    tally.truth = TruthFile(args.truth) if args.truth is not None else None
+    status = Status(tally, producer.__len__, on_tick, tty)
     began = time.monotonic()
-    stop.install()
+    stop.install(signals)
     try:
-        produce_seconds = _produce_loop(producer, topic, gen, args, tally, stop, status)
-        in_flight = _flush(producer, stop, status)
+        with frozen_heap():
+            produce_seconds = _produce_loop(producer, topic, gen, args, tally, stop, status)
+            in_flight = _flush(producer, stop, status)
     finally:
         stop.restore()
         status.close()
-        if truth is not None:
-            truth.close()
-        if metrics is not None:
-            metrics.close()
+        if tally.truth is not None:
+            tally.truth.close()
     reason = "fatal" if errors.fatal is not None else stop.reason
+    seconds = time.monotonic() - began
+    return Outcome(tally, in_flight, seconds, produce_seconds, reason, errors.fatal is not None)
+
+
+def report(outcome: Outcome, args: argparse.Namespace, topic: str, seed: int) -> int:
+    """Prints the JSON summary as stdout's last line; 0 iff every record sent was delivered."""
     result = summary(
-        tally, args, topic, seed, reason, time.monotonic() - began, produce_seconds, in_flight
+        outcome.tally,
+        args,
+        topic,
+        seed,
+        outcome.reason,
+        outcome.seconds,
+        outcome.produce_seconds,
+        outcome.in_flight,
     )
     print(orjson.dumps(result).decode(), flush=True)
-    ok = result["failed"] == 0 and result["delivered"] == result["sent"] and errors.fatal is None
+    ok = result["failed"] == 0 and result["delivered"] == result["sent"] and not outcome.fatal
     return 0 if ok else 1
 
 

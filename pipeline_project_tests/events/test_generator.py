@@ -276,6 +276,25 @@ def test_same_seed_and_clock_give_identical_records() -> None:
     assert [r.value for r in first] != [r.value for r in other]
 
 
+def test_streams_of_one_seed_share_the_pools_but_never_an_event() -> None:
+    """`produce --processes N` gives process i stream i: stream 0 is the seed's own stream, the
+    others are reproducible, share the seed's users, and repeat no event id of another stream."""
+    flags = {"bad_ratio": 0.1, "duplicate_ratio": 0.05}
+    own = EventGenerator(9, **flags).batch(3_000, NOW)
+    first = EventGenerator(9, stream=0, **flags).batch(3_000, NOW)
+    shared = EventGenerator(9, **flags).pools
+    second = EventGenerator(9, stream=1, pools=shared, **flags).batch(3_000, NOW)
+    assert first == own
+    assert second == EventGenerator(9, stream=1, **flags).batch(3_000, NOW)
+    ids = [{r.event_id for r in batch if r.event_id is not None} for batch in (first, second)]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]
+    users = {u.key for u in shared.users}
+    assert {r.key for r in second} <= users
+    assert len({r.key for r in first} & {r.key for r in second}) > 100
+    with pytest.raises(ValueError, match="stream -1"):
+        EventGenerator(9, stream=-1)
+
+
 def test_clock_changes_only_timestamps() -> None:
     early = EventGenerator(7, late_ratio=0.3, duplicate_ratio=0.05).batch(2_000, NOW)
     later = EventGenerator(7, late_ratio=0.3, duplicate_ratio=0.05).batch(2_000, NOW + 86_400 * 3.3)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import re
 import signal
 import subprocess
 import time
@@ -164,12 +166,61 @@ def test_same_seed_gives_the_same_records(
     assert strip[0] == strip[1]
 
 
-def test_sigterm_flushes_and_summary_matches_topic(
+def run_cli(settings: Settings, *argv: str) -> tuple[int, dict, str]:
+    """`pipeline-project produce ARGV` as a user runs it: exit code, JSON summary, stderr."""
+    done = subprocess.run(
+        [PYTHON, "-m", "pipeline_project.cli", "produce", *argv],
+        env=env_for(settings), cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    lines = done.stdout.strip().splitlines()
+    return done.returncode, json.loads(lines[-1]) if lines else {}, done.stderr
+
+
+def test_processes_share_the_count_the_topic_and_one_truth_file(
     kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """Two processes, one run: stream 0 makes 1501 records and stream 1 makes 1500, all land once,
+    and the shared truth file holds one whole line per record at the coordinate it landed at."""
+    truth_file = tmp_path / "truth.jsonl"
+    flags = ("--bad-ratio", "0.2", "--duplicate-ratio", "0.05")
+    code, summary, err = run_cli(
+        kafka_settings, "--count", "3001", "--rate", "0", "--seed", "11", *flags,
+        "--truth", str(truth_file), "--processes", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    assert summary["processes"] == 2
+    assert summary["sent"] == summary["delivered"] == 3001
+    assert summary["failed"] == summary["in_flight"] == 0
+    assert summary["stopped_by"] == "count"
+
+    topic = read_topic(kafka_settings.bootstrap, kafka_settings.raw_topic)
+    truth = read_truth(truth_file)  # every line parses: chunks of the two never interleave
+    assert set(truth) == set(topic)
+    for coord, (key, value) in topic.items():
+        line = truth[coord]
+        assert key == line["key"].encode()
+        if line["event_id"] is not None:
+            assert orjson.loads(value or b"")["event_id"] == line["event_id"]
+    streams = [
+        EventGenerator(11, stream=stream, bad_ratio=0.2, duplicate_ratio=0.05).batch(n, time.time())
+        for stream, n in ((0, 1501), (1, 1500))
+    ]
+    made = [r for batch in streams for r in batch]
+    landed = [(t["verdict"], t["event_id"], t["key"].encode()) for t in truth.values()]
+    assert sorted(landed, key=repr) == sorted(
+        ((r.verdict, r.event_id, r.key) for r in made), key=repr
+    )
+    assert summary["verdicts"] == _count(r.verdict for r in made)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigterm_flushes_and_summary_matches_topic(
+    kafka_settings: Settings, tmp_path: Path, processes: int
 ) -> None:
     truth_file = tmp_path / "truth.jsonl"
     cmd = [PYTHON, "-m", "pipeline_project.cli", "produce", "--rate", "5000",
-           "--bad-ratio", "0.05", "--truth", str(truth_file)]  # fmt: skip
+           "--bad-ratio", "0.05", "--truth", str(truth_file),
+           "--processes", str(processes)]  # fmt: skip
     proc = subprocess.Popen(
         cmd, env=env_for(kafka_settings), cwd=REPO_ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
@@ -188,6 +239,7 @@ def test_sigterm_flushes_and_summary_matches_topic(
     assert proc.returncode == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["stopped_by"] == "SIGTERM"
+    assert summary["processes"] == processes
     topic = read_topic(kafka_settings.bootstrap, kafka_settings.raw_topic)
     assert summary["sent"] == summary["delivered"] == len(topic) > 0
     assert summary["failed"] == 0
@@ -195,11 +247,45 @@ def test_sigterm_flushes_and_summary_matches_topic(
     assert out.strip().count("\n") == 0, "the summary is the only stdout line off a TTY"
 
 
-def test_unreachable_broker_fails_fast_with_one_line(tmp_path: Path) -> None:
+def test_a_lost_process_fails_the_run_without_hanging_it(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """A child killed outright: the other finishes, the parent names the lost one and exits 1."""
+    cmd = [PYTHON, "-m", "pipeline_project.cli", "produce", "--rate", "2000", "--duration", "8",
+           "--processes", "2"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=env_for(kafka_settings), cwd=REPO_ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        children: list[int] = []
+        deadline = time.monotonic() + 30
+        while len(children) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no two producer processes within 30 s"
+            time.sleep(0.2)
+            found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+            children = sorted(int(pid) for pid in found.stdout.split())
+        time.sleep(1.0)
+        os.kill(children[-1], signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1
+    assert "ended (exit code -9) before its summary" in err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["errors"] == {"process_lost": 1}
+    assert summary["delivered"] > 0
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_unreachable_broker_fails_fast_with_one_line(tmp_path: Path, processes: str) -> None:
     dead = dataclasses.replace(Settings(), bootstrap="127.0.0.1:1", data_dir=tmp_path)
     began = time.monotonic()
     done = subprocess.run(
-        [PYTHON, "-m", "pipeline_project.cli", "produce", "--count", "10"],
+        [PYTHON, "-m", "pipeline_project.cli", "produce", "--count", "10",
+         "--processes", processes],  # fmt: skip
         env=env_for(dead), cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     took = time.monotonic() - began
@@ -245,10 +331,11 @@ def test_failed_deliveries_are_counted_not_dropped(
     assert all(len(value or b"") <= 16384 for _, value in landed.values())
 
 
-def test_rate_is_held_and_metrics_are_served(kafka_settings: Settings) -> None:
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_rate_is_held_and_metrics_are_served(kafka_settings: Settings, processes: str) -> None:
     port = free_port_pair()
     cmd = [PYTHON, "-m", "pipeline_project.cli", "produce", "--rate", "2000", "--duration", "4",
-           "--metrics-port", str(port)]  # fmt: skip
+           "--metrics-port", str(port), "--processes", processes]  # fmt: skip
     proc = subprocess.Popen(
         cmd, env=env_for(kafka_settings), cwd=REPO_ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
@@ -274,6 +361,10 @@ def test_rate_is_held_and_metrics_are_served(kafka_settings: Settings) -> None:
     assert summary["stopped_by"] == "duration"
     assert abs(summary["send_rate"] - 2000) / 2000 < 0.05
     assert abs(summary["sent"] - 8000) / 8000 < 0.05
+    delivered = re.findall(
+        r'^pipeline_producer_delivered_total\{verdict="good"\} (\S+)$', metrics, re.M
+    )
+    assert 0 < float(delivered[0]) <= summary["verdicts"]["good"]
 
 
 def test_schema_flags_give_the_generator_its_mix() -> None:
