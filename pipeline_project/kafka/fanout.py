@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -62,14 +63,20 @@ def run(
     connect(settings, topic, args.compression).close()
     pools = build_pools(seed)  # once, shared by every child through fork
     shares = [share for share in _shares(args) if share.count != 0]
-    metrics = Metrics(args.metrics_port) if args.metrics_port is not None else None
-    parent = _Parent(metrics)
+    if args.metrics_port is not None:
+        _check_port(args.metrics_port)
+    parent = _Parent()
     job = _Job(settings, clock, topic, seed, pools)
+    metrics = None
     began = time.monotonic()
     try:
         with frozen_heap():  # the children inherit it frozen; the parent gets its heap back
             for stream, share in enumerate(shares):
                 parent.start(job, share, stream)
+        # Served only now: no child inherits the server's thread or its listening socket.
+        if args.metrics_port is not None:
+            metrics = Metrics(args.metrics_port)
+            parent.status.on_tick = metrics.update
         parent.serve()
     finally:
         parent.close()
@@ -77,6 +84,16 @@ def run(
             metrics.close()
     outcome = parent.outcome(time.monotonic() - began)
     return report(outcome, args, topic, seed)
+
+
+def _check_port(port: int) -> None:
+    """The --metrics-port error before any child starts (the server itself starts after them)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("", port))
+        except OSError as exc:
+            raise PipelineError(f"--metrics-port {port}: {exc.strerror}") from None
 
 
 def _shares(args: argparse.Namespace) -> list[argparse.Namespace]:
@@ -117,10 +134,10 @@ class _Child:
 class _Parent:
     """Starts the children, gathers what they report, and forwards stop signals to them."""
 
-    def __init__(self, metrics: Metrics | None) -> None:
+    def __init__(self) -> None:
         self.children: list[_Child] = []
         self.tally = Tally()
-        self.status = Status(self.tally, self._in_flight, metrics.update if metrics else None)
+        self.status = Status(self.tally, self._in_flight, None)
         self.reason = ""
         self._previous: dict[int, Any] = {}
         self._context = multiprocessing.get_context("fork")

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -277,6 +278,26 @@ def test_a_lost_process_fails_the_run_without_hanging_it(
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["errors"] == {"process_lost": 1}
     assert summary["delivered"] > 0
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_busy_metrics_port_is_one_line_before_anything_is_sent(
+    kafka_settings: Settings, processes: str
+) -> None:
+    port = free_port_pair()
+    with socket.socket() as taken:
+        taken.bind(("", port))
+        taken.listen()
+        code, summary, err = run_cli(
+            kafka_settings, "--count", "500", "--rate", "0", "--metrics-port", str(port),
+            "--processes", processes,
+        )  # fmt: skip
+    assert code == 1
+    assert summary == {}
+    assert err.strip().splitlines() == [
+        f"pipeline-project: error: --metrics-port {port}: Address already in use"
+    ]
+    assert read_topic(kafka_settings.bootstrap, kafka_settings.raw_topic) == {}
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
