@@ -7,7 +7,9 @@ command a user types, on a fresh data dir and a fresh DAGSTER_HOME:
 - **end to end**: from starting the CLI to its exit (Python and Dagster start-up, loading the code
   location, the run, its events written to the instance);
 - **ingest**: the run's own time for its ranges (its summary line, `... in X s`);
-- **peak RSS** of that process (the op runs in it: the in-process executor).
+- **peak RSS** of that process (the op runs in it: the in-process executor), and its **CPU
+  seconds** (all threads, start-up included): the work a faster run would have to spread over
+  the machine's cores.
 
 After each, the audit (`reconcile`'s checks) must find every offset exactly once. Beside the
 median: raw consume of the same backlog (every partition read and dropped: the ceiling), the
@@ -77,6 +79,7 @@ def measure(work: Path, events: int) -> dict:
             "ingest_eps_median": round(own),
             "ingest_share_of_raw_consume": round(own / raw, 3),
             "peak_rss_mib_max": max(r["peak_rss_mib"] for r in runs),
+            "cpu_s_median": statistics.median(r["cpu_s"] for r in runs),
             "per_event_baseline_eps": baseline(settings, ends[0], work / "baseline"),
             "runs": runs,
         }
@@ -126,6 +129,9 @@ def execute(root: Path, base: Settings) -> dict:
         "ingest_s": ingest_s,
         "ingest_eps": round(records / ingest_s),
         "peak_rss_mib": round(usage.ru_maxrss / 1024),
+        # CPU of all the process's threads, start-up included: over 2 x end_to_end_s, the
+        # process alone would need more than two cores.
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "audit_ok": not problems,
         "audit_problems": [str(p) for p in problems[:5]],
     }
