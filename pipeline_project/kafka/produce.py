@@ -215,7 +215,7 @@ class TruthFile:
             return
         view = memoryview(b"".join(self.lines))
         self.lines.clear()
-        while view:  # a short write (a signal, a full disk) leaves the rest for the next call
+        while view:  # after a short write (a signal), the rest follows; an error raises
             view = view[os.write(self.fd, view) :]
 
     def close(self) -> None:
