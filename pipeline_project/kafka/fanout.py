@@ -11,7 +11,8 @@ Every STATUS_INTERVAL_S a child sends its counts up a pipe, so the parent keeps 
 and the `--metrics-port` counters for the whole run. At the end each child sends its tally; the
 parent prints the summed summary. SIGINT and SIGTERM reach the children through the parent (they
 ignore SIGINT, which a terminal sends the whole process group), so a first signal stops generation
-everywhere and a second cuts every flush short, as in one process.
+everywhere and a second cuts every flush short, as in one process. A child whose parent is gone
+(its next report finds the pipe closed) stops the same way, flushes, and logs what it delivered.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class _Parent:
         receive, send = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_child,
-            args=(job, share, stream, send),
+            # Read ends it would otherwise keep open: its own and those of the children before it.
+            args=(job, share, stream, send, [receive, *(child.conn for child in self.children)]),
             name=f"produce-{stream}",
         )
         process.start()
@@ -233,12 +235,30 @@ class _Parent:
                 os.kill(child.process.pid, signal.SIGTERM)
 
 
-def _child(job: _Job, share: argparse.Namespace, stream: int, conn: Connection) -> None:
-    """A forked producer: stream `stream` of the seed, its counts sent up `conn`."""
+def _child(
+    job: _Job, share: argparse.Namespace, stream: int, conn: Connection, others: list[Connection]
+) -> None:
+    """A forked producer: stream `stream` of the seed, its counts sent up `conn`.
+
+    `others`: its copies of the read ends (its own pipe's and those of the children forked before
+    it), closed at once, so each pipe's only reader is the parent and a child notices when the
+    parent is gone.
+    """
+    for other in others:
+        other.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards it as SIGTERM
 
+    orphaned = False
+
     def tick(tally: Tally, in_flight: int) -> None:
-        conn.send(("tick", _counts(tally, in_flight)))
+        nonlocal orphaned
+        if orphaned:
+            return
+        try:
+            conn.send(("tick", _counts(tally, in_flight)))
+        except OSError:  # the parent is gone: stop as on its SIGTERM, flushing what was sent
+            orphaned = True
+            os.kill(os.getpid(), signal.SIGTERM)
 
     try:
         outcome = produce_stream(
@@ -251,6 +271,14 @@ def _child(job: _Job, share: argparse.Namespace, stream: int, conn: Connection) 
         sys.exit(1)
     done = _counts(outcome.tally, outcome.in_flight)
     done.update(reason=outcome.reason, fatal=outcome.fatal, produce_seconds=outcome.produce_seconds)
+    if orphaned:  # what it sent is flushed; nobody is left to count it
+        log.error(
+            "producer process %d: its parent is gone; stopped with %d of %d records delivered",
+            stream,
+            outcome.tally.delivered.total(),
+            outcome.tally.sent.total(),
+        )
+        sys.exit(1)
     conn.send(("done", done))
     conn.close()
 

@@ -6,6 +6,7 @@ No mocks: every test produces into fresh topics of the session's broker and read
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ import subprocess
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -252,21 +254,9 @@ def test_a_lost_process_fails_the_run_without_hanging_it(
     kafka_settings: Settings, tmp_path: Path
 ) -> None:
     """A child killed outright: the other finishes, the parent names the lost one and exits 1."""
-    cmd = [PYTHON, "-m", "pipeline_project.cli", "produce", "--rate", "2000", "--duration", "8",
-           "--processes", "2"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, env=env_for(kafka_settings), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = spawn_produce(kafka_settings, "--rate", "2000", "--duration", "8", "--processes", "2")
     try:
-        children: list[int] = []
-        deadline = time.monotonic() + 30
-        while len(children) < 2:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no two producer processes within 30 s"
-            time.sleep(0.2)
-            found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-            children = sorted(int(pid) for pid in found.stdout.split())
+        children = producer_children(proc)
         time.sleep(1.0)
         os.kill(children[-1], signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
@@ -278,6 +268,68 @@ def test_a_lost_process_fails_the_run_without_hanging_it(
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["errors"] == {"process_lost": 1}
     assert summary["delivered"] > 0
+
+
+def spawn_produce(settings: Settings, *argv: str) -> subprocess.Popen[str]:
+    """`pipeline-project produce ARGV` started in the background, its output piped."""
+    return subprocess.Popen(
+        [PYTHON, "-m", "pipeline_project.cli", "produce", *argv], env=env_for(settings),
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def producer_children(
+    proc: subprocess.Popen[str], ready: Callable[[], bool] = lambda: True
+) -> list[int]:
+    """The pids of a two-process run's children, in fork order, once both exist and `ready()`."""
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        children = sorted(int(pid) for pid in found.stdout.split())
+        if len(children) == 2 and ready():
+            return children
+        assert time.monotonic() < deadline, f"two producers not ready in 30 s: {children}"
+        time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit may wait for its new parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_children_of_a_killed_parent_stop_and_flush(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """The parent killed outright mid-run: its children stop within seconds instead of producing
+    on forever, and every record they sent is delivered (the truth file matches the topic)."""
+    truth_file = tmp_path / "truth.jsonl"
+    proc = spawn_produce(
+        kafka_settings, "--rate", "3000", "--processes", "2", "--truth", str(truth_file)
+    )
+    children: list[int] = []
+    try:
+        children = producer_children(
+            proc, lambda: truth_file.exists() and truth_file.stat().st_size > 50_000
+        )
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in children):
+            assert time.monotonic() < deadline, "orphaned producers still running after 30 s"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    topic = read_topic(kafka_settings.bootstrap, kafka_settings.raw_topic)
+    assert len(read_truth(truth_file)) == len(topic) > 0
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
