@@ -41,6 +41,7 @@ from pipeline_project.kafka.produce import (
     Status,
     Tally,
     connect,
+    metrics_port_error,
     produce_stream,
     report,
 )
@@ -94,7 +95,7 @@ def _check_port(port: int) -> None:
         try:
             probe.bind(("", port))
         except OSError as exc:
-            raise PipelineError(f"--metrics-port {port}: {exc.strerror}") from None
+            raise metrics_port_error(port, exc) from None
 
 
 def _shares(args: argparse.Namespace) -> list[argparse.Namespace]:

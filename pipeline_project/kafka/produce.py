@@ -204,7 +204,6 @@ class TruthFile:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.lines: list[bytes] = []
         self.add = self.lines.append
@@ -376,7 +375,7 @@ class Metrics:
         try:
             self.server, self.thread = start_http_server(port, registry=self.registry)
         except OSError as exc:
-            raise PipelineError(f"--metrics-port {port}: {exc.strerror}") from None
+            raise metrics_port_error(port, exc) from None
 
     def update(self, tally: Tally, in_flight: int) -> None:
         for name, metric in (
@@ -395,6 +394,11 @@ class Metrics:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def metrics_port_error(port: int, exc: OSError) -> PipelineError:
+    """The one line for a --metrics-port that cannot be served."""
+    return PipelineError(f"--metrics-port {port}: {exc.strerror}")
 
 
 Tick = Callable[[Tally, int], None]
