@@ -90,21 +90,65 @@ def map_part(raw: RawBatch, identity: Identity, *, native: bool = True) -> Mappe
     return MappedPart(lake.rows, screened.suspects, rejects + lake.rejects)
 
 
+@dataclass(frozen=True)
+class GatheredRows:
+    """A range's mapped parts put together, before pandera's verdict on their suspects.
+
+    `rows` are the clean rows (LAKE_SCHEMA, offset order), `rejects` the parse and transform
+    rejects, `suspects` the rows the screen found failing a rule, still to be judged.
+    """
+
+    rows: pl.DataFrame
+    rejects: list[Reject]
+    suspects: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Pandera's judgement of a range's suspects.
+
+    One reject per failing row, and the lake rows of any suspect it passed (none by design: the
+    screen doubts only rows failing a rule).
+    """
+
+    rejects: list[Reject]
+    passed: pl.DataFrame
+
+
+def gather_parts(parts: Sequence[MappedPart]) -> GatheredRows:
+    """The parts' clean rows, rejects and suspects, each in offset order."""
+    return GatheredRows(
+        pl.concat([p.rows for p in parts], rechunk=True),
+        [r for p in parts for r in p.rejects],
+        pl.concat([p.suspects for p in parts], rechunk=True),
+    )
+
+
+def judge_suspects(
+    suspects: pl.DataFrame, topic: str, partition: int, identity: Identity
+) -> Verdict:
+    """One pandera call for a range's suspects: its checks cost a fixed ~0.1 s a call."""
+    judged = judge(suspects, *_window(identity))
+    if not judged.frame.height:
+        return Verdict(judged.rejects, pl.DataFrame())
+    kept = _transform(judged.frame, topic, partition, identity)
+    return Verdict(judged.rejects + kept.rejects, kept.rows)
+
+
+def with_verdict(gathered: GatheredRows, verdict: Verdict) -> MappedRows:
+    """The range's rows (any suspect pandera passed among them) and every reject, by offset."""
+    rows = gathered.rows
+    if verdict.passed.height:
+        rows = pl.concat([rows, verdict.passed]).sort(OFFSET_COLUMN, maintain_order=True)
+    return MappedRows(rows, sorted(gathered.rejects + verdict.rejects, key=lambda r: r.offset))
+
+
 def finish_parts(
     parts: Sequence[MappedPart], topic: str, partition: int, identity: Identity
 ) -> MappedRows:
-    """Pandera judges every part's suspects at once, then the range's rows in offset order.
-
-    One pandera call per range, not per part: its checks cost a fixed ~0.1 s a call.
-    """
-    judged = judge(pl.concat([p.suspects for p in parts], rechunk=True), *_window(identity))
-    rejects = [r for p in parts for r in p.rejects] + judged.rejects
-    rows = pl.concat([p.rows for p in parts], rechunk=True)
-    if judged.frame.height:  # rows the screen doubted and pandera passed (none, by design)
-        kept = _transform(judged.frame, topic, partition, identity)
-        rows = pl.concat([rows, kept.rows]).sort(OFFSET_COLUMN, maintain_order=True)
-        rejects += kept.rejects
-    return MappedRows(rows, sorted(rejects, key=lambda r: r.offset))
+    """Pandera judges every part's suspects at once, then the range's rows in offset order."""
+    gathered = gather_parts(parts)
+    return with_verdict(gathered, judge_suspects(gathered.suspects, topic, partition, identity))
 
 
 def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedRows:

@@ -33,17 +33,20 @@ from pipeline_project.batch.faults import fault_point
 from pipeline_project.batch.plan import plan_ranges
 from pipeline_project.batch.process import (
     CommittedIds,
+    GatheredRows,
     Identity,
     MappedPart,
     MappedRows,
+    Verdict,
     finish_batch,
-    finish_parts,
+    gather_parts,
+    judge_suspects,
     map_part,
     map_rows,
 )
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
-from pipeline_project.columns import PARTITION_COLUMN
+from pipeline_project.columns import OFFSET_COLUMN, PARTITION_COLUMN
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import ContiguityError, DataLossError, PipelineError
@@ -409,8 +412,9 @@ class DrainedRange:
     identity: Identity
     history_start: int | None
     offsets: list[int]
-    sources: dict[int, SourceRecord]  # the rejected records, for the DLQ
-    mapped: MappedRows | None  # None once filtered
+    sources: dict[int, SourceRecord]  # the rejected and suspect records, for the DLQ
+    mapped: GatheredRows | None  # None once filtered
+    verdict: Future[Verdict]  # pandera's, on the range's suspects: judged during the filter
     steps: StepClock
     started: float
 
@@ -499,13 +503,40 @@ def drain_stage(
         check_start(_probe(rng, run_id, moment), done)  # fail before draining a doomed range
         history_start = epochs.check_range(settings, consumer, topic, rng, done)
         raw, mapped = drain_and_map(settings, consumer, rng, identity, steps, stop)
+        verdict = judge_later(mapped, rng, identity)
         fault_point("K1")
-        # The values are parsed, and the rejects' kept in `sources`: ~100 MB are freed on return.
-        sources = raw.sources(r.offset for r in mapped.rejects)
+        # The values are parsed; the rejects' and suspects' are kept in `sources`: ~100 MB are
+        # freed on return.
+        suspects = mapped.suspects.get_column(OFFSET_COLUMN).to_list()
+        sources = raw.sources([*(r.offset for r in mapped.rejects), *suspects])
+        offsets = raw.offsets
+        del raw  # before the collector's pass at the block's end, which would walk its lists
         steps.lap("map")
         return DrainedRange(
-            rng, table, identity, history_start, raw.offsets, sources, mapped, steps, started
+            rng,
+            table,
+            identity,
+            history_start,
+            offsets,
+            sources,
+            mapped,
+            verdict,
+            steps,
+            started,
         )
+
+
+def judge_later(mapped: GatheredRows, rng: Range, identity: Identity) -> Future[Verdict]:
+    """Pandera's verdict on the range's suspects, judged on a thread of its own.
+
+    Its fixed ~0.1 s a call then overlaps the filter and the staging of the files, which need
+    only the clean rows; the DLQ sends wait for it.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="judge")
+    try:
+        return pool.submit(judge_suspects, mapped.suspects, rng.topic, rng.partition, identity)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
 
 
 def commit_stage(
@@ -525,18 +556,24 @@ def commit_stage(
     rng, steps, identity = drained.range, drained.steps, drained.identity
     with paused_gc():
         steps.lap("wait")  # for the range before it to commit (0 unless read ahead)
-        batch = finish_batch(drained.mapped, committed_ids_of(lake, cache))
-        drained.mapped = None  # its rows are in `batch` now: ~150 MB less while staging
+        known = committed_ids_of(lake, cache)
+        gathered, drained.mapped = drained.mapped, None  # ~150 MB less once filtered
+        # Filtered before pandera's verdict, which adds rejects only (the screen doubts only rows
+        # failing a rule): the files are staged while it judges and the DLQ sends wait for it.
+        batch = finish_batch(MappedRows(gathered.rows, gathered.rejects), known)
+        del gathered
         steps.lap("filter")
         if filtered is not None:
             filtered()
         token = uuid.uuid4().hex
-        staged, deliveries = stage_while_sending(
+        staged, (full, deliveries) = stage_while_sending(
             lambda: stage_files(lake, rng.range_id, token, epochs.with_epoch(batch.good, rng)),
-            lambda: send_rejects(
-                dlq, rng, drained.sources, batch, identity.run_id, identity.ingested_at
-            ),
+            lambda: judge_and_send(dlq, drained, batch, known),
         )
+        if full.good is not batch.good:  # pandera passed a suspect: stage the rows with it
+            token = uuid.uuid4().hex  # the files staged without it stay unreferenced
+            staged = stage_files(lake, rng.range_id, token, epochs.with_epoch(full.good, rng))
+        batch = full
         steps.lap("dlq_and_files")
         fault_point("K6")
         record = range_record(
@@ -636,13 +673,13 @@ def drain_and_map(
     identity: Identity,
     steps: StepClock,
     stop: threading.Event | None = None,
-) -> tuple[RawBatch, MappedRows]:
+) -> tuple[RawBatch, GatheredRows]:
     """Drains the range and maps each part on a worker thread while the next is read.
 
     Reading is mostly librdkafka's fetching and building message objects; mapping a part (parse,
     screen, transform) mostly the native decoder's and polars' work, outside the GIL. Two mapping
     threads, so a part waiting on the GIL never leaves a core idle. pandera then judges the
-    range's suspects once (finish_parts): it costs a fixed amount per call.
+    range's suspects once (`judge_later`): it costs a fixed amount per call.
     """
     futures: list[Future[MappedPart]] = []
     native = settings.native_parse
@@ -659,7 +696,7 @@ def drain_and_map(
         )
         steps.lap("drain")
         parts = [f.result() for f in futures] or [map_part(raw, identity, native=native)]
-    return raw, finish_parts(parts, rng.topic, rng.partition, identity)
+    return raw, gather_parts(parts)
 
 
 def committed_ids_of(lake: Lake, cache: IdCache | None = None) -> CommittedIds:
@@ -687,6 +724,37 @@ def remember_ids(cache: IdCache | None, staged: StagedFiles, good: pl.DataFrame)
         cache.remember(files, good)
     except Exception as exc:  # noqa: BLE001 - a committed range must not fail for a cache
         log.warning("id cache not updated (the next lookup reads the files): %s", exc)
+
+
+def judge_and_send(
+    dlq: DlqPublisher, drained: DrainedRange, batch: BatchResult, known: CommittedIds
+) -> tuple[BatchResult, list[DlqEntry]]:
+    """The range's result with pandera's verdict, and its rejects sent to the DLQ and confirmed."""
+    full = with_judged(batch, drained.verdict.result(), known)
+    identity = drained.identity
+    deliveries = send_rejects(
+        dlq, drained.range, drained.sources, full, identity.run_id, identity.ingested_at
+    )
+    return full, deliveries
+
+
+def with_judged(batch: BatchResult, verdict: Verdict, known: CommittedIds) -> BatchResult:
+    """A range filtered before pandera's verdict, with it: its rejects, and any suspect it passed.
+
+    A passed suspect (none by design) is filtered with the range's kept rows: a duplicate keeps
+    its lowest offset, and the rows the first filter dropped are no copy the second could keep, so
+    the two steps drop exactly what one filter of every row would have.
+    """
+    rejects = sorted(batch.rejects + verdict.rejects, key=lambda r: r.offset)
+    if not verdict.passed.height:
+        return BatchResult(batch.good, rejects, batch.filtered)
+    rows = pl.concat([batch.good, verdict.passed]).sort(OFFSET_COLUMN, maintain_order=True)
+    again = finish_batch(MappedRows(rows, []), known)
+    filtered = {
+        reason: sorted([*batch.filtered.get(reason, []), *again.filtered.get(reason, [])])
+        for reason in FILTER_REASONS
+    }
+    return BatchResult(again.good, rejects, filtered)
 
 
 def send_rejects(
