@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The optional native parse decoder (Rust): built when cargo is found, else a warning.
-$(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs
+$(NATIVE_STAMP): $(STAMP) native/Cargo.toml native/Cargo.lock native/pyproject.toml native/src/lib.rs native/src/drain.rs
 	bash scripts/build-native.sh $(BIN)/python
 	touch $(NATIVE_STAMP)
 

@@ -44,6 +44,7 @@ from pipeline_project.errors import (
 )
 from pipeline_project.kafka import access
 from pipeline_project.kafka.drain import consumer_config
+from pipeline_project.kafka.native_reader import drain_path
 from pipeline_project.lake.history import read_tail
 from pipeline_project.lake.location import Lake, lake_of
 from pipeline_project.lake.record import RangeRecord, app_id
@@ -418,9 +419,11 @@ def check_disk(settings: Settings, lake: Lake) -> Check:
 
 
 def check_parser(settings: Settings) -> Check:
-    """Which parse path ingestion uses; both give the same results, the native one ~2x faster."""
+    """Which parse path and drain ingestion uses; both give the same results, native is faster."""
     path = parse_path(settings.native_parse)
-    return Check("parser", OK, path, {"native": path.startswith("native")})
+    drain = drain_path(settings.native_parse)
+    values = {"native": path.startswith("native"), "native_drain": drain == "native"}
+    return Check("parser", OK, f"{path}; drain: {drain}", values)
 
 
 def _unknown(name: str, why: str) -> Check:

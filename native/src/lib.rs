@@ -9,6 +9,9 @@
 //! classifies it exactly. So this module never decides why a record is bad; it only proves that
 //! a record is good and gives its values, which the tests check against the Python path.
 
+mod drain;
+
+use drain::{Blobs, Reader};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
@@ -564,7 +567,7 @@ type Part = (usize, Vec<(Option<Buffer>, Buffer, Buffer)>);
 #[pyo3(signature = (values, top, props, max_bytes, parts=2))]
 fn decode_columns<'py>(
     py: Python<'py>,
-    values: &Bound<'py, PyList>,
+    values: &Bound<'py, PyAny>,
     top: Vec<(String, String, bool)>,
     props: Vec<(String, String)>,
     max_bytes: usize,
@@ -585,18 +588,26 @@ fn decode_columns<'py>(
 #[pyo3(signature = (values, top, objects, max_bytes, parts=2))]
 fn decode_objects<'py>(
     py: Python<'py>,
-    values: &Bound<'py, PyList>,
+    values: &Bound<'py, PyAny>,
     top: Vec<(String, String, bool)>,
     objects: Vec<Vec<(String, String)>>,
     max_bytes: usize,
     parts: usize,
 ) -> PyResult<(Vec<u32>, Vec<Part>)> {
     let spec = build_spec(top, objects)?;
-    let items: Vec<Bound<'py, PyAny>> = values.iter().collect();
-    let slices: Vec<Option<&[u8]>> = items
-        .iter()
-        .map(|item| item.cast::<PyBytes>().ok().map(|b| b.as_bytes()))
-        .collect();
+    // Either a list of bytes (or None), or the native drain's Blobs, read without a copy.
+    let blobs = values.cast::<Blobs>().ok().map(|b| b.borrow());
+    let items: Vec<Bound<'py, PyAny>> = match blobs {
+        Some(_) => Vec::new(),
+        None => values.cast::<PyList>()?.iter().collect(),
+    };
+    let slices: Vec<Option<&[u8]>> = match &blobs {
+        Some(b) => b.slices(),
+        None => items
+            .iter()
+            .map(|item| item.cast::<PyBytes>().ok().map(|b| b.as_bytes()))
+            .collect(),
+    };
     let outputs = py.detach(|| parse_all(&slices, &spec, max_bytes, parts));
     let mut deferred = Vec::new();
     let mut parts_out = Vec::new();
@@ -621,5 +632,7 @@ fn pipeline_project_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_columns, m)?)?;
     m.add_function(wrap_pyfunction!(decode_objects, m)?)?;
     m.add_class::<Buffer>()?;
+    m.add_class::<Blobs>()?;
+    m.add_class::<Reader>()?;
     Ok(())
 }

@@ -231,7 +231,7 @@ def parse_batch(raw: RawBatch, *, native: bool = True) -> ParsedBatch:
 
 
 def parse_records(
-    offsets: list[int], timestamps_ms: list[int], values: list[bytes | None]
+    offsets: list[int], timestamps_ms: list[int], values: Sequence[bytes | None]
 ) -> ParsedBatch:
     """The Python parse path: msgspec fast path, exact classifier for the rest.
 
@@ -242,6 +242,8 @@ def parse_records(
     frames: list[pl.DataFrame] = []
     rejects: list[Reject] = []
     decoded: list[bytes] = []
+    if not isinstance(values, list):  # the native drain's Blobs: plain bytes objects here
+        values = values.to_list()
     with paused_gc():
         for start in range(0, len(values), CHUNK_RECORDS):
             stop = min(start + CHUNK_RECORDS, len(values))
@@ -337,15 +339,18 @@ def _defer_unnamed(frame: pl.DataFrame, deferred: list[int]) -> tuple[pl.DataFra
     return frame.drop(_POSITION), deferred
 
 
-def native_decode(values: list[bytes | None], parts: int = 2) -> tuple[list[int], list[Any]]:
-    """The native decoder's (deferred positions, parts) for `values`, in `parts` threads."""
+def native_decode(values: Sequence[bytes | None], parts: int = 2) -> tuple[list[int], list[Any]]:
+    """The native decoder's (deferred positions, parts) for `values`, in `parts` threads.
+
+    `values` is a list of bytes or the native drain's Blobs, which it reads in place.
+    """
     if _ALL_OBJECTS_NATIVE:
         objects = list(_NATIVE_OBJECTS.values())
         return _native.decode_objects(values, _NATIVE_TOP, objects, MAX_MESSAGE_BYTES, parts)
     return _native.decode_columns(values, _NATIVE_TOP, _NATIVE_PROPS, MAX_MESSAGE_BYTES, parts)
 
 
-def _decode_native(values: list[bytes | None]) -> tuple[list[int], list[Any]] | None:
+def _decode_native(values: Sequence[bytes | None]) -> tuple[list[int], list[Any]] | None:
     """The decoder's (deferred positions, parts); None if it failed, so the batch takes Python."""
     try:
         return native_decode(values)

@@ -6,7 +6,7 @@ Every consumed offset ends up in exactly one of `BatchResult.good`, `.rejects` o
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,17 +22,19 @@ Headers = Any  # a record's headers as confluent-kafka returns them (list of (na
 
 @dataclass(frozen=True)
 class RawBatch:
-    """Records of one topic-partition as drained, one list entry per record, in offset order.
+    """Records of one topic-partition as drained, one entry per record, in offset order.
 
-    `headers` is filled only when asked for (DLQ reads): the raw topic's headers are never data.
+    `keys` and `values` are lists of bytes, or the native drain's `Blobs` (the same sequence,
+    its bytes kept in contiguous buffers; indexing makes a bytes object). `headers` is filled
+    only when asked for (DLQ reads): the raw topic's headers are never data.
     """
 
     topic: str
     partition: int
     offsets: list[int]
     timestamps_ms: list[int]
-    keys: list[bytes | None]
-    values: list[bytes | None]
+    keys: Sequence[bytes | None]
+    values: Sequence[bytes | None]
     headers: list[Headers | None] | None = None
 
     def __post_init__(self) -> None:
@@ -46,7 +48,7 @@ class RawBatch:
         return len(self.offsets)
 
     def part(self, start: int, stop: int) -> RawBatch:
-        """Records [start, stop) by position, as a batch of their own (the lists are copied)."""
+        """Records [start, stop) by position, as a batch of their own (Blobs share buffers)."""
         return RawBatch(
             self.topic,
             self.partition,

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from operator import itemgetter
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
@@ -21,6 +22,7 @@ from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
 from pipeline_project.errors import DataLossError, DrainError, KafkaAuthorizationError
 from pipeline_project.kafka.access import unreachable
+from pipeline_project.kafka.native_reader import RangeConsumer, empty_blobs
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
 
@@ -68,8 +70,9 @@ def consumer_config(settings: Settings) -> dict[str, object]:
     }
 
 
-def make_consumer(settings: Settings) -> Consumer:
-    return Consumer(consumer_config(settings))
+def make_consumer(settings: Settings) -> RangeConsumer:
+    """A consumer that drains ranges natively where it can (PIPELINE_NATIVE_PARSE, the default)."""
+    return RangeConsumer(consumer_config(settings), native=settings.native_parse)
 
 
 def watermarks(
@@ -134,17 +137,30 @@ def drain_range(
     read (and the last, shorter one at the end), so a caller can work on them during the drain.
     `stop`, once set, ends the drain with a DrainError (its run stopped; nothing was committed).
     """
-    batch = RawBatch(rng.topic, rng.partition, [], [], [], [], [] if with_headers else None)
+    native = consumer.native() if isinstance(consumer, RangeConsumer) and not with_headers else None
+    if native is None:
+        batch = RawBatch(rng.topic, rng.partition, [], [], [], [], [] if with_headers else None)
+    else:  # the records' bytes stay in the native reader's buffers
+        batch = RawBatch(rng.topic, rng.partition, [], [], empty_blobs(), empty_blobs())
     if rng.size == 0:
         return batch
     check_available(consumer, rng)
-    consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
     parts = _Parts(batch, on_part, part_records)
-    try:
-        with paused_gc():
-            _consume_until_end(consumer, rng, batch, time.monotonic() + timeout_s, parts, stop)
-    finally:
-        consumer.unassign()
+    deadline = time.monotonic() + timeout_s
+    if native is None:
+        consumer.assign([TopicPartition(rng.topic, rng.partition, rng.start)])
+        try:
+            with paused_gc():
+                _consume_until_end(consumer, rng, batch, deadline, parts, stop)
+        finally:
+            consumer.unassign()
+    else:
+        native.assign(rng.topic, rng.partition, rng.start)
+        try:
+            with paused_gc():
+                _read_until_end(native, rng, batch, deadline, parts, stop)
+        finally:
+            native.unassign()
     parts.hand_over(last=True)
     return batch
 
@@ -182,17 +198,7 @@ def _consume_until_end(
     last = rng.end - 1
     transient = ""  # the last transient error, so a timeout says "broker down" when it was
     while True:
-        if stop is not None and stop.is_set():
-            raise DrainError(f"{rng.range_id}: the run stopped while the range was read")
-        if time.monotonic() > deadline:
-            got = offsets[-1] if offsets else None
-            cause = "the range ends beyond the log end, an open transaction blocks it"
-            if transient:
-                cause += f", or the broker is unreachable (last error: {transient})"
-            raise DrainError(
-                f"{rng.range_id}: reached offset {got} of [{rng.start}, {rng.end}) "
-                f"before the time bound; {cause}"
-            )
+        _check_bounds(rng, offsets, deadline, stop, transient)
         # Never ask for more than the range still holds: consume() waits out its timeout for a
         # batch it cannot fill, which made every range under 10k records take at least 0.5 s.
         left = rng.end - (offsets[-1] + 1 if offsets else rng.start)
@@ -224,6 +230,69 @@ def _consume_until_end(
             fault_point("K1a")  # tests: the range is half read (broker faults mid-drain)
             parts.hand_over()
         if _position(consumer, rng) >= rng.end:
+            return
+
+
+def _check_bounds(
+    rng: Range,
+    offsets: list[int],
+    deadline: float,
+    stop: threading.Event | None,
+    transient: str,
+) -> None:
+    """DrainError when the run stopped or the time bound passed before the range was read."""
+    if stop is not None and stop.is_set():
+        raise DrainError(f"{rng.range_id}: the run stopped while the range was read")
+    if time.monotonic() > deadline:
+        got = offsets[-1] if offsets else None
+        cause = "the range ends beyond the log end, an open transaction blocks it"
+        if transient:
+            cause += f", or the broker is unreachable (last error: {transient})"
+        raise DrainError(
+            f"{rng.range_id}: reached offset {got} of [{rng.start}, {rng.end}) "
+            f"before the time bound; {cause}"
+        )
+
+
+def _read_until_end(
+    native: Any,
+    rng: Range,
+    batch: RawBatch,
+    deadline: float,
+    parts: _Parts,
+    stop: threading.Event | None = None,
+) -> None:
+    """The native reader's loop: the Python loop's rules, a read of up to 10k records a turn.
+
+    Each read fills buffers outside the GIL and stops at the range's end or at the first error
+    message, which is judged here exactly as the Python drain judges it (`_handle_error`).
+    """
+    offsets = batch.offsets
+    transient = ""
+    while True:
+        _check_bounds(rng, offsets, deadline, stop, transient)
+        left = rng.end - (offsets[-1] + 1 if offsets else rng.start)
+        got, stamps, keys, values, error, done = native.read(
+            rng.end, max(1, min(CONSUME_BATCH, left)), 0.5
+        )
+        if got:
+            offsets.extend(got)
+            batch.timestamps_ms.extend(stamps)
+            batch.keys.extend(keys)
+            batch.values.extend(values)
+        if done:
+            return
+        if error is not None:
+            code, reason, fatal, at = error
+            err = KafkaError(code, reason, fatal)
+            if _handle_error(err, at if at >= 0 else None, rng):
+                return
+            if code != KafkaError._PARTITION_EOF:
+                transient = err.str()
+        if got:
+            fault_point("K1a")  # tests: the range is half read (broker faults mid-drain)
+            parts.hand_over()
+        if native.position(rng.topic, rng.partition) >= rng.end:
             return
 
 

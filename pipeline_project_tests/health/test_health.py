@@ -75,6 +75,8 @@ def test_healthy_then_degraded_by_lag_and_a_stalled_ingest(kafka_settings: Setti
     assert values["disk"]["free_bytes"] > 0
     parser = next(c for c in report["checks"] if c["name"] == "parser")
     assert parser["detail"].startswith("native" if parser["values"]["native"] else "python")
+    drain = "drain: native" if parser["values"]["native_drain"] else "drain: python ("
+    assert drain in parser["detail"]
     assert [p["records"] for p in report["partitions"]] == [0, 0, 0]
 
     # Old, but nothing waits: idle, not stalled.

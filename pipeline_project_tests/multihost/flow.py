@@ -13,6 +13,7 @@ from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.run import committed_end
 from pipeline_project.lake.location import lake_of
 from pipeline_project.settings import Settings
+from pipeline_project_tests.faults.fault_support import process_state
 from pipeline_project_tests.multihost.hosts import BIN, FINISHED, Host, runs_of, tail
 
 INGEST_JOB = "ingest_events"
@@ -72,6 +73,11 @@ def launch(control: Host, job: str) -> str:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return run_id
+
+
+def stopped(host: Host) -> list[int]:
+    """The host's processes that froze themselves at their kill point."""
+    return [pid for pid in host.pids() if process_state(pid) == "T"]
 
 
 def overlapping(a: list, b: list) -> bool:

@@ -8,6 +8,8 @@ the DLQ exactly once, and the DLQ report (launched through the same queue) count
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 
 from dagster import AssetKey
@@ -21,6 +23,7 @@ from pipeline_project_tests.multihost.flow import (
     finished,
     launch,
     overlapping,
+    stopped,
     succeeded,
     wait_until,
 )
@@ -33,11 +36,24 @@ def test_sensor_runs_execute_on_two_worker_hosts_into_the_lake_and_the_dlq_repor
     settings = cluster.settings
     truth = produce(settings, generated(6000, seed=21, bad_ratio=0.05))
     assert len(ends(truth)) == 4, "the keyed records should reach every partition"
-    workers = [cluster.start_worker("worker-a"), cluster.start_worker("worker-b")]
+    # Each run freezes once when its range is drained (kill point K1, action "stop"): a worker
+    # (one slot) holding a frozen run leaves the next run to the other, so the two run at once
+    # however fast a run is.
+    workers = [
+        cluster.start_worker(name, PIPELINE_FAULT_POINT="K1", PIPELINE_FAULT_ACTION="stop")
+        for name in ("worker-a", "worker-b")
+    ]
     cluster.wait_ready(*workers)
     control = cluster.start_control()
     hosts = [control, *workers]
-    wait_until("the lake to catch up", caught_up(settings, ends(truth)), 240, hosts)
+    wait_until("a run frozen on each worker", lambda: all(map(stopped, workers)), 240, hosts)
+
+    def thawed_and_caught_up() -> bool:
+        for pid in [p for w in workers for p in stopped(w)]:
+            os.kill(pid, signal.SIGCONT)
+        return caught_up(settings, ends(truth))()
+
+    wait_until("the lake to catch up", thawed_and_caught_up, 240, hosts)
 
     with cluster.observer() as instance:
         wait_until("the ingest runs to finish", lambda: all_finished(instance, INGEST_JOB), 60)

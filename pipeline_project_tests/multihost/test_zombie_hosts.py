@@ -30,7 +30,6 @@ from pipeline_project_tests.faults.fault_support import (
     Sent,
     committed_state,
     generated,
-    process_state,
     produce,
     wait_dead,
 )
@@ -38,6 +37,7 @@ from pipeline_project_tests.multihost.flow import (
     INGEST_JOB,
     caught_up,
     committed_ends,
+    stopped,
     wait_until,
 )
 from pipeline_project_tests.multihost.hosts import Cluster, Host, runs_of
@@ -62,11 +62,6 @@ def phase(name: str) -> None:
     now = time.monotonic()
     print(f"{name}: {now - _T0[0]:.1f} s")
     _T0[0] = now
-
-
-def stopped(host: Host) -> list[int]:
-    """The host's processes that froze themselves at their kill point."""
-    return [pid for pid in host.pids() if process_state(pid) == "T"]
 
 
 def failure_text(instance: DagsterInstance, run_id: str) -> str:
