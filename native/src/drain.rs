@@ -313,6 +313,14 @@ impl Reader {
         }
     }
 
+    /// The live handle; an error once the reader is closed (librdkafka must never see a null).
+    fn live(&self) -> PyResult<usize> {
+        if self.rk.is_null() {
+            return Err(PyRuntimeError::new_err("the native reader is closed"));
+        }
+        Ok(self.rk as usize)
+    }
+
     fn check(&self, err: c_int, what: &str) -> PyResult<()> {
         if err == 0 {
             return Ok(());
@@ -378,8 +386,8 @@ impl Reader {
 
     /// Reads from `offset` of the partition on: assign() at an explicit offset.
     fn assign(&self, py: Python<'_>, topic: &str, partition: i32, offset: i64) -> PyResult<()> {
+        let rk = self.live()?;
         let list = self.partition_list(topic, partition, offset)?;
-        let rk = self.rk as usize;
         let assign = self.api.assign;
         // SAFETY: list is valid until destroyed below; rk lives as long as self.
         let at = list as usize;
@@ -390,7 +398,7 @@ impl Reader {
 
     /// Stops reading any partition.
     fn unassign(&self, py: Python<'_>) -> PyResult<()> {
-        let rk = self.rk as usize;
+        let rk = self.live()?;
         let assign = self.api.assign;
         // SAFETY: a null list unassigns.
         let err = py.detach(|| unsafe { assign(rk as Handle, std::ptr::null()) });
@@ -399,6 +407,7 @@ impl Reader {
 
     /// The consumer's next offset to read of the partition, -1 if it has none yet.
     fn position(&self, topic: &str, partition: i32) -> PyResult<i64> {
+        self.live()?;
         let list = self.partition_list(topic, partition, -1001)?;
         // SAFETY: list holds one element, filled in by rd_kafka_position.
         unsafe {
@@ -422,7 +431,7 @@ impl Reader {
         max_records: usize,
         timeout_s: f64,
     ) -> PyResult<ReadResult> {
-        let rk = self.rk as usize;
+        let rk = self.live()?;
         let api = &self.api;
         let (poll, destroy, stamp) = (api.consumer_poll, api.message_destroy, api.message_timestamp);
         let mut offsets = Vec::with_capacity(max_records);

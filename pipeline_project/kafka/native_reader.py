@@ -82,10 +82,15 @@ class RangeConsumer(Consumer):
         return self._native
 
     def close(self) -> None:
-        if self._native is not None:
-            self._native.close()
-            self._native = None
-        super().close()
+        """Closes the native reader too; its failure never keeps the Consumer open."""
+        native, self._native, self._want_native = self._native, None, False
+        try:
+            if native is not None:
+                native.close()
+        except Exception as exc:  # noqa: BLE001 - e.g. still reading on another thread
+            log.warning("native reader not closed cleanly: %s", exc)
+        finally:
+            super().close()
 
 
 def empty_blobs() -> Any:

@@ -152,3 +152,13 @@ def test_a_native_reader_that_cannot_open_leaves_the_python_drain(
         consumer.close()
     assert isinstance(batch.values, list) and batch.values == [b"v%d" % i for i in range(5)]
     assert "native drain unavailable" in caplog.text and "no.such.property" in caplog.text
+
+
+def test_a_closed_consumer_refuses_to_drain_with_an_error(kafka_settings: Settings) -> None:
+    produce(kafka_settings, [(b"k", b"v")] * 3)
+    consumer = consumer_for(kafka_settings, "native")
+    reader = consumer.native()
+    consumer.close()
+    with pytest.raises(RuntimeError, match="the native reader is closed"):
+        reader.read(3, 3, 0.1)
+    assert consumer.native() is None  # a closed consumer opens no new reader
