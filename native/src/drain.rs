@@ -477,7 +477,7 @@ impl Reader {
                 let value = (!m.payload.is_null()).then(|| unsafe { std::slice::from_raw_parts(m.payload, m.len) });
                 if values.len() == 0 {
                     // Room for the whole read at the first record's size (plus slack): no
-                    // doubling copies; pages a read does not fill are never touched.
+                    // doubling copies while it fills.
                     values.data.reserve(((m.len + 64) * 2 * max_records).min(RESERVE_CAP));
                     keys.data.reserve(((m.key_len + 8) * max_records).min(RESERVE_CAP));
                 }
@@ -491,6 +491,10 @@ impl Reader {
                 }
             }
         });
+        // The reservation was a guess: hand what the records did not fill back, or a range's
+        // memory would hold it until the range is freed (glibc often shrinks in place).
+        keys.data.shrink_to_fit();
+        values.data.shrink_to_fit();
         Ok((offsets, stamps, Blobs::of(keys), Blobs::of(values), error, done))
     }
 
