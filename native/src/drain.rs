@@ -60,7 +60,8 @@ type Handle = *mut c_void;
 /// The librdkafka functions the drain calls, resolved once per reader.
 struct Api {
     conf_new: unsafe extern "C" fn() -> Handle,
-    conf_set: unsafe extern "C" fn(Handle, *const c_char, *const c_char, *mut c_char, usize) -> c_int,
+    conf_set:
+        unsafe extern "C" fn(Handle, *const c_char, *const c_char, *mut c_char, usize) -> c_int,
     conf_destroy: unsafe extern "C" fn(Handle),
     new: unsafe extern "C" fn(c_int, Handle, *mut c_char, usize) -> Handle,
     destroy: unsafe extern "C" fn(Handle),
@@ -119,7 +120,11 @@ impl Api {
 
     fn err_text(&self, code: c_int) -> String {
         // SAFETY: rd_kafka_err2str returns a static NUL-terminated string for any code.
-        unsafe { CStr::from_ptr((self.err2str)(code)).to_string_lossy().into_owned() }
+        unsafe {
+            CStr::from_ptr((self.err2str)(code))
+                .to_string_lossy()
+                .into_owned()
+        }
     }
 }
 
@@ -136,7 +141,11 @@ impl Chunk {
     fn new(records: usize) -> Chunk {
         let mut starts = Vec::with_capacity(records + 1);
         starts.push(0);
-        Chunk { data: Vec::new(), starts, present: Vec::with_capacity(records) }
+        Chunk {
+            data: Vec::new(),
+            starts,
+            present: Vec::with_capacity(records),
+        }
     }
 
     fn push(&mut self, bytes: Option<&[u8]>) {
@@ -182,7 +191,11 @@ impl Blobs {
         let segments = if len == 0 {
             vec![]
         } else {
-            vec![Segment { chunk: Arc::new(chunk), start: 0, stop: len }]
+            vec![Segment {
+                chunk: Arc::new(chunk),
+                start: 0,
+                stop: len,
+            }]
         };
         Blobs { segments, len }
     }
@@ -288,7 +301,14 @@ impl Blobs {
 ///
 /// `error`: (code, reason, fatal, offset or -1) of the first error message, as librdkafka
 /// gave it; `done`: a record at or past the range's last offset was seen.
-type ReadResult = (Vec<i64>, Vec<i64>, Blobs, Blobs, Option<(i32, String, bool, i64)>, bool);
+type ReadResult = (
+    Vec<i64>,
+    Vec<i64>,
+    Blobs,
+    Blobs,
+    Option<(i32, String, bool, i64)>,
+    bool,
+);
 
 /// One consumer of librdkafka, for exact-range reads by `assign` (no group subscription).
 #[pyclass(module = "pipeline_project_native")]
@@ -302,7 +322,12 @@ unsafe impl Send for Reader {}
 unsafe impl Sync for Reader {}
 
 impl Reader {
-    fn partition_list(&self, topic: &str, partition: i32, offset: i64) -> PyResult<*mut PartitionList> {
+    fn partition_list(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+    ) -> PyResult<*mut PartitionList> {
         let name = CString::new(topic).map_err(|e| PyTypeError::new_err(e.to_string()))?;
         // SAFETY: a fresh list of capacity 1; `list_add` copies the topic name.
         unsafe {
@@ -325,7 +350,10 @@ impl Reader {
         if err == 0 {
             return Ok(());
         }
-        Err(PyRuntimeError::new_err(format!("{what}: {}", self.api.err_text(err))))
+        Err(PyRuntimeError::new_err(format!(
+            "{what}: {}",
+            self.api.err_text(err)
+        )))
     }
 
     /// The error of a consumed error message: its code, reason, and whether it is fatal.
@@ -334,7 +362,9 @@ impl Reader {
             let mut buf = vec![0 as c_char; 512];
             // SAFETY: buf is writable for its length; librdkafka NUL-terminates within it.
             let code = unsafe { (self.api.fatal_error)(self.rk, buf.as_mut_ptr(), buf.len()) };
-            let text = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned();
+            let text = unsafe { CStr::from_ptr(buf.as_ptr()) }
+                .to_string_lossy()
+                .into_owned();
             return (code, text, true);
         }
         let text = if !msg.payload.is_null() && msg.len > 0 {
@@ -364,18 +394,30 @@ impl Reader {
                     (api.conf_destroy)(conf);
                     return Err(PyTypeError::new_err(format!("setting {name}: NUL byte")));
                 };
-                let res = (api.conf_set)(conf, n.as_ptr(), v.as_ptr(), errstr.as_mut_ptr(), errstr.len());
+                let res = (api.conf_set)(
+                    conf,
+                    n.as_ptr(),
+                    v.as_ptr(),
+                    errstr.as_mut_ptr(),
+                    errstr.len(),
+                );
                 if res != CONF_OK {
                     (api.conf_destroy)(conf);
-                    let why = CStr::from_ptr(errstr.as_ptr()).to_string_lossy().into_owned();
+                    let why = CStr::from_ptr(errstr.as_ptr())
+                        .to_string_lossy()
+                        .into_owned();
                     return Err(PyRuntimeError::new_err(format!("setting {name}: {why}")));
                 }
             }
             let rk = (api.new)(CONSUMER, conf, errstr.as_mut_ptr(), errstr.len());
             if rk.is_null() {
                 (api.conf_destroy)(conf);
-                let why = CStr::from_ptr(errstr.as_ptr()).to_string_lossy().into_owned();
-                return Err(PyRuntimeError::new_err(format!("consumer not created: {why}")));
+                let why = CStr::from_ptr(errstr.as_ptr())
+                    .to_string_lossy()
+                    .into_owned();
+                return Err(PyRuntimeError::new_err(format!(
+                    "consumer not created: {why}"
+                )));
             }
             // Errors of the client itself (all brokers down, ...) then come out of
             // consumer_poll too, as confluent-kafka's Consumer arranges it.
@@ -433,7 +475,11 @@ impl Reader {
     ) -> PyResult<ReadResult> {
         let rk = self.live()?;
         let api = &self.api;
-        let (poll, destroy, stamp) = (api.consumer_poll, api.message_destroy, api.message_timestamp);
+        let (poll, destroy, stamp) = (
+            api.consumer_poll,
+            api.message_destroy,
+            api.message_timestamp,
+        );
         let mut offsets = Vec::with_capacity(max_records);
         let mut stamps = Vec::with_capacity(max_records);
         let (mut keys, mut values) = (Chunk::new(max_records), Chunk::new(max_records));
@@ -473,13 +519,18 @@ impl Reader {
                 offsets.push(m.offset);
                 stamps.push(unsafe { stamp(msg, &mut kind) });
                 // SAFETY: payload and key point to len / key_len bytes owned by the message.
-                let key = (!m.key.is_null()).then(|| unsafe { std::slice::from_raw_parts(m.key, m.key_len) });
-                let value = (!m.payload.is_null()).then(|| unsafe { std::slice::from_raw_parts(m.payload, m.len) });
+                let key = (!m.key.is_null())
+                    .then(|| unsafe { std::slice::from_raw_parts(m.key, m.key_len) });
+                let value = (!m.payload.is_null())
+                    .then(|| unsafe { std::slice::from_raw_parts(m.payload, m.len) });
                 if values.len() == 0 {
                     // Room for the whole read at the first record's size (plus slack): no
                     // doubling copies while it fills.
-                    values.data.reserve(((m.len + 64) * 2 * max_records).min(RESERVE_CAP));
-                    keys.data.reserve(((m.key_len + 8) * max_records).min(RESERVE_CAP));
+                    values
+                        .data
+                        .reserve(((m.len + 64) * 2 * max_records).min(RESERVE_CAP));
+                    keys.data
+                        .reserve(((m.key_len + 8) * max_records).min(RESERVE_CAP));
                 }
                 keys.push(key);
                 values.push(value);
@@ -495,7 +546,14 @@ impl Reader {
         // memory would hold it until the range is freed (glibc often shrinks in place).
         keys.data.shrink_to_fit();
         values.data.shrink_to_fit();
-        Ok((offsets, stamps, Blobs::of(keys), Blobs::of(values), error, done))
+        Ok((
+            offsets,
+            stamps,
+            Blobs::of(keys),
+            Blobs::of(values),
+            error,
+            done,
+        ))
     }
 
     /// Leaves the group's view and frees the consumer; further calls fail.
