@@ -135,12 +135,11 @@ def judge_suspects(
     return Verdict(judged.rejects + kept.rejects, kept.rows)
 
 
-def with_verdict(gathered: GatheredRows, verdict: Verdict) -> MappedRows:
-    """The range's rows (any suspect pandera passed among them) and every reject, by offset."""
-    rows = gathered.rows
+def with_verdict(rows: pl.DataFrame, rejects: list[Reject], verdict: Verdict) -> MappedRows:
+    """`rows` with any suspect pandera passed among them, and every reject, by offset."""
     if verdict.passed.height:
         rows = pl.concat([rows, verdict.passed]).sort(OFFSET_COLUMN, maintain_order=True)
-    return MappedRows(rows, sorted(gathered.rejects + verdict.rejects, key=lambda r: r.offset))
+    return MappedRows(rows, sorted(rejects + verdict.rejects, key=lambda r: r.offset))
 
 
 def finish_parts(
@@ -148,7 +147,8 @@ def finish_parts(
 ) -> MappedRows:
     """Pandera judges every part's suspects at once, then the range's rows in offset order."""
     gathered = gather_parts(parts)
-    return with_verdict(gathered, judge_suspects(gathered.suspects, topic, partition, identity))
+    verdict = judge_suspects(gathered.suspects, topic, partition, identity)
+    return with_verdict(gathered.rows, gathered.rejects, verdict)
 
 
 def map_rows(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedRows:

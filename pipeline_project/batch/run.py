@@ -43,6 +43,7 @@ from pipeline_project.batch.process import (
     judge_suspects,
     map_part,
     map_rows,
+    with_verdict,
 )
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
@@ -745,16 +746,15 @@ def with_judged(batch: BatchResult, verdict: Verdict, known: CommittedIds) -> Ba
     its lowest offset, and the rows the first filter dropped are no copy the second could keep, so
     the two steps drop exactly what one filter of every row would have.
     """
-    rejects = sorted(batch.rejects + verdict.rejects, key=lambda r: r.offset)
+    mapped = with_verdict(batch.good, batch.rejects, verdict)
     if not verdict.passed.height:
-        return BatchResult(batch.good, rejects, batch.filtered)
-    rows = pl.concat([batch.good, verdict.passed]).sort(OFFSET_COLUMN, maintain_order=True)
-    again = finish_batch(MappedRows(rows, []), known)
+        return BatchResult(batch.good, mapped.rejects, batch.filtered)
+    again = finish_batch(MappedRows(mapped.rows, []), known)
     filtered = {
         reason: sorted([*batch.filtered.get(reason, []), *again.filtered.get(reason, [])])
         for reason in FILTER_REASONS
     }
-    return BatchResult(again.good, rejects, filtered)
+    return BatchResult(again.good, mapped.rejects, filtered)
 
 
 def send_rejects(

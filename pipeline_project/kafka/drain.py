@@ -22,7 +22,7 @@ from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import RawBatch
 from pipeline_project.errors import DataLossError, DrainError, KafkaAuthorizationError
 from pipeline_project.kafka.access import unreachable
-from pipeline_project.kafka.native_reader import RangeConsumer, empty_blobs
+from pipeline_project.kafka.native_reader import Blobs, RangeConsumer
 from pipeline_project.perf import paused_gc
 from pipeline_project.settings import Settings
 
@@ -141,7 +141,7 @@ def drain_range(
     if native is None:
         batch = RawBatch(rng.topic, rng.partition, [], [], [], [], [] if with_headers else None)
     else:  # the records' bytes stay in the native reader's buffers
-        batch = RawBatch(rng.topic, rng.partition, [], [], empty_blobs(), empty_blobs())
+        batch = RawBatch(rng.topic, rng.partition, [], [], Blobs(), Blobs())
     if rng.size == 0:
         return batch
     check_available(consumer, rng)

@@ -91,8 +91,3 @@ class RangeConsumer(Consumer):
             log.warning("native reader not closed cleanly: %s", exc)
         finally:
             super().close()
-
-
-def empty_blobs() -> Any:
-    """An empty, growable column of record bytes for a native drain."""
-    return Blobs()
