@@ -236,6 +236,59 @@ def test_random_mutations_of_good_records_parse_alike() -> None:
     assert_same_parse(raw_batch(values))
 
 
+def _number_text(rng: random.Random) -> bytes:
+    """A JSON number of any form: long mantissas, ties, tiny and huge exponents, zeros."""
+    sign = rng.choice(["", "", "-"])
+    whole = rng.choice(["0", str(rng.randint(1, 9)), str(rng.randint(1, 10 ** rng.randint(1, 25)))])
+    fraction = rng.choice(["", "." + "".join(rng.choices("0123456789", k=rng.randint(1, 30)))])
+    exponent = rng.choice(["", "", f"{rng.choice('eE')}{rng.choice(['', '+', '-'])}"])
+    if exponent:
+        exponent += str(rng.choice([rng.randint(0, 30), rng.randint(280, 330)]))
+    return (sign + whole + fraction + exponent).encode()
+
+
+@needs_native
+def test_any_number_text_parses_to_the_float_python_reads() -> None:
+    """Every float the native side takes is the one Python's json reads, bit for bit and sign."""
+    rng = random.Random(7)
+    texts = [_number_text(rng) for _ in range(6_000)]
+    texts += [repr(rng.uniform(-1e6, 1e6)).encode() for _ in range(1_000)]
+    texts += [b"0.1", b"2.2250738585072011e-308", b"4.9406564584124654e-324", b"1e23", b"-0e0"]
+    assert_same_parse(raw_batch([_with(text) for text in texts]))
+
+
+@needs_native
+def test_any_string_text_parses_to_the_text_python_reads() -> None:
+    """Escapes, surrogate pairs and raw UTF-8 of every width, valid or not, in a string value."""
+    rng = random.Random(13)
+    pieces = [
+        b"a",
+        b"\\n",
+        b'\\"',
+        b"\\\\",
+        b"\\/",
+        b"\\u00e9",
+        b"\\ud83d\\ude00",
+        b"\\ud83d",
+        b"\\udc00",
+        b"\\u0000",
+        b"\\x",
+        b"\xc3\xa9",
+        b"\xe2\x98\x83",
+        b"\xf0\x9f\x98\x80",
+        b"\xed\xa0\x80",
+        b"\xc0\xaf",
+        b"\xff",
+        b"\t",
+        b"\x7f",
+        b" ",
+        b"\\u12",
+        b"\\U0041",
+    ]
+    texts = [b"".join(rng.choices(pieces, k=rng.randint(1, 40))) for _ in range(4_000)]
+    assert_same_parse(raw_batch([_with(b'"' + text + b'"', b'"shoes"') for text in texts]))
+
+
 @needs_native
 def test_batches_of_only_good_only_bad_and_nothing() -> None:
     assert_same_parse(raw_batch(good_values(300)))
