@@ -19,6 +19,7 @@ import polars as pl
 
 from pipeline_project.batch.parse import (
     ParsedBatch,
+    merged,
     native_split,
     parse_batch,
     parse_records,
@@ -72,9 +73,7 @@ def parse_part(raw: RawBatch, *, native: bool = True) -> ParsedBatch:
     frame, deferred = split.frame, split.deferred
     del split
     slow = parse_records(*deferred)
-    if slow.frame.height == 0:
-        return ParsedBatch(frame, slow.rejects)
-    return ParsedBatch(frame.merge_sorted(slow.frame, OFFSET_COLUMN), slow.rejects)
+    return ParsedBatch(merged(frame, slow.frame), slow.rejects)
 
 
 def map_part(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedPart:
