@@ -47,7 +47,7 @@ from pipeline_project.batch.process import (
 )
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
-from pipeline_project.columns import OFFSET_COLUMN, PARTITION_COLUMN
+from pipeline_project.columns import PARTITION_COLUMN
 from pipeline_project.dlq.publish import DlqPublisher
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import ContiguityError, DataLossError, PipelineError
@@ -506,10 +506,8 @@ def drain_stage(
         raw, mapped = drain_and_map(settings, consumer, rng, identity, steps, stop)
         verdict = judge_later(mapped, rng, identity)
         fault_point("K1")
-        # The values are parsed; the rejects' and suspects' are kept in `sources`: ~100 MB are
-        # freed on return.
-        suspects = mapped.suspects.get_column(OFFSET_COLUMN).to_list()
-        sources = raw.sources([*(r.offset for r in mapped.rejects), *suspects])
+        # The values are parsed; the rejects' and suspects' are kept in `mapped.sources`: ~100 MB
+        # are freed on return.
         offsets = raw.offsets
         del raw  # before the collector's pass at the block's end, which would walk its lists
         steps.lap("map")
@@ -519,7 +517,7 @@ def drain_stage(
             identity,
             history_start,
             offsets,
-            sources,
+            mapped.sources,
             mapped,
             verdict,
             steps,
