@@ -108,7 +108,8 @@ def stage_files(
 
     A disk-side failure (full, read-only, permissions) stops at once with a StorageError.
     """
-    data = to_delta_rows(rows)
+    data = delta_frame(rows)  # polars to the writer: no Arrow round trip (~15 ms a range)
+    schema = data.head(0).to_arrow(compat_level=pl.CompatLevel.newest()).schema
     where = storage(lake, table_name)
     errors: list[str] = []
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -121,7 +122,7 @@ def stage_files(
             time.sleep(RETRY_PAUSE_SECONDS * attempt)
             continue
         fault_point("K5")  # files written and synced, not committed: invisible to every reader
-        return StagedFiles(token, tuple(actions), data.schema, data.num_rows)
+        return StagedFiles(token, tuple(actions), schema, data.height)
     raise LakeError(
         f"lake {lake.describe()}: {range_id}: its files could not be written after "
         f"{MAX_ATTEMPTS} attempts ({errors[-1]}); nothing of it was committed"
@@ -283,13 +284,18 @@ def check_start(record: RangeRecord, done: int | None) -> None:
     )
 
 
-def to_delta_rows(rows: pl.DataFrame) -> pa.Table:
-    """The rows with the partition column `date` (= event_date), offset-sorted, as Arrow."""
+def delta_frame(rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows with the partition column `date` (= event_date), offset-sorted."""
     if DATE_COLUMN in rows.columns:
         rows = rows.with_columns(pl.col(DATE_COLUMN).alias(PARTITION_COLUMN))
     if OFFSET_COLUMN in rows.columns and not rows.get_column(OFFSET_COLUMN).is_sorted():
         rows = rows.sort(OFFSET_COLUMN, maintain_order=True)
-    return rows.to_arrow(compat_level=pl.CompatLevel.newest())
+    return rows
+
+
+def to_delta_rows(rows: pl.DataFrame) -> pa.Table:
+    """`delta_frame(rows)` as Arrow, with the types the table's files have."""
+    return delta_frame(rows).to_arrow(compat_level=pl.CompatLevel.newest())
 
 
 def create_table(lake: Lake, table_name: str, schema: pa.Schema) -> DeltaTable:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline_project.errors import AccountingError, ContiguityError, FencingError, LakeError
+from pipeline_project.lake import files
+from pipeline_project.lake.audit import audit
 from pipeline_project.lake.commit import commit_range
 from pipeline_project.lake.location import Lake
 from pipeline_project.lake.record import RangeRecord
@@ -34,6 +38,33 @@ def test_a_range_lands_as_one_commit_with_its_offsets_and_accounting(lake: Lake)
     back = RangeRecord.from_metadata(meta)
     assert (back.range, back.records, back.written, len(back.dlq)) == (rng, 500, 490, 10)
     assert table.metadata().partition_columns == ["date"]
+
+
+def test_a_day_over_one_row_group_is_split_into_even_files_of_one_row_group(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "ROW_GROUP_ROWS", 200)  # 490 rows of one day: three files
+    rng, batch = processed(0, 500, bad_every=50)
+    result = commit_range(lake, record_of(rng, batch), batch.good)
+    assert result.status == "committed"
+    table = open_table(lake)
+    adds = pl.DataFrame(table.get_add_actions(flatten=True)).to_dicts()
+    pattern = rf"part-{re.escape(rng.range_id)}-([0-9a-f]{{12}})(-1|-2)?\.parquet"
+    named = [re.fullmatch(pattern, a["path"].rsplit("/", 1)[1]) for a in adds]
+    assert all(named), [a["path"] for a in adds]
+    assert len({m.group(1) for m in named}) == 1  # one attempt's token
+    assert sorted(m.group(2) or "" for m in named) == ["", "-1", "-2"]
+    assert sorted(a["num_records"] for a in adds) == [162, 164, 164]
+    storage = files.storage(lake, "events")
+    for add in adds:
+        with storage.fs.open_input_file(f"{storage.root}/{add['path']}") as handle:
+            assert pq.ParquetFile(handle).metadata.num_row_groups == 1
+    rows = read_events(lake)
+    assert sorted(rows.get_column("kafka_offset").to_list()) == sorted(
+        batch.good.get_column("kafka_offset").to_list()
+    )
+    report = audit(lake)
+    assert report.ok, [str(p) for p in report.problems]
 
 
 def test_the_next_range_appends_and_a_committed_range_changes_nothing(lake: Lake) -> None:
