@@ -21,6 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -46,9 +47,9 @@ from pipeline_project.batch.process import (
     with_verdict,
 )
 from pipeline_project.batch.ranges import Range
-from pipeline_project.batch.records import BatchResult, RawBatch, SourceRecord
+from pipeline_project.batch.records import BatchResult, RawBatch, Reject, SourceRecord
 from pipeline_project.columns import PARTITION_COLUMN
-from pipeline_project.dlq.publish import DlqPublisher
+from pipeline_project.dlq.publish import DlqPublisher, DlqSend
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import ContiguityError, DataLossError, PipelineError
 from pipeline_project.events.contract import FILTER_REASONS
@@ -349,7 +350,7 @@ def run_ranges(
     cache = id_cache_of(settings, lake)
 
     def read(rng: Range, consumer: Consumer) -> DrainedRange | RangeOutcome:
-        return drain_stage(settings, lake, consumer, rng, run_id, clock, topic, stop, after)
+        return drain_stage(settings, lake, consumer, rng, run_id, clock, topic, stop, after, dlq)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
         try:
@@ -418,6 +419,7 @@ class DrainedRange:
     verdict: Future[Verdict]  # pandera's, on the range's suspects: judged during the filter
     steps: StepClock
     started: float
+    sent: list[DlqSend] | None = None  # its parse rejects, sent (unconfirmed) once drained
 
 
 @dataclass(frozen=True)
@@ -483,10 +485,14 @@ def drain_stage(
     topic: epochs.TopicIdentity | None = None,
     stop: threading.Event | None = None,
     after: Predecessor | None = None,
+    dlq: DlqPublisher | None = None,
 ) -> DrainedRange | RangeOutcome:
     """Checks the range's start, drains and maps it; nothing is written yet.
 
     `after`: the run this one follows; the range waits for it to commit up to its start.
+    `dlq`: where its parse and transform rejects are sent once the range is drained, while its
+    last parts are mapped (the commit stage confirms them with pandera's): a DLQ copy no commit
+    names is superseded, as after a crash (dlq/reprocess.py).
     """
     with paused_gc():
         table = open_table(lake)
@@ -503,7 +509,8 @@ def drain_stage(
         )
         check_start(_probe(rng, run_id, moment), done)  # fail before draining a doomed range
         history_start = epochs.check_range(settings, consumer, topic, rng, done)
-        raw, mapped = drain_and_map(settings, consumer, rng, identity, steps, stop)
+        send = None if dlq is None else partial(send_part, dlq, rng, identity)
+        raw, mapped, sent = drain_and_map(settings, consumer, rng, identity, steps, stop, send)
         verdict = judge_later(mapped, rng, identity)
         fault_point("K1")
         # The values are parsed; the rejects' and suspects' are kept in `mapped.sources`: ~100 MB
@@ -522,7 +529,13 @@ def drain_stage(
             verdict,
             steps,
             started,
+            sent if dlq is not None else None,
         )
+
+
+def send_part(dlq: DlqPublisher, rng: Range, identity: Identity, part: MappedPart) -> DlqSend:
+    """A mapped part's parse and transform rejects, handed to the DLQ producer (unconfirmed)."""
+    return dlq.send(dlq_records(rng, part.sources, part.rejects, identity))
 
 
 def judge_later(mapped: GatheredRows, rng: Range, identity: Identity) -> Future[Verdict]:
@@ -672,13 +685,16 @@ def drain_and_map(
     identity: Identity,
     steps: StepClock,
     stop: threading.Event | None = None,
-) -> tuple[RawBatch, GatheredRows]:
+    send: Callable[[MappedPart], DlqSend] | None = None,
+) -> tuple[RawBatch, GatheredRows, list[DlqSend]]:
     """Drains the range and maps each part on a worker thread while the next is read.
 
     Reading is mostly librdkafka's fetching and building message objects; mapping a part (parse,
     screen, transform) mostly the native decoder's and polars' work, outside the GIL. Two mapping
     threads, so a part waiting on the GIL never leaves a core idle. pandera then judges the
-    range's suspects once (`judge_later`): it costs a fixed amount per call.
+    range's suspects once (`judge_later`): it costs a fixed amount per call. Once the range is
+    drained, `send` hands each mapped part's rejects to the DLQ, in part order, while the last
+    parts are still mapped.
     """
     futures: list[Future[MappedPart]] = []
     native = settings.native_parse
@@ -694,8 +710,15 @@ def drain_and_map(
             consumer, rng, settings.drain_timeout_seconds, on_part=map_later, stop=stop
         )
         steps.lap("drain")
-        parts = [f.result() for f in futures] or [map_part(raw, identity, native=native)]
-    return raw, gather_parts(parts)
+        parts, sent = [], []
+        for future in futures:
+            parts.append(future.result())
+            if send is not None:
+                sent.append(send(parts[-1]))
+        if not parts:
+            parts.append(map_part(raw, identity, native=native))
+            sent.extend([send(parts[0])] if send is not None else [])
+    return raw, gather_parts(parts), sent
 
 
 def committed_ids_of(lake: Lake, cache: IdCache | None = None) -> CommittedIds:
@@ -728,13 +751,20 @@ def remember_ids(cache: IdCache | None, staged: StagedFiles, good: pl.DataFrame)
 def judge_and_send(
     dlq: DlqPublisher, drained: DrainedRange, batch: BatchResult, known: CommittedIds
 ) -> tuple[BatchResult, list[DlqEntry]]:
-    """The range's result with pandera's verdict, and its rejects sent to the DLQ and confirmed."""
-    full = with_judged(batch, drained.verdict.result(), known)
-    identity = drained.identity
-    deliveries = send_rejects(
-        dlq, drained.range, drained.sources, full, identity.run_id, identity.ingested_at
-    )
-    return full, deliveries
+    """The range's result with pandera's verdict, and its rejects sent to the DLQ and confirmed.
+
+    The parse and transform rejects went when the range was drained (`drained.sent`); only
+    pandera's follow, then every report is awaited.
+    """
+    verdict = drained.verdict.result()
+    full = with_judged(batch, verdict, known)
+    rest = verdict.rejects if drained.sent is not None else full.rejects
+    late = dlq.send(dlq_records(drained.range, drained.sources, rest, drained.identity))
+    deliveries = dlq.confirm([*(drained.sent or []), late])
+    entries = [
+        DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset) for d in deliveries
+    ]
+    return full, entries
 
 
 def with_judged(batch: BatchResult, verdict: Verdict, known: CommittedIds) -> BatchResult:
@@ -755,20 +785,13 @@ def with_judged(batch: BatchResult, verdict: Verdict, known: CommittedIds) -> Ba
     return BatchResult(again.good, mapped.rejects, filtered)
 
 
-def send_rejects(
-    dlq: DlqPublisher,
-    rng: Range,
-    sources: dict[int, SourceRecord],
-    batch: BatchResult,
-    run_id: str,
-    failed: datetime,
-) -> list[DlqEntry]:
-    """Every rejected record to the DLQ with its reason; returns only confirmed deliveries."""
-    if not batch.rejects:
-        return []
-    failed_at = utc_text(failed)
+def dlq_records(
+    rng: Range, sources: dict[int, SourceRecord], rejects: Sequence[Reject], identity: Identity
+) -> list[DlqRecord]:
+    """Each rejected record's DLQ copy: its original key and value, and its reason."""
+    failed_at = utc_text(identity.ingested_at)
     records = []
-    for reject in batch.rejects:
+    for reject in rejects:
         source = sources[reject.offset]
         records.append(
             DlqRecord(
@@ -784,14 +807,11 @@ def send_rejects(
                 field=reject.field,
                 message=reject.message,
                 attempt=1,
-                run_id=run_id,
+                run_id=identity.run_id,
                 failed_at=failed_at,
             )
         )
-    deliveries = dlq.publish(records)
-    return [
-        DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset) for d in deliveries
-    ]
+    return records
 
 
 def commit_group_offset(consumer: Consumer, rng: Range) -> None:

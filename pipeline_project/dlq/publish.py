@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -53,6 +53,15 @@ def producer_config(settings: Settings) -> dict[str, object]:
     }
 
 
+@dataclass
+class DlqSend:
+    """Records handed to the producer, and their delivery reports as they come."""
+
+    records: list[DlqRecord]
+    deliveries: list[DlqDelivery] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
 class DlqPublisher:
     """One idempotent producer for a whole run, created early.
 
@@ -68,16 +77,21 @@ class DlqPublisher:
 
     def publish(self, records: Sequence[DlqRecord]) -> list[DlqDelivery]:
         """Produces every record and waits for all reports; DlqDeliveryError if any failed."""
-        if not records:
-            return []
-        deliveries: list[DlqDelivery] = []
-        failures: list[str] = []
+        return self.confirm([self.send(records)])
+
+    def send(self, records: Sequence[DlqRecord]) -> DlqSend:
+        """Hands the records to the producer without waiting; `confirm` proves they arrived.
+
+        A range sends its parse rejects while its last parts are still mapped, and confirms
+        them with pandera's rejects: the waits for acknowledgements then overlap.
+        """
+        sent = DlqSend(list(records))
 
         def on_delivery(err: KafkaError | None, msg: Message, record: DlqRecord) -> None:
             if err is not None:
-                failures.append(f"source offset {record.source_offset}: {err.str()}")
+                sent.failures.append(f"source offset {record.source_offset}: {err.str()}")
             else:
-                deliveries.append(
+                sent.deliveries.append(
                     DlqDelivery(
                         record.source_offset,
                         record.category,
@@ -88,19 +102,30 @@ class DlqPublisher:
                     )
                 )
 
-        for record in records:
+        for record in sent.records:
             _produce(
                 self._producer,
                 self.topic,
                 record,
                 lambda err, msg, r=record: on_delivery(err, msg, r),
             )
+        return sent
+
+    def confirm(self, sends: Sequence[DlqSend]) -> list[DlqDelivery]:
+        """Waits for the reports of every record of `sends`; DlqDeliveryError if any failed.
+
+        Returns the deliveries by source offset.
+        """
+        total = sum(len(s.records) for s in sends)
+        if not total:
+            return []
         fault_point("K6a")  # tests: records handed over, none confirmed yet (broker faults)
         remaining = self._producer.flush(self._timeout_s + 10)
-        if failures or remaining or len(deliveries) != len(records):
+        deliveries = [d for s in sends for d in s.deliveries]
+        failures = [f for s in sends for f in s.failures]
+        if failures or remaining or len(deliveries) != total:
             raise DlqDeliveryError(
-                f"{len(records) - len(deliveries)} of {len(records)} DLQ records to {self.topic} "
-                f"were not "
+                f"{total - len(deliveries)} of {total} DLQ records to {self.topic} were not "
                 f"confirmed ({'; '.join(failures[:3]) or f'{remaining} still in flight'}); "
                 "nothing was committed"
             )

@@ -210,3 +210,30 @@ def test_copies_of_a_crashed_ingest_run_are_never_recovered(any_settings: Settin
     assert recovered.height == first.counts()["recovered"]
     assert recovered.select("kafka_offset").n_unique() == recovered.height
     assert_reconciles(env_for(settings))
+
+
+def test_copies_sent_before_the_verdict_of_a_killed_run_are_never_recovered(
+    any_settings: Settings,
+) -> None:
+    """Parse rejects go to the DLQ once the range is drained, before pandera's verdict: a run
+    killed there (K1) may leave copies of them that no commit names. The re-run sends every
+    reject again; reprocessing acts on the re-run's copies alone, once per record."""
+    settings = any_settings
+    truth = produce(settings, generated(400, seed=46, bad_ratio=0.2), partition=0)
+    bad = {s.offset for s in truth if s.verdict.startswith("bad:")}
+    crashed = start_driver(settings, fault="K1").finish()
+    assert crashed.code == -signal.SIGKILL, str(crashed)
+    assert lake_frame(settings).height == 0
+    early = len(dlq_records(settings))
+    assert early < len(bad)  # parse rejects at most: pandera's were never sent
+    done = run_driver(settings)
+    assert done.ok, str(done)
+    assert len(dlq_records(settings)) == early + len(bad)
+    assert_truth(settings, truth)
+
+    first, second = reprocess(settings), reprocess(settings)
+    assert first.counts()["superseded"] == early
+    assert first.counts()["recovered"] > 0 and second.counts()["recovered"] == 0
+    handled = resolution.load_book(lake_of(settings)).latest
+    assert {offset for _, _, offset in handled} == bad  # every failed record once, no other
+    assert_reconciles(env_for(settings))
