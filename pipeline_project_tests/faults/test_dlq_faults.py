@@ -186,54 +186,36 @@ def test_a_raw_record_of_0_99_mb_reaches_the_dlq_byte_for_byte(any_settings: Set
     assert_truth(settings, truth)
 
 
-def test_copies_of_a_crashed_ingest_run_are_never_recovered(any_settings: Settings) -> None:
-    """D7: killed after its rejects reached the DLQ (K6), before its commit. The re-run sends them
-    again and commits naming the new copies; reprocessing acts on those alone, once per record."""
+@pytest.mark.parametrize("fault", ["K6", "K1"])
+def test_copies_of_a_crashed_ingest_run_are_never_recovered(
+    any_settings: Settings, fault: str
+) -> None:
+    """D7: killed before its commit, after its rejects reached the DLQ (K6: all confirmed), or
+    with its parse rejects handed over before pandera's verdict (K1: some may have landed). The
+    re-run sends every reject again and commits naming the new copies; reprocessing acts on those
+    alone, once per record."""
     settings = any_settings
     truth = produce(settings, generated(400, seed=45, bad_ratio=0.2), partition=0)
     bad = {s.offset for s in truth if s.verdict.startswith("bad:")}
-    crashed = start_driver(settings, fault="K6").finish()
+    crashed = start_driver(settings, fault=fault).finish()
     assert crashed.code == -signal.SIGKILL, str(crashed)
     assert lake_frame(settings).height == 0
-    assert len(dlq_records(settings)) == len(bad)  # sent, confirmed, named by no commit
-    done = run_driver(settings)
-    assert done.ok, str(done)
-    assert len(dlq_records(settings)) == 2 * len(bad)
-    assert_truth(settings, truth)
-
-    first, second = reprocess(settings), reprocess(settings)
-    assert first.counts()["superseded"] == len(bad)  # the crashed run's copies
-    assert first.counts()["recovered"] > 0 and second.counts()["recovered"] == 0
-    handled = resolution.load_book(lake_of(settings)).latest
-    assert {offset for _, _, offset in handled} == bad  # every failed record once, no other
-    recovered = lake_frame(settings).filter(pl.col("dlq_offset").is_not_null())
-    assert recovered.height == first.counts()["recovered"]
-    assert recovered.select("kafka_offset").n_unique() == recovered.height
-    assert_reconciles(env_for(settings))
-
-
-def test_copies_sent_before_the_verdict_of_a_killed_run_are_never_recovered(
-    any_settings: Settings,
-) -> None:
-    """Parse rejects go to the DLQ once the range is drained, before pandera's verdict: a run
-    killed there (K1) may leave copies of them that no commit names. The re-run sends every
-    reject again; reprocessing acts on the re-run's copies alone, once per record."""
-    settings = any_settings
-    truth = produce(settings, generated(400, seed=46, bad_ratio=0.2), partition=0)
-    bad = {s.offset for s in truth if s.verdict.startswith("bad:")}
-    crashed = start_driver(settings, fault="K1").finish()
-    assert crashed.code == -signal.SIGKILL, str(crashed)
-    assert lake_frame(settings).height == 0
-    early = len(dlq_records(settings))
-    assert early < len(bad)  # parse rejects at most: pandera's were never sent
+    early = len(dlq_records(settings))  # named by no commit
+    if fault == "K6":
+        assert early == len(bad)  # sent and confirmed
+    else:
+        assert early < len(bad)  # parse rejects at most: pandera's were never sent
     done = run_driver(settings)
     assert done.ok, str(done)
     assert len(dlq_records(settings)) == early + len(bad)
     assert_truth(settings, truth)
 
     first, second = reprocess(settings), reprocess(settings)
-    assert first.counts()["superseded"] == early
+    assert first.counts()["superseded"] == early  # the crashed run's copies
     assert first.counts()["recovered"] > 0 and second.counts()["recovered"] == 0
     handled = resolution.load_book(lake_of(settings)).latest
     assert {offset for _, _, offset in handled} == bad  # every failed record once, no other
+    recovered = lake_frame(settings).filter(pl.col("dlq_offset").is_not_null())
+    assert recovered.height == first.counts()["recovered"]
+    assert recovered.select("kafka_offset").n_unique() == recovered.height
     assert_reconciles(env_for(settings))
