@@ -48,7 +48,6 @@ from pipeline_project.batch.process import (
 )
 from pipeline_project.batch.ranges import Range
 from pipeline_project.batch.records import BatchResult, RawBatch, Reject, SourceRecord
-from pipeline_project.columns import PARTITION_COLUMN
 from pipeline_project.dlq.publish import DlqPublisher, DlqSend
 from pipeline_project.dlq.records import DlqRecord
 from pipeline_project.errors import ContiguityError, DataLossError, PipelineError
@@ -57,6 +56,7 @@ from pipeline_project.kafka.access import DESCRIBE, READ, WRITE, require
 from pipeline_project.kafka.drain import drain_range, make_consumer
 from pipeline_project.lake import read
 from pipeline_project.lake.commit import StagedFiles, check_start, commit_range, stage_files
+from pipeline_project.lake.files import file_rows
 from pipeline_project.lake.id_cache import IdCache
 from pipeline_project.lake.location import TABLE_EVENTS, Lake, lake_of
 from pipeline_project.lake.probe import check_commit_support
@@ -739,11 +739,12 @@ def remember_ids(cache: IdCache | None, staged: StagedFiles, good: pl.DataFrame)
     """The committed files' id hashes into the cache, so the next range need not read them."""
     if cache is None:
         return
-    files = [
-        (date.fromisoformat(a.partition_values[PARTITION_COLUMN]), a.path) for a in staged.actions
-    ]
     try:
-        cache.remember(files, good)
+        cache.remember(
+            (day, action.path, rows.get_column("event_id"))
+            for action in staged.actions
+            for day, rows in [file_rows(action, good)]
+        )
     except Exception as exc:  # noqa: BLE001 - a committed range must not fail for a cache
         log.warning("id cache not updated (the next lookup reads the files): %s", exc)
 

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from deltalake.transaction import AddAction
 
 from pipeline_project.batch.faults import fault_point
+from pipeline_project.columns import OFFSET_COLUMN
 from pipeline_project.lake.location import Lake
 from pipeline_project.lake.table import (
     DATE_COLUMN,
@@ -134,6 +135,22 @@ def range_files(
             name = f"part-{range_id}-{token[:12]}{f'-{n}' if n else ''}.parquet"
             files.append((name, day, part.slice(n * size, size)))
     return files
+
+
+def file_rows(action: AddAction, rows: pl.DataFrame) -> tuple[date, pl.DataFrame]:
+    """The day of a file `write_range_files` wrote from `rows`, and the rows it holds.
+
+    A file holds an offset-contiguous slice of its day's rows (`range_files`), so for the rows of
+    one partition's range (offsets unique) its rows are the day's within its statistics' offsets.
+    """
+    day = date.fromisoformat(action.partition_values[PARTITION_COLUMN])
+    stats = json.loads(action.stats or "{}")
+    low = stats.get("minValues", {}).get(OFFSET_COLUMN)
+    high = stats.get("maxValues", {}).get(OFFSET_COLUMN)
+    held = pl.col(DATE_COLUMN) == day
+    if low is not None and high is not None:
+        held = held & pl.col(OFFSET_COLUMN).is_between(low, high)
+    return day, rows.filter(held)
 
 
 def by_day(frame: pl.DataFrame) -> list[tuple[date, pl.DataFrame]]:

@@ -69,10 +69,12 @@ class IdCache:
         self._prune(days, {path for _, path in files})
         return _confirm(where, holding, ids)
 
-    def remember(self, paths: Iterable[tuple[date, str]], rows: pl.DataFrame) -> None:
-        """Stores the hashes of files just committed, from their rows: the next range reads none."""
-        for day, path in paths:
-            ids = rows.filter(pl.col(DATE_COLUMN) == day).get_column(EVENT_ID_COLUMN)
+    def remember(self, files: Iterable[tuple[date, str, pl.Series]]) -> None:
+        """Stores the hashes of files just committed, from their ids: the next range reads none.
+
+        `files`: (day, path, the file's event ids) of each file.
+        """
+        for day, path, ids in files:
             self._store(day, path, ids.cast(pl.String).hash(SEED))
 
     def _hashes(self, where: Storage, day: date, path: str) -> pl.Series:

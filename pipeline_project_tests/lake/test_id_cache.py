@@ -15,10 +15,12 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
+import pytest
 
 from pipeline_project.batch.run import remember_ids
+from pipeline_project.lake import files
 from pipeline_project.lake.commit import commit_range, stage_files
-from pipeline_project.lake.id_cache import PRUNE_AGE_SECONDS, SEED, IdCache, day_files
+from pipeline_project.lake.id_cache import PRUNE_AGE_SECONDS, SEED, IdCache, day_files, read_ids
 from pipeline_project.lake.location import Lake
 from pipeline_project.lake.read import committed_ids
 from pipeline_project.lake.table import open_table
@@ -67,6 +69,25 @@ def test_the_cached_lookup_finds_exactly_the_committed_ids(lake: Lake, tmp_path:
     assert lookup(lake, new, cache) == []
 
 
+def test_each_file_of_a_split_day_is_remembered_with_its_own_ids(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "ROW_GROUP_ROWS", 120)  # 300 rows of one day: three files
+    cache = IdCache(tmp_path / "cache", lake.table_uri("events"))
+    ids = commit(lake, 0, 300, cache)
+    table = open_table(lake)
+    assert table is not None
+    written = {
+        path: set(read_ids(files.storage(lake, "events"), path).hash(SEED).to_list())
+        for _, path in day_files(table, [DAY])
+    }
+    remembered = [set(hashes_in(entry).to_list()) for entry in entries(cache)]
+    assert len(written) == len(remembered) == 3
+    assert sorted(map(sorted, written.values())) == sorted(map(sorted, remembered))
+    assert set().union(*remembered) == set(ids.hash(SEED).to_list())
+    assert lookup(lake, ids, cache) == sorted(ids.to_list())
+
+
 def test_a_damaged_entry_is_rebuilt(lake: Lake, tmp_path: Path) -> None:
     cache = IdCache(tmp_path / "cache", lake.table_uri("events"))
     ids = commit(lake, 0, 200, cache)
@@ -84,7 +105,7 @@ def test_a_hash_collision_never_drops_an_event(lake: Lake, tmp_path: Path) -> No
     table = open_table(lake)
     assert table is not None
     ((day, path),) = day_files(table, [DAY])
-    cache.remember([(day, path)], pl.DataFrame({"event_date": [DAY], "event_id": new}))
+    cache.remember([(day, path, new)])
     assert hashes_in(entries(cache)[0]).to_list() == new.hash(SEED).to_list()
     assert lookup(lake, new, cache) == []  # the file was read: the id is not in it
     assert lookup(lake, pl.concat([new, ids.head(1)]), cache) == [ids[0]]
