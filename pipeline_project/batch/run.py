@@ -710,14 +710,13 @@ def drain_and_map(
             consumer, rng, settings.drain_timeout_seconds, on_part=map_later, stop=stop
         )
         steps.lap("drain")
-        parts, sent = [], []
+        parts: list[MappedPart] = []
+        sent: list[DlqSend] = []
         for future in futures:
             parts.append(future.result())
             if send is not None:
                 sent.append(send(parts[-1]))
-        if not parts:
-            parts.append(map_part(raw, identity, native=native))
-            sent.extend([send(parts[0])] if send is not None else [])
+        parts = parts or [map_part(raw, identity, native=native)]  # no records: no rejects
     return raw, gather_parts(parts), sent
 
 

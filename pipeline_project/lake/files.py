@@ -104,11 +104,11 @@ def write_range_files(
     """
     files = range_files(range_id, token, rows)
     if len(files) <= 1:
-        return [_write_day(where, name, day, part, now) for name, day, part in files]
+        return [_write_file(where, name, day, part, now) for name, day, part in files]
 
     def write(index: int) -> AddAction:
         name, day, part = files[index]
-        action = _write_day(where, name, day, part, now)
+        action = _write_file(where, name, day, part, now)
         if index == 0:
             fault_point("K4")  # a crash with some of the range's files written, none committed
         return action
@@ -167,7 +167,7 @@ def by_day(frame: pl.DataFrame) -> list[tuple[date, pl.DataFrame]]:
     ]
 
 
-def _write_day(
+def _write_file(
     where: Storage, name: str, day: date, part: pl.DataFrame, now: float | None
 ) -> AddAction:
     rel = f"{PARTITION_COLUMN}={day.isoformat()}/{name}"

@@ -87,13 +87,13 @@ def test_disk_full_while_writing_fails_cleanly_and_a_bigger_disk_recovers(
 
 def _injected_enospc(settings: Settings, truth: list, monkeypatch: pytest.MonkeyPatch) -> None:
     """The same check without a mount: the data file writer raises ENOSPC once."""
-    real = files._write_day
+    real = files._write_file
 
     def full(*args: object, **kwargs: object) -> None:
-        monkeypatch.setattr(files, "_write_day", real)
+        monkeypatch.setattr(files, "_write_file", real)
         raise OSError(errno.ENOSPC, "No space left on device (injected)")
 
-    monkeypatch.setattr(files, "_write_day", full)
+    monkeypatch.setattr(files, "_write_file", full)
     with pytest.raises(StorageError, match="No space left on device"):
         ingest(settings)
     assert readable(settings) == 0
