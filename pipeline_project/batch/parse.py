@@ -226,10 +226,10 @@ def parse_batch(raw: RawBatch, *, native: bool = True) -> ParsedBatch:
     if split is None:
         return parse_records(raw.offsets, raw.timestamps_ms, raw.values)
     slow = parse_records(*split.deferred)
-    return ParsedBatch(merged(split.frame, slow.frame), slow.rejects)
+    return ParsedBatch(_merged(split.frame, slow.frame), slow.rejects)
 
 
-def merged(native: pl.DataFrame, slow: pl.DataFrame) -> pl.DataFrame:
+def _merged(native: pl.DataFrame, slow: pl.DataFrame) -> pl.DataFrame:
     """The native rows and the Python path's, in offset order.
 
     The Python path keeps a handful of rows a part (most deferred records are rejects): one

@@ -18,11 +18,7 @@ from datetime import date, datetime
 import polars as pl
 
 from pipeline_project.batch.parse import (
-    ParsedBatch,
-    merged,
-    native_split,
     parse_batch,
-    parse_records,
 )
 from pipeline_project.batch.records import BatchResult, RawBatch, Reject, SourceRecord
 from pipeline_project.batch.transform import LakeRows, filter_rows, to_lake_rows
@@ -68,23 +64,12 @@ class MappedPart:
     sources: dict[int, SourceRecord]
 
 
-def parse_part(raw: RawBatch, *, native: bool = True) -> ParsedBatch:
-    """Parses one part of a range, in offset order (the native decoder's rows and the rest)."""
-    split = native_split(raw) if native else None
-    if split is None:
-        return parse_batch(raw, native=False)
-    frame, deferred = split.frame, split.deferred
-    del split
-    slow = parse_records(*deferred)
-    return ParsedBatch(merged(frame, slow.frame), slow.rejects)
-
-
 def map_part(raw: RawBatch, identity: Identity, *, native: bool = True) -> MappedPart:
     """Parse, screen and transform one part; parts of a range can be mapped while it is drained.
 
     The parsed frame (~100 MB for 200k records) is dropped as soon as its lake rows exist.
     """
-    parsed = parse_part(raw, native=native)
+    parsed = parse_batch(raw, native=native)  # in offset order
     rejects = list(parsed.rejects)
     screened = screen(parsed.frame, *_window(identity))
     del parsed

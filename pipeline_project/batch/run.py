@@ -350,7 +350,7 @@ def run_ranges(
     cache = id_cache_of(settings, lake)
 
     def read(rng: Range, consumer: Consumer) -> DrainedRange | RangeOutcome:
-        return drain_stage(settings, lake, consumer, rng, run_id, clock, topic, stop, after, dlq)
+        return drain_stage(settings, lake, consumer, dlq, rng, run_id, clock, topic, stop, after)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
         try:
@@ -419,7 +419,7 @@ class DrainedRange:
     verdict: Future[Verdict]  # pandera's, on the range's suspects: judged during the filter
     steps: StepClock
     started: float
-    sent: list[DlqSend] | None = None  # its parse rejects, sent (unconfirmed) once drained
+    sent: list[DlqSend]  # its parse and transform rejects, sent (unconfirmed) once drained
 
 
 @dataclass(frozen=True)
@@ -479,13 +479,13 @@ def drain_stage(
     settings: Settings,
     lake: Lake,
     consumer: Consumer,
+    dlq: DlqPublisher,
     rng: Range,
     run_id: str,
     clock: Callable[[], datetime],
     topic: epochs.TopicIdentity | None = None,
     stop: threading.Event | None = None,
     after: Predecessor | None = None,
-    dlq: DlqPublisher | None = None,
 ) -> DrainedRange | RangeOutcome:
     """Checks the range's start, drains and maps it; nothing is written yet.
 
@@ -509,8 +509,8 @@ def drain_stage(
         )
         check_start(_probe(rng, run_id, moment), done)  # fail before draining a doomed range
         history_start = epochs.check_range(settings, consumer, topic, rng, done)
-        send = None if dlq is None else partial(send_part, dlq, rng, identity)
-        raw, mapped, sent = drain_and_map(settings, consumer, rng, identity, steps, stop, send)
+        send = partial(send_part, dlq, rng, identity)
+        raw, mapped, sent = drain_and_map(settings, consumer, rng, identity, steps, send, stop)
         verdict = judge_later(mapped, rng, identity)
         fault_point("K1")
         # The values are parsed; the rejects' and suspects' are kept in `mapped.sources`: ~100 MB
@@ -529,7 +529,7 @@ def drain_stage(
             verdict,
             steps,
             started,
-            sent if dlq is not None else None,
+            sent,
         )
 
 
@@ -684,8 +684,8 @@ def drain_and_map(
     rng: Range,
     identity: Identity,
     steps: StepClock,
+    send: Callable[[MappedPart], DlqSend],
     stop: threading.Event | None = None,
-    send: Callable[[MappedPart], DlqSend] | None = None,
 ) -> tuple[RawBatch, GatheredRows, list[DlqSend]]:
     """Drains the range and maps each part on a worker thread while the next is read.
 
@@ -714,8 +714,7 @@ def drain_and_map(
         sent: list[DlqSend] = []
         for future in futures:
             parts.append(future.result())
-            if send is not None:
-                sent.append(send(parts[-1]))
+            sent.append(send(parts[-1]))
         parts = parts or [map_part(raw, identity, native=native)]  # no records: no rejects
     return raw, gather_parts(parts), sent
 
@@ -738,12 +737,12 @@ def remember_ids(cache: IdCache | None, staged: StagedFiles, good: pl.DataFrame)
     """The committed files' id hashes into the cache, so the next range need not read them."""
     if cache is None:
         return
+    files = []
+    for action in staged.actions:
+        day, rows = file_rows(action, good)
+        files.append((day, action.path, rows.get_column("event_id")))
     try:
-        cache.remember(
-            (day, action.path, rows.get_column("event_id"))
-            for action in staged.actions
-            for day, rows in [file_rows(action, good)]
-        )
+        cache.remember(files)
     except Exception as exc:  # noqa: BLE001 - a committed range must not fail for a cache
         log.warning("id cache not updated (the next lookup reads the files): %s", exc)
 
@@ -758,9 +757,8 @@ def judge_and_send(
     """
     verdict = drained.verdict.result()
     full = with_judged(batch, verdict, known)
-    rest = verdict.rejects if drained.sent is not None else full.rejects
-    late = dlq.send(dlq_records(drained.range, drained.sources, rest, drained.identity))
-    deliveries = dlq.confirm([*(drained.sent or []), late])
+    late = dlq.send(dlq_records(drained.range, drained.sources, verdict.rejects, drained.identity))
+    deliveries = dlq.confirm([*drained.sent, late])
     entries = [
         DlqEntry(d.source_offset, d.category, d.dlq_partition, d.dlq_offset) for d in deliveries
     ]
